@@ -1,0 +1,237 @@
+//! The downlink use case: receive → decode → de-duplicate → deliver →
+//! acknowledge, release or reject. The delivery rules of SPEC §3 live here.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, info_span, warn};
+
+use crate::command::decode_sqs_body;
+use crate::dedup::RecentIds;
+use crate::ports::{ClientRegistry, CommandSource, Frame, InboundMessage, Receipt, SourceError};
+use crate::stats::{bump, Stats};
+
+/// What to do with a Command whose client has no connection here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// Release it to be received again after `delay`, until it is older than
+    /// `window`; then delete it and count it as undeliverable.
+    Retry {
+        /// Delay before the message is visible again.
+        delay: Duration,
+        /// Age after which the Command is given up.
+        window: Duration,
+    },
+    /// Delete it at once and count it as undeliverable.
+    Drop,
+}
+
+/// Settings of the downlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownlinkSettings {
+    /// The policy for Commands of absent clients.
+    pub undeliverable: Undeliverable,
+    /// How many forwarded message ids are remembered for de-duplication.
+    pub dedup_capacity: usize,
+    /// How long a forwarded message id is remembered.
+    pub dedup_ttl: Duration,
+}
+
+/// How one batch was settled, for the caller's logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Receipts acknowledged (handed off, duplicate, or given up).
+    pub acknowledged: Vec<Receipt>,
+    /// Receipts released for a later attempt.
+    pub released: Vec<Receipt>,
+    /// Receipts of malformed messages.
+    pub rejected: Vec<Receipt>,
+}
+
+/// Longest part of a malformed body that goes into a log line.
+const LOGGED_BODY_BYTES: usize = 256;
+
+/// The downlink: one instance shared by all poll loops.
+pub struct Downlink {
+    source: Arc<dyn CommandSource>,
+    registry: Arc<dyn ClientRegistry>,
+    settings: DownlinkSettings,
+    recent: RecentIds,
+    stats: Arc<Stats>,
+}
+
+impl Downlink {
+    /// Wires the use case to its ports.
+    pub fn new(
+        source: Arc<dyn CommandSource>,
+        registry: Arc<dyn ClientRegistry>,
+        settings: DownlinkSettings,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let recent = RecentIds::new(settings.dedup_capacity, settings.dedup_ttl);
+        Self {
+            source,
+            registry,
+            settings,
+            recent,
+            stats,
+        }
+    }
+
+    /// Receives one batch and settles every message of it.
+    ///
+    /// A receive failure is returned (the caller backs off); settle failures
+    /// are logged and counted, since the source hands the messages out again.
+    pub async fn poll_once(&self) -> Result<BatchOutcome, SourceError> {
+        let batch = match self.source.receive().await {
+            Ok(batch) => {
+                self.stats.set_consumer_healthy(true);
+                batch
+            }
+            Err(e) => {
+                self.stats.set_consumer_healthy(false);
+                bump(&self.stats.downlink.receive_errors, 1);
+                return Err(e);
+            }
+        };
+        Ok(self.process(batch).await)
+    }
+
+    /// Decides the fate of each message of a batch, in order, then settles
+    /// them with one call per kind of outcome.
+    pub async fn process(&self, batch: Vec<InboundMessage>) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+        bump(&self.stats.downlink.received, batch.len() as u64);
+        for message in batch {
+            self.route(message, &mut outcome);
+        }
+        self.settle(&outcome).await;
+        outcome
+    }
+
+    fn route(&self, message: InboundMessage, outcome: &mut BatchOutcome) {
+        let span = info_span!("command", message_id = %message.message_id, client_id = tracing::field::Empty);
+        let _entered = span.enter();
+        let stats = &self.stats.downlink;
+
+        let command = match decode_sqs_body(&message.body) {
+            Ok(command) => command,
+            Err(error) => {
+                warn!(
+                    reason = error.reason(),
+                    %error,
+                    receive_count = message.receive_count,
+                    body = truncate(&message.body, LOGGED_BODY_BYTES),
+                    "malformed command, not forwarded"
+                );
+                bump(&stats.malformed, 1);
+                outcome.rejected.push(message.receipt);
+                return;
+            }
+        };
+        span.record("client_id", command.client_id.as_str());
+
+        // The SNS MessageId survives a re-publish to several queues or a
+        // redelivery; the SQS MessageId is the fallback for bare Commands.
+        let dedup_key = command
+            .sns_message_id
+            .as_deref()
+            .unwrap_or(&message.message_id);
+        if self.recent.contains(dedup_key) {
+            debug!("duplicate of a forwarded command, dropped");
+            bump(&stats.duplicate, 1);
+            outcome.acknowledged.push(message.receipt);
+            return;
+        }
+
+        let frame: Frame = command.json;
+        let taken = self.registry.deliver(&command.client_id, &frame);
+        if taken > 0 {
+            self.recent.remember(dedup_key);
+            bump(&stats.forwarded, 1);
+            bump(&stats.frames_queued, taken as u64);
+            debug!(connections = taken, "command forwarded");
+            outcome.acknowledged.push(message.receipt);
+            return;
+        }
+
+        match self.settings.undeliverable {
+            Undeliverable::Retry { window, .. } if age(message.sent_at) < window => {
+                debug!("client not connected here, released for a later attempt");
+                bump(&stats.released, 1);
+                outcome.released.push(message.receipt);
+            }
+            policy => {
+                warn!(?policy, "client not connected, command undeliverable");
+                bump(&stats.undeliverable, 1);
+                outcome.acknowledged.push(message.receipt);
+            }
+        }
+    }
+
+    async fn settle(&self, outcome: &BatchOutcome) {
+        let source = &self.source;
+        if !outcome.acknowledged.is_empty() {
+            let result = source.acknowledge(outcome.acknowledged.clone()).await;
+            self.record_settle("acknowledge", result);
+        }
+        if !outcome.released.is_empty() {
+            let delay = match self.settings.undeliverable {
+                Undeliverable::Retry { delay, .. } => delay,
+                Undeliverable::Drop => Duration::ZERO,
+            };
+            let result = source.release(outcome.released.clone(), delay).await;
+            self.record_settle("release", result);
+        }
+        if !outcome.rejected.is_empty() {
+            let result = source.reject(outcome.rejected.clone()).await;
+            self.record_settle("reject", result);
+        }
+    }
+
+    fn record_settle(&self, what: &'static str, result: Result<(), SourceError>) {
+        if let Err(error) = result {
+            // The source hands unsettled messages out again; de-duplication
+            // keeps a forwarded one from reaching its client twice.
+            warn!(operation = what, %error, "settling messages failed");
+            bump(&self.stats.downlink.settle_errors, 1);
+        }
+    }
+}
+
+fn age(sent_at: Option<SystemTime>) -> Duration {
+    sent_at
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn age_of_unknown_or_future_send_time_is_zero() {
+        assert_eq!(age(None), Duration::ZERO);
+        let future = SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(age(Some(future)), Duration::ZERO);
+        let past = SystemTime::now() - Duration::from_secs(90);
+        assert!(age(Some(past)) >= Duration::from_secs(90));
+    }
+}

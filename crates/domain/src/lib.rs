@@ -1,0 +1,32 @@
+//! The core of wsbridge, at the centre of the hexagon.
+//!
+//! It holds the message types (`ClientId`, `Command`, `ClientMessage`, the SNS
+//! envelope), the ports through which the outside world is reached
+//! ([`ports::CommandSource`], [`ports::EventSink`], [`ports::ClientRegistry`]),
+//! and the two use cases that drive them: [`downlink::Downlink`] (Commands to
+//! clients) and [`uplink::Uplink`] (client messages to the backend).
+//!
+//! Nothing here knows about AWS, AMQP, actix or HTTP; the adapters implement
+//! the ports and the `app` crate wires them together.
+
+pub mod client_id;
+pub mod client_message;
+pub mod command;
+pub mod dedup;
+pub mod downlink;
+pub mod envelope;
+pub mod ports;
+pub mod stats;
+pub mod uplink;
+
+pub use client_id::{ClientId, ClientIdError};
+pub use client_message::{ClientMessage, FrameError, OutboundEvent, Reply};
+pub use command::{decode_sqs_body, Command, DecodeError, DecodedCommand};
+pub use downlink::{BatchOutcome, Downlink, DownlinkSettings, Undeliverable};
+pub use envelope::SnsEnvelope;
+pub use ports::{
+    ClientRegistry, CommandSource, EventSink, Frame, InboundMessage, PublishError, Receipt,
+    SourceError,
+};
+pub use stats::Stats;
+pub use uplink::Uplink;
