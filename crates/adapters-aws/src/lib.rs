@@ -1,1 +1,22 @@
-//! placeholder
+//! AWS adapters of wsbridge, on the outer ring of the hexagon.
+//!
+//! - [`SqsCommandSource`] implements `domain::CommandSource` over an SQS queue
+//!   (long polling, batched deletes, visibility changes).
+//! - [`SnsEventSink`] implements `domain::EventSink` over an SNS topic
+//!   (`PublishBatch` after a short linger, `client_id`/`action` attributes).
+//! - [`bootstrap`] creates topics, queues, the subscription and the
+//!   dead-letter queue, idempotently.
+//! - [`tools`] backs the `send-command` and `monitor` commands.
+//!
+//! Everything is built from one `aws_config::SdkConfig` ([`sdk::load`]), so
+//! `AWS_ENDPOINT_URL` points every client at a local emulator.
+
+pub mod bootstrap;
+mod classify;
+pub mod sdk;
+mod sns_sink;
+mod sqs_source;
+pub mod tools;
+
+pub use sns_sink::{SnsEventSink, SnsSinkSettings};
+pub use sqs_source::{SqsCommandSource, SqsSourceSettings};

@@ -127,9 +127,13 @@ const NOTIFICATION: &str = "Notification";
 /// Decodes an SQS message body (SNS envelope or bare Command).
 pub fn decode_sqs_body(body: &str) -> Result<DecodedCommand, DecodeError> {
     let probe = probe_object(body, DecodeError::NotJson, DecodeError::NotAnObject)?;
-    let kind = probe.kind.and_then(|raw| as_string(raw));
+    let kind = probe.kind.and_then(as_string);
     match kind.as_deref() {
-        Some(NOTIFICATION) => decode_envelope(probe),
+        // A Command may carry a field named `Type` of its own; only a body
+        // without a `client_id`, or with a `Message`, is read as an envelope.
+        Some(NOTIFICATION) if probe.client_id.is_none() || probe.message.is_some() => {
+            decode_envelope(probe)
+        }
         Some(other) if probe.client_id.is_none() => {
             Err(DecodeError::UnsupportedEnvelopeType(other.to_owned()))
         }
@@ -233,11 +237,15 @@ mod tests {
 
     #[test]
     fn bare_command_is_forwarded_as_is_with_unknown_fields() {
-        let body = r#"{"client_id":"c1","command":"go","Type":"custom","zzz":null}"#;
-        let decoded = decode_sqs_body(body).unwrap();
-        assert_eq!(decoded.client_id.as_str(), "c1");
-        assert_eq!(&*decoded.json, body);
-        assert_eq!(decoded.sns_message_id, None);
+        for body in [
+            r#"{"client_id":"c1","command":"go","Type":"custom","zzz":null}"#,
+            r#"{"client_id":"c1","command":"go","Type":"Notification"}"#,
+        ] {
+            let decoded = decode_sqs_body(body).unwrap();
+            assert_eq!(decoded.client_id.as_str(), "c1");
+            assert_eq!(&*decoded.json, body);
+            assert_eq!(decoded.sns_message_id, None);
+        }
     }
 
     #[test]

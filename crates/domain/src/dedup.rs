@@ -40,6 +40,28 @@ impl RecentIds {
         self.remember_at(id, Instant::now());
     }
 
+    /// Remembers `id` unless it is already remembered; returns whether this
+    /// call claimed it. Check and insert happen under one lock, so of two
+    /// pollers holding copies of one message only one goes on to deliver it.
+    pub fn claim(&self, id: &str) -> bool {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner
+            .seen
+            .get(id)
+            .is_some_and(|at| now.duration_since(*at) < self.ttl)
+        {
+            return false;
+        }
+        self.insert_locked(&mut inner, id, now);
+        true
+    }
+
+    /// Forgets a claimed `id` (its message was not handed off after all).
+    pub fn forget(&self, id: &str) {
+        self.lock().seen.remove(id);
+    }
+
     fn contains_at(&self, id: &str, now: Instant) -> bool {
         let inner = self.lock();
         inner
@@ -50,6 +72,10 @@ impl RecentIds {
 
     fn remember_at(&self, id: &str, now: Instant) {
         let mut inner = self.lock();
+        self.insert_locked(&mut inner, id, now);
+    }
+
+    fn insert_locked(&self, inner: &mut Inner, id: &str, now: Instant) {
         // Forget what expired, then the oldest while over capacity.
         while let Some((at, _)) = inner.order.front() {
             let expired = now.duration_since(*at) >= self.ttl;
@@ -108,6 +134,17 @@ mod tests {
         assert_eq!(ids.len(), 3);
         assert!(!ids.contains_at("a", t0));
         assert!(ids.contains_at("b", t0) && ids.contains_at("d", t0));
+    }
+
+    #[test]
+    fn claim_is_granted_once_until_forgotten() {
+        let ids = RecentIds::new(10, Duration::from_secs(60));
+        assert!(ids.claim("a"));
+        assert!(!ids.claim("a"));
+        assert!(ids.contains("a"));
+        ids.forget("a");
+        assert!(!ids.contains("a"));
+        assert!(ids.claim("a"));
     }
 
     #[test]

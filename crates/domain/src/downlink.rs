@@ -137,7 +137,7 @@ impl Downlink {
             .sns_message_id
             .as_deref()
             .unwrap_or(&message.message_id);
-        if self.recent.contains(dedup_key) {
+        if !self.recent.claim(dedup_key) {
             debug!("duplicate of a forwarded command, dropped");
             bump(&stats.duplicate, 1);
             outcome.acknowledged.push(message.receipt);
@@ -147,13 +147,14 @@ impl Downlink {
         let frame: Frame = command.json;
         let taken = self.registry.deliver(&command.client_id, &frame);
         if taken > 0 {
-            self.recent.remember(dedup_key);
             bump(&stats.forwarded, 1);
             bump(&stats.frames_queued, taken as u64);
             debug!(connections = taken, "command forwarded");
             outcome.acknowledged.push(message.receipt);
             return;
         }
+        // Not handed off: a later copy must not be taken for a duplicate.
+        self.recent.forget(dedup_key);
 
         match self.settings.undeliverable {
             Undeliverable::Retry { window, .. } if age(message.sent_at) < window => {

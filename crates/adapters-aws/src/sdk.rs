@@ -1,0 +1,57 @@
+//! Loading the shared AWS SDK configuration.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_http_client::Builder;
+
+/// Longest a single SQS/SNS call attempt may take. Above the 20 s long-poll
+/// wait, so a healthy receive never times out, yet a black-holed endpoint is
+/// noticed within half a minute.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Loads region, credentials and endpoint (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+/// the usual credential chain) from the environment.
+///
+/// The SDK crates are built without their default HTTP stack, so the client
+/// is chosen here: hyper with rustls on the `ring` provider.
+pub async fn load() -> SdkConfig {
+    let http_client = Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .timeout_config(timeouts)
+        .load()
+        .await
+}
+
+/// The SQS and SNS clients, built from one configuration.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// SQS client.
+    pub sqs: aws_sdk_sqs::Client,
+    /// SNS client.
+    pub sns: aws_sdk_sns::Client,
+}
+
+impl Clients {
+    /// Clients configured from the environment (see [`load`]).
+    pub async fn from_env() -> Self {
+        Self::from_config(&load().await)
+    }
+
+    /// Clients for an already loaded configuration.
+    pub fn from_config(config: &SdkConfig) -> Self {
+        Self {
+            sqs: aws_sdk_sqs::Client::new(config),
+            sns: aws_sdk_sns::Client::new(config),
+        }
+    }
+}

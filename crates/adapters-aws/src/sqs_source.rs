@@ -1,0 +1,312 @@
+//! `CommandSource` over an SQS queue.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+use aws_sdk_sqs::Client;
+use domain::{CommandSource, InboundMessage, Receipt, SourceError};
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use crate::classify::source_error;
+
+/// SQS's limit on entries in one batch call.
+const BATCH_LIMIT: usize = 10;
+/// Longest visibility timeout SQS accepts (12 h).
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// How the queue is polled and settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsSourceSettings {
+    /// Messages per receive (1..=10).
+    pub max_messages: i32,
+    /// Long-poll wait per receive (0..=20 s).
+    pub wait_time: Duration,
+    /// How many times a failed batch entry is retried before giving up.
+    pub settle_retries: u32,
+}
+
+impl Default for SqsSourceSettings {
+    fn default() -> Self {
+        Self {
+            max_messages: 10,
+            wait_time: Duration::from_secs(20),
+            settle_retries: 3,
+        }
+    }
+}
+
+/// Receives Commands from one SQS queue.
+#[derive(Debug)]
+pub struct SqsCommandSource {
+    client: Client,
+    queue_url: String,
+    settings: SqsSourceSettings,
+    /// Whether the queue has a redrive policy; learnt at the first reject.
+    has_dead_letter_queue: OnceCell<bool>,
+}
+
+impl SqsCommandSource {
+    /// A source over `queue_url`, using an already configured client.
+    pub fn new(client: Client, queue_url: impl Into<String>, settings: SqsSourceSettings) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+            settings,
+            has_dead_letter_queue: OnceCell::new(),
+        }
+    }
+
+    /// The queue this source reads.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    async fn dead_letter_queue_configured(&self) -> Result<bool, SourceError> {
+        self.has_dead_letter_queue
+            .get_or_try_init(|| async {
+                let attrs = self
+                    .client
+                    .get_queue_attributes()
+                    .queue_url(&self.queue_url)
+                    .attribute_names(QueueAttributeName::RedrivePolicy)
+                    .send()
+                    .await
+                    .map_err(|e| source_error("GetQueueAttributes", e))?;
+                Ok(attrs
+                    .attributes()
+                    .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy)))
+            })
+            .await
+            .copied()
+    }
+
+    async fn delete(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+        self.in_batches("DeleteMessageBatch", receipts, |chunk| async move {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r.token())
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+            let out = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| source_error("DeleteMessageBatch", e))?;
+            Ok(out
+                .failed()
+                .iter()
+                .map(|f| {
+                    (
+                        f.id().to_owned(),
+                        f.sender_fault(),
+                        describe_entry(f.code(), f.message()),
+                    )
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn change_visibility(
+        &self,
+        receipts: Vec<Receipt>,
+        delay: Duration,
+    ) -> Result<(), SourceError> {
+        let seconds = delay.min(MAX_VISIBILITY).as_secs_f64().ceil() as i32;
+        self.in_batches(
+            "ChangeMessageVisibilityBatch",
+            receipts,
+            |chunk| async move {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(r.token())
+                            .visibility_timeout(seconds)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+                let out = self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| source_error("ChangeMessageVisibilityBatch", e))?;
+                Ok(out
+                    .failed()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.id().to_owned(),
+                            f.sender_fault(),
+                            describe_entry(f.code(), f.message()),
+                        )
+                    })
+                    .collect())
+            },
+        )
+        .await
+    }
+
+    /// Runs a batch call over chunks of at most ten receipts. Entry ids are
+    /// positions in the chunk, so they stay distinct even when one message's
+    /// receipt appears twice. Entries that failed through no fault of the
+    /// request are retried alone; the others are never re-sent.
+    async fn in_batches<F, Fut>(
+        &self,
+        operation: &'static str,
+        receipts: Vec<Receipt>,
+        call: F,
+    ) -> Result<(), SourceError>
+    where
+        F: Fn(Vec<Receipt>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<FailedEntry>, SourceError>>,
+    {
+        let mut given_up: Vec<Receipt> = Vec::new();
+        let mut last_reason = String::new();
+        for chunk in receipts.chunks(BATCH_LIMIT) {
+            let mut pending = chunk.to_vec();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let failed = match call(pending.clone()).await {
+                    Ok(failed) => failed,
+                    Err(e) if attempt < self.settings.settle_retries => {
+                        debug!(operation, error = %e, attempt, "batch call failed, retrying");
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        last_reason = e.to_string();
+                        given_up.extend(pending);
+                        break;
+                    }
+                };
+                let mut retry = Vec::new();
+                for (id, sender_fault, reason) in failed {
+                    let Some(receipt) = id.parse::<usize>().ok().and_then(|i| pending.get(i))
+                    else {
+                        warn!(operation, entry = %id, "SQS reported a failure for an unknown entry");
+                        continue;
+                    };
+                    last_reason = reason;
+                    if sender_fault || attempt >= self.settings.settle_retries {
+                        given_up.push(receipt.clone());
+                    } else {
+                        retry.push(receipt.clone());
+                    }
+                }
+                if !retry.is_empty() {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                pending = retry;
+            }
+        }
+        if given_up.is_empty() {
+            Ok(())
+        } else {
+            Err(SourceError::Partial {
+                failed: given_up,
+                reason: format!("{operation}: {last_reason}"),
+            })
+        }
+    }
+}
+
+type FailedEntry = (String, bool, String);
+
+fn describe_entry(code: &str, message: Option<&str>) -> String {
+    match message {
+        Some(message) => format!("{code}: {message}"),
+        None => code.to_owned(),
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(6));
+    let jitter = Duration::from_millis(rand::random_range(0..50));
+    base + jitter
+}
+
+#[async_trait]
+impl CommandSource for SqsCommandSource {
+    async fn receive(&self) -> Result<Vec<InboundMessage>, SourceError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(self.settings.max_messages)
+            .wait_time_seconds(self.settings.wait_time.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| source_error("ReceiveMessage", e))?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(inbound)
+            .collect())
+    }
+
+    async fn acknowledge(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+        self.delete(receipts).await
+    }
+
+    async fn release(&self, receipts: Vec<Receipt>, delay: Duration) -> Result<(), SourceError> {
+        self.change_visibility(receipts, delay).await
+    }
+
+    async fn reject(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+        if self.dead_letter_queue_configured().await? {
+            // Left invisible: it comes back after the visibility timeout and
+            // the queue's redrive policy moves it once maxReceiveCount is hit.
+            return Ok(());
+        }
+        self.delete(receipts).await
+    }
+}
+
+fn inbound(message: Message) -> Option<InboundMessage> {
+    let system = message.attributes.as_ref();
+    let attr = |name: MessageSystemAttributeName| system.and_then(|a| a.get(&name));
+    let sent_at = attr(MessageSystemAttributeName::SentTimestamp)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let message_id = message.message_id.unwrap_or_default();
+    let Some(receipt) = message.receipt_handle else {
+        warn!(%message_id, "SQS message without a receipt handle, skipped");
+        return None;
+    };
+    Some(InboundMessage {
+        message_id,
+        body: message.body.unwrap_or_default(),
+        receipt: Receipt::new(receipt),
+        sent_at,
+        receive_count,
+    })
+}

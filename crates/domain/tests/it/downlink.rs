@@ -1,0 +1,790 @@
+//! Downlink: receive → decode → de-duplicate → deliver → acknowledge, release
+//! or reject (SPEC §3), with the command source and the client registry mocked.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use domain::ports::{MockClientRegistry, MockCommandSource};
+use domain::stats::DownlinkSnapshot;
+use domain::{
+    BatchOutcome, Downlink, DownlinkSettings, InboundMessage, Receipt, SourceError, Stats,
+    Undeliverable,
+};
+use serde_json::json;
+
+const RETRY_DELAY: Duration = Duration::from_secs(7);
+const RETRY_WINDOW: Duration = Duration::from_secs(60);
+const RETRY: Undeliverable = Undeliverable::Retry {
+    delay: RETRY_DELAY,
+    window: RETRY_WINDOW,
+};
+
+type Scripted = Result<Vec<InboundMessage>, SourceError>;
+type Log<T> = Arc<Mutex<Vec<T>>>;
+
+/// Everything the mocks were asked to do, in call order.
+#[derive(Default, Clone)]
+struct Calls {
+    /// `(client id, frame text)` per `deliver` call.
+    delivered: Log<(String, String)>,
+    acknowledged: Log<Vec<Receipt>>,
+    released: Log<(Vec<Receipt>, Duration)>,
+    rejected: Log<Vec<Receipt>>,
+}
+
+impl Calls {
+    fn delivered(&self) -> Vec<(String, String)> {
+        self.delivered.lock().unwrap().clone()
+    }
+    fn acknowledged(&self) -> Vec<Vec<Receipt>> {
+        self.acknowledged.lock().unwrap().clone()
+    }
+    fn released(&self) -> Vec<(Vec<Receipt>, Duration)> {
+        self.released.lock().unwrap().clone()
+    }
+    fn rejected(&self) -> Vec<Vec<Receipt>> {
+        self.rejected.lock().unwrap().clone()
+    }
+}
+
+/// A downlink over recording mocks. The source hands out the scripted
+/// batches in order (and must be asked for exactly that many); the registry
+/// says each client has as many connections as `connect` last set (0 if never).
+struct Harness {
+    downlink: Downlink,
+    stats: Arc<Stats>,
+    calls: Calls,
+    connections: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Harness {
+    fn new(policy: Undeliverable, batches: Vec<Scripted>) -> Self {
+        Self::build(policy, batches, Ok(()))
+    }
+
+    /// Every acknowledge, release and reject call fails with `error`.
+    fn failing_settle(policy: Undeliverable, batches: Vec<Scripted>, error: SourceError) -> Self {
+        Self::build(policy, batches, Err(error))
+    }
+
+    fn build(
+        policy: Undeliverable,
+        batches: Vec<Scripted>,
+        settle: Result<(), SourceError>,
+    ) -> Self {
+        let calls = Calls::default();
+        let connections = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+
+        let mut source = MockCommandSource::new();
+        let expected_receives = batches.len();
+        let queue = Mutex::new(VecDeque::from(batches));
+        source
+            .expect_receive()
+            .times(expected_receives)
+            .returning(move || queue.lock().unwrap().pop_front().unwrap());
+        let (log, result) = (calls.acknowledged.clone(), settle.clone());
+        source.expect_acknowledge().returning(move |receipts| {
+            log.lock().unwrap().push(receipts);
+            result.clone()
+        });
+        let (log, result) = (calls.released.clone(), settle.clone());
+        source.expect_release().returning(move |receipts, delay| {
+            log.lock().unwrap().push((receipts, delay));
+            result.clone()
+        });
+        let (log, result) = (calls.rejected.clone(), settle);
+        source.expect_reject().returning(move |receipts| {
+            log.lock().unwrap().push(receipts);
+            result.clone()
+        });
+
+        let mut registry = MockClientRegistry::new();
+        let (log, connected) = (calls.delivered.clone(), connections.clone());
+        registry
+            .expect_deliver()
+            .returning(move |client_id, frame| {
+                log.lock()
+                    .unwrap()
+                    .push((client_id.as_str().to_owned(), frame.to_string()));
+                connected
+                    .lock()
+                    .unwrap()
+                    .get(client_id.as_str())
+                    .copied()
+                    .unwrap_or(0)
+            });
+
+        let stats = Arc::new(Stats::default());
+        let downlink = Downlink::new(
+            Arc::new(source),
+            Arc::new(registry),
+            settings(policy),
+            stats.clone(),
+        );
+        Self {
+            downlink,
+            stats,
+            calls,
+            connections,
+        }
+    }
+
+    /// From now on `client_id` has `count` connections.
+    fn connect(&self, client_id: &str, count: usize) -> &Self {
+        self.connections
+            .lock()
+            .unwrap()
+            .insert(client_id.to_owned(), count);
+        self
+    }
+
+    async fn poll(&self) -> BatchOutcome {
+        self.downlink.poll_once().await.unwrap()
+    }
+
+    fn counters(&self) -> DownlinkSnapshot {
+        self.stats.downlink.snapshot()
+    }
+}
+
+fn settings(undeliverable: Undeliverable) -> DownlinkSettings {
+    DownlinkSettings {
+        undeliverable,
+        dedup_capacity: 1_000,
+        dedup_ttl: Duration::from_secs(300),
+    }
+}
+
+fn receipt(token: &str) -> Receipt {
+    Receipt::new(token)
+}
+
+fn receipts(tokens: &[&str]) -> Vec<Receipt> {
+    tokens.iter().copied().map(receipt).collect()
+}
+
+/// An SQS message sent just now, received for the first time; its receipt
+/// token is `rcpt-<sqs_id>`.
+fn message(sqs_id: &str, body: impl Into<String>) -> InboundMessage {
+    sent_at(sqs_id, body, Some(SystemTime::now()))
+}
+
+fn sent_at(sqs_id: &str, body: impl Into<String>, at: Option<SystemTime>) -> InboundMessage {
+    InboundMessage {
+        message_id: sqs_id.to_owned(),
+        body: body.into(),
+        receipt: receipt(&format!("rcpt-{sqs_id}")),
+        sent_at: at,
+        receive_count: 1,
+    }
+}
+
+/// An SNS notification envelope (raw message delivery off) around `inner`.
+fn envelope(sns_id: &str, inner: &str) -> String {
+    json!({
+        "Type": "Notification",
+        "MessageId": sns_id,
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:commands",
+        "Subject": "ignored",
+        "Message": inner,
+        "Timestamp": "2026-01-01T00:00:00.000Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLE",
+        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/cert.pem",
+        "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+        "MessageAttributes": {"shard": {"Type": "String", "Value": "3"}}
+    })
+    .to_string()
+}
+
+fn bare(client_id: &str, command: &str) -> String {
+    json!({"client_id": client_id, "command": command}).to_string()
+}
+
+fn pair(client_id: &str, frame: &str) -> (String, String) {
+    (client_id.to_owned(), frame.to_owned())
+}
+
+#[tokio::test]
+async fn envelope_command_reaches_its_client_byte_for_byte_and_is_acknowledged() {
+    // Odd spacing, key order, escapes and unknown fields: the client must get
+    // exactly what the backend published, not a re-serialization, and never
+    // the envelope.
+    let inner = r#"{ "command":"test",  "data": {"n": 1.50, "s": "\u00e9\n"},
+        "client_id": "client123", "trace_id": "t-9", "extra": [1, 2, null] }"#;
+    let h = Harness::new(
+        RETRY,
+        vec![Ok(vec![message("sqs-1", envelope("sns-1", inner))])],
+    );
+    h.connect("client123", 1);
+
+    let outcome = h.poll().await;
+
+    assert_eq!(h.calls.delivered(), vec![pair("client123", inner)]);
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
+    assert!(h.calls.released().is_empty());
+    assert!(h.calls.rejected().is_empty());
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            acknowledged: receipts(&["rcpt-sqs-1"]),
+            ..BatchOutcome::default()
+        }
+    );
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 1,
+            forwarded: 1,
+            frames_queued: 1,
+            ..DownlinkSnapshot::default()
+        }
+    );
+    assert!(h.stats.consumer_healthy());
+}
+
+#[tokio::test]
+async fn bare_command_is_delivered_as_is_and_acknowledged() {
+    let body = r#"{"client_id":"c1","command":"go","data":null,"Type":"custom","zzz":{}}"#;
+    let h = Harness::new(RETRY, vec![Ok(vec![message("sqs-1", body)])]);
+    h.connect("c1", 1);
+
+    h.poll().await;
+
+    assert_eq!(h.calls.delivered(), vec![pair("c1", body)]);
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
+    assert!(h.calls.released().is_empty() && h.calls.rejected().is_empty());
+    assert_eq!(h.counters().forwarded, 1);
+}
+
+#[tokio::test]
+async fn command_taken_by_two_connections_is_acknowledged_once_and_counts_two_frames() {
+    let body = bare("shared", "refresh");
+    let h = Harness::new(RETRY, vec![Ok(vec![message("sqs-1", body.clone())])]);
+    h.connect("shared", 2);
+
+    h.poll().await;
+
+    // One deliver call: the registry fans out to the connections itself.
+    assert_eq!(h.calls.delivered(), vec![pair("shared", &body)]);
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 1,
+            forwarded: 1,
+            frames_queued: 2,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+/// Bodies that are not Commands, one per way of failing.
+fn malformed_bodies() -> Vec<(&'static str, String)> {
+    vec![
+        ("not-json", "this is not json".to_owned()),
+        ("truncated", r#"{"client_id":"c1","command":"x""#.to_owned()),
+        ("array", r#"[{"client_id":"c1","command":"x"}]"#.to_owned()),
+        ("string", r#""c1""#.to_owned()),
+        ("empty", String::new()),
+        (
+            "sub-confirm",
+            json!({"Type": "SubscriptionConfirmation", "MessageId": "x", "Message": "confirm"})
+                .to_string(),
+        ),
+        (
+            "no-message",
+            r#"{"Type":"Notification","MessageId":"x"}"#.to_owned(),
+        ),
+        (
+            "message-object",
+            json!({"Type": "Notification", "Message": {"client_id": "c1", "command": "x"}})
+                .to_string(),
+        ),
+        ("inner-not-json", envelope("sns-bad-1", "{nope")),
+        ("inner-array", envelope("sns-bad-2", "[]")),
+        ("no-client-id", bare_without_client_id()),
+        (
+            "client-id-number",
+            r#"{"client_id":7,"command":"x"}"#.to_owned(),
+        ),
+        ("client-id-empty", envelope("sns-bad-3", &bare("", "x"))),
+        ("client-id-control", bare("a\u{7}b", "x")),
+        ("client-id-too-long", bare(&"x".repeat(257), "x")),
+        ("no-command", r#"{"client_id":"c1"}"#.to_owned()),
+        (
+            "command-number",
+            r#"{"client_id":"c1","command":1}"#.to_owned(),
+        ),
+    ]
+}
+
+fn bare_without_client_id() -> String {
+    json!({"command": "x", "data": 1}).to_string()
+}
+
+#[tokio::test]
+async fn malformed_bodies_never_reach_the_registry_and_are_rejected() {
+    let bodies = malformed_bodies();
+    let batch: Vec<_> = bodies
+        .iter()
+        .map(|(id, body)| message(id, body.clone()))
+        .collect();
+    let expected: Vec<Receipt> = batch.iter().map(|m| m.receipt.clone()).collect();
+
+    let rejected = Arc::new(Mutex::new(Vec::new()));
+    let mut source = MockCommandSource::new();
+    source
+        .expect_receive()
+        .times(1)
+        .return_once(move || Ok(batch));
+    source.expect_acknowledge().times(0);
+    source.expect_release().times(0);
+    let log = rejected.clone();
+    source.expect_reject().times(1).returning(move |receipts| {
+        log.lock().unwrap().push(receipts);
+        Ok(())
+    });
+    let mut registry = MockClientRegistry::new();
+    registry.expect_deliver().times(0);
+    registry.expect_connection_count().times(0);
+    let stats = Arc::new(Stats::default());
+    let downlink = Downlink::new(
+        Arc::new(source),
+        Arc::new(registry),
+        settings(RETRY),
+        stats.clone(),
+    );
+
+    let outcome = downlink.poll_once().await.unwrap();
+
+    assert_eq!(*rejected.lock().unwrap(), vec![expected.clone()]);
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            rejected: expected,
+            ..BatchOutcome::default()
+        }
+    );
+    let n = bodies.len() as u64;
+    assert_eq!(
+        stats.downlink.snapshot(),
+        DownlinkSnapshot {
+            received: n,
+            malformed: n,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn valid_commands_among_malformed_ones_are_still_delivered_in_order() {
+    let first_a = bare("alice", "one");
+    let inner_b = r#"{"client_id":"bob","command":"two"}"#;
+    let second_a = r#"{"client_id":"alice","command":"three","data":[3]}"#;
+    let third_a = bare("alice", "four");
+    let batch = vec![
+        message("bad-1", "garbage"),
+        message("ok-1", first_a.clone()),
+        message("bad-2", r#"{"client_id":"alice"}"#),
+        message("ok-2", envelope("sns-2", inner_b)),
+        message("ok-3", envelope("sns-3", second_a)),
+        message("bad-3", envelope("sns-4", "not json")),
+        message("ok-4", third_a.clone()),
+    ];
+    let h = Harness::new(Undeliverable::Drop, vec![Ok(batch)]);
+    h.connect("alice", 1).connect("bob", 1);
+
+    let outcome = h.poll().await;
+
+    assert_eq!(
+        h.calls.delivered(),
+        vec![
+            pair("alice", &first_a),
+            pair("bob", inner_b),
+            pair("alice", second_a),
+            pair("alice", &third_a),
+        ]
+    );
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![receipts(&[
+            "rcpt-ok-1",
+            "rcpt-ok-2",
+            "rcpt-ok-3",
+            "rcpt-ok-4"
+        ])]
+    );
+    assert_eq!(
+        h.calls.rejected(),
+        vec![receipts(&["rcpt-bad-1", "rcpt-bad-2", "rcpt-bad-3"])]
+    );
+    assert!(h.calls.released().is_empty());
+    assert_eq!(
+        outcome.rejected,
+        receipts(&["rcpt-bad-1", "rcpt-bad-2", "rcpt-bad-3"])
+    );
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 7,
+            forwarded: 4,
+            frames_queued: 4,
+            malformed: 3,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn repeated_sns_message_id_in_a_later_batch_is_acknowledged_not_delivered() {
+    // The same SNS notification reaches the queue twice (at-least-once
+    // delivery): different SQS message ids and receipts, same SNS MessageId.
+    let inner = bare("alice", "once");
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![message("sqs-1", envelope("sns-1", &inner))]),
+            Ok(vec![
+                message("sqs-2", envelope("sns-1", &inner)),
+                message("sqs-3", envelope("sns-2", &inner)),
+            ]),
+        ],
+    );
+    h.connect("alice", 1);
+
+    h.poll().await;
+    let second = h.poll().await;
+
+    assert_eq!(
+        h.calls.delivered(),
+        vec![pair("alice", &inner), pair("alice", &inner)],
+        "sns-1 once, then sns-2"
+    );
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![
+            receipts(&["rcpt-sqs-1"]),
+            receipts(&["rcpt-sqs-2", "rcpt-sqs-3"])
+        ]
+    );
+    assert_eq!(second.acknowledged, receipts(&["rcpt-sqs-2", "rcpt-sqs-3"]));
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 3,
+            forwarded: 2,
+            frames_queued: 2,
+            duplicate: 1,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn redelivered_bare_command_is_recognised_by_its_sqs_message_id() {
+    let body = bare("alice", "once");
+    let mut again = message("sqs-1", body.clone());
+    again.receipt = receipt("rcpt-sqs-1-second-receive");
+    again.receive_count = 2;
+    let h = Harness::new(
+        RETRY,
+        vec![Ok(vec![message("sqs-1", body.clone())]), Ok(vec![again])],
+    );
+    h.connect("alice", 1);
+
+    h.poll().await;
+    h.poll().await;
+
+    assert_eq!(h.calls.delivered(), vec![pair("alice", &body)]);
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![
+            receipts(&["rcpt-sqs-1"]),
+            receipts(&["rcpt-sqs-1-second-receive"])
+        ]
+    );
+    assert_eq!(h.counters().duplicate, 1);
+}
+
+#[tokio::test]
+async fn a_command_that_was_released_is_delivered_when_it_comes_back() {
+    let inner = bare("late", "hello");
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![message("sqs-1", envelope("sns-1", &inner))]),
+            Ok(vec![message("sqs-2", envelope("sns-1", &inner))]),
+        ],
+    );
+
+    let first = h.poll().await;
+    assert_eq!(first.released, receipts(&["rcpt-sqs-1"]));
+    h.connect("late", 1);
+    let second = h.poll().await;
+
+    assert_eq!(
+        h.calls.delivered(),
+        vec![pair("late", &inner), pair("late", &inner)],
+        "one attempt that nobody took, then the real delivery"
+    );
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-sqs-1"]), RETRY_DELAY)]
+    );
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-2"])]);
+    assert_eq!(second.acknowledged, receipts(&["rcpt-sqs-2"]));
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 2,
+            released: 1,
+            forwarded: 1,
+            frames_queued: 1,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn absent_client_with_retry_is_released_with_the_configured_delay() {
+    let now = SystemTime::now();
+    let batch = vec![
+        sent_at(
+            "absent-1",
+            bare("ghost", "a"),
+            Some(now - Duration::from_secs(5)),
+        ),
+        message("present", bare("here", "b")),
+        // An unknown send time counts as "just sent".
+        sent_at("absent-2", envelope("sns-2", &bare("ghost", "c")), None),
+        sent_at(
+            "absent-3",
+            bare("other-ghost", "d"),
+            Some(now - Duration::from_secs(59)),
+        ),
+    ];
+    let h = Harness::new(RETRY, vec![Ok(batch)]);
+    h.connect("here", 1);
+
+    let outcome = h.poll().await;
+
+    let released = receipts(&["rcpt-absent-1", "rcpt-absent-2", "rcpt-absent-3"]);
+    assert_eq!(h.calls.released(), vec![(released.clone(), RETRY_DELAY)]);
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![receipts(&["rcpt-present"])],
+        "released messages are not acknowledged"
+    );
+    assert!(h.calls.rejected().is_empty());
+    assert_eq!(outcome.released, released);
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 4,
+            forwarded: 1,
+            frames_queued: 1,
+            released: 3,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn absent_client_past_the_retry_window_is_acknowledged_and_counted_undeliverable() {
+    let old = SystemTime::now() - RETRY_WINDOW - Duration::from_secs(60);
+    let body = bare("gone", "stale");
+    let h = Harness::new(
+        RETRY,
+        vec![Ok(vec![sent_at("old", body.clone(), Some(old))])],
+    );
+
+    let outcome = h.poll().await;
+
+    assert_eq!(
+        h.calls.delivered(),
+        vec![pair("gone", &body)],
+        "one attempt"
+    );
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-old"])]);
+    assert!(h.calls.released().is_empty());
+    assert!(h.calls.rejected().is_empty());
+    assert_eq!(outcome.acknowledged, receipts(&["rcpt-old"]));
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 1,
+            undeliverable: 1,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn drop_policy_acknowledges_a_command_for_an_absent_client_at_once() {
+    // Even one sent just now: with `drop` there is no second attempt.
+    let h = Harness::new(
+        Undeliverable::Drop,
+        vec![Ok(vec![
+            message("absent", bare("ghost", "x")),
+            message("present", bare("here", "y")),
+        ])],
+    );
+    h.connect("here", 1);
+
+    h.poll().await;
+
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![receipts(&["rcpt-absent", "rcpt-present"])]
+    );
+    assert!(h.calls.released().is_empty());
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 2,
+            forwarded: 1,
+            frames_queued: 1,
+            undeliverable: 1,
+            ..DownlinkSnapshot::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn receive_error_marks_the_consumer_unhealthy_until_a_receive_succeeds() {
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![]),
+            Err(SourceError::Unavailable("connection reset".into())),
+            Err(SourceError::Misconfigured("queue does not exist".into())),
+            Ok(vec![]),
+        ],
+    );
+    assert!(
+        !h.stats.consumer_healthy(),
+        "not ready before the first receive"
+    );
+
+    h.poll().await;
+    assert!(h.stats.consumer_healthy());
+
+    let error = h.downlink.poll_once().await.unwrap_err();
+    assert_eq!(error, SourceError::Unavailable("connection reset".into()));
+    assert!(!h.stats.consumer_healthy());
+    let error = h.downlink.poll_once().await.unwrap_err();
+    assert_eq!(
+        error,
+        SourceError::Misconfigured("queue does not exist".into())
+    );
+    assert!(!h.stats.consumer_healthy());
+
+    h.poll().await;
+    assert!(h.stats.consumer_healthy());
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            receive_errors: 2,
+            ..DownlinkSnapshot::default()
+        }
+    );
+    assert!(h.calls.acknowledged().is_empty());
+    assert!(h.calls.delivered().is_empty());
+}
+
+#[tokio::test]
+async fn failing_settle_calls_are_counted_and_a_redelivery_is_not_forwarded_twice() {
+    let inner = bare("alice", "x");
+    let h = Harness::failing_settle(
+        RETRY,
+        vec![
+            Ok(vec![
+                message("sqs-1", envelope("sns-1", &inner)),
+                message("absent", bare("ghost", "y")),
+                message("bad", "{"),
+            ]),
+            // The acknowledge failed, so the source hands sns-1 out again.
+            Ok(vec![message("sqs-1-again", envelope("sns-1", &inner))]),
+        ],
+        SourceError::Unavailable("throttled".into()),
+    );
+    h.connect("alice", 1);
+
+    let first = h.poll().await;
+    let second = h.poll().await;
+
+    assert_eq!(
+        first,
+        BatchOutcome {
+            acknowledged: receipts(&["rcpt-sqs-1"]),
+            released: receipts(&["rcpt-absent"]),
+            rejected: receipts(&["rcpt-bad"]),
+        }
+    );
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![receipts(&["rcpt-sqs-1"]), receipts(&["rcpt-sqs-1-again"])]
+    );
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-absent"]), RETRY_DELAY)]
+    );
+    assert_eq!(h.calls.rejected(), vec![receipts(&["rcpt-bad"])]);
+    assert_eq!(second.acknowledged, receipts(&["rcpt-sqs-1-again"]));
+    assert_eq!(
+        h.calls
+            .delivered()
+            .iter()
+            .filter(|(client, _)| client == "alice")
+            .count(),
+        1,
+        "the redelivered command is a duplicate"
+    );
+    assert_eq!(
+        h.counters(),
+        DownlinkSnapshot {
+            received: 4,
+            forwarded: 1,
+            frames_queued: 1,
+            released: 1,
+            malformed: 1,
+            duplicate: 1,
+            settle_errors: 4,
+            ..DownlinkSnapshot::default()
+        }
+    );
+    assert!(
+        h.stats.consumer_healthy(),
+        "settle errors are not receive errors"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_batch_makes_no_settle_calls() {
+    let mut source = MockCommandSource::new();
+    source
+        .expect_receive()
+        .times(2)
+        .returning(|| Ok(Vec::new()));
+    source.expect_acknowledge().times(0);
+    source.expect_release().times(0);
+    source.expect_reject().times(0);
+    let mut registry = MockClientRegistry::new();
+    registry.expect_deliver().times(0);
+    let stats = Arc::new(Stats::default());
+    let downlink = Downlink::new(
+        Arc::new(source),
+        Arc::new(registry),
+        settings(RETRY),
+        stats.clone(),
+    );
+
+    assert_eq!(downlink.poll_once().await.unwrap(), BatchOutcome::default());
+    assert_eq!(downlink.process(Vec::new()).await, BatchOutcome::default());
+    assert_eq!(downlink.poll_once().await.unwrap(), BatchOutcome::default());
+
+    assert_eq!(stats.downlink.snapshot(), DownlinkSnapshot::default());
+    assert!(stats.consumer_healthy());
+}
