@@ -1,5 +1,6 @@
 //! `CommandSource` over an SQS queue.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -48,6 +49,9 @@ pub struct SqsCommandSource {
     settings: SqsSourceSettings,
     /// Whether the queue has a redrive policy; learnt at the first reject.
     has_dead_letter_queue: OnceCell<bool>,
+    /// Set after the first receive, which does not wait: readiness is known
+    /// at start instead of after a whole long-poll of an empty queue.
+    warmed_up: AtomicBool,
 }
 
 impl SqsCommandSource {
@@ -58,6 +62,7 @@ impl SqsCommandSource {
             queue_url: queue_url.into(),
             settings,
             has_dead_letter_queue: OnceCell::new(),
+            warmed_up: AtomicBool::new(false),
         }
     }
 
@@ -251,17 +256,23 @@ fn backoff(attempt: u32) -> Duration {
 #[async_trait]
 impl CommandSource for SqsCommandSource {
     async fn receive(&self) -> Result<Vec<InboundMessage>, SourceError> {
+        let wait = if self.warmed_up.load(Ordering::Relaxed) {
+            self.settings.wait_time
+        } else {
+            Duration::ZERO
+        };
         let out = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(self.settings.max_messages)
-            .wait_time_seconds(self.settings.wait_time.as_secs() as i32)
+            .wait_time_seconds(wait.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
             .map_err(|e| source_error("ReceiveMessage", e))?;
+        self.warmed_up.store(true, Ordering::Relaxed);
         Ok(out
             .messages
             .unwrap_or_default()

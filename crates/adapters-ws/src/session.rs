@@ -1,0 +1,298 @@
+//! One WebSocket connection: the upgrade, and the loop that serves it until
+//! it closes.
+//!
+//! The loop is a single `select!` over the inbound frames, the connection's
+//! outgoing queue (fed by [`WsClientRegistry`]), the slow-client signal, the
+//! shutdown token and a heartbeat. Client messages go to a per-connection
+//! uplink worker through a small bounded queue, so publishing never holds up
+//! delivery; while that queue is full the loop stops reading the socket,
+//! which pushes back on the client. Every write is raced against the slow
+//! signal, the shutdown token and the client timeout, so a client that stops
+//! reading cannot pin the loop.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use actix_ws::{Message, MessageStream, Session};
+use domain::{ClientId, Frame, Reply, Uplink};
+use futures_util::SinkExt;
+use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, Instrument};
+
+use crate::close::Exit;
+use crate::fragments::{FragmentError, Reassembled, Reassembler};
+use crate::registry::{Registration, WsClientRegistry};
+use crate::uplink_worker::{self, Inbound};
+
+/// How long a closing handshake may wait for room in the socket's buffer
+/// before the connection is dropped without a close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a binary frame is answered with (SPEC §1); the connection stays open.
+const BINARY_REFUSED: &str = "binary frames are not supported";
+
+/// The limits and timers of every WebSocket session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// How many Commands may wait in a connection's outgoing queue; a client
+    /// that lets it fill up is closed with 1013.
+    pub outbound_capacity: usize,
+    /// Largest message accepted from a client, in bytes, whether sent as one
+    /// frame or in fragments; a larger one closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// How often the server pings the client.
+    pub heartbeat_interval: Duration,
+    /// How long the client may stay silent (no frame, no pong) before it is
+    /// closed with 1001; also the longest one write may wait for the client
+    /// to take data before it is closed with 1013.
+    pub client_timeout: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            outbound_capacity: 256,
+            max_frame_bytes: 64 * 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// Upgrades `req` to a WebSocket for `client_id` and serves it in the
+/// background until it closes; returns the `101 Switching Protocols` response.
+///
+/// The connection is registered in `registry` before this returns, so it
+/// receives every frame delivered for `client_id` from then on, and is
+/// unregistered however the session ends. Text messages go to `uplink`;
+/// cancelling `shutdown` closes the connection with 1001. Must be called from
+/// an actix-web handler: the session runs on the worker's local task set.
+///
+/// Fails (without registering anything) when `req` is not a WebSocket upgrade.
+pub fn start_session(
+    req: &HttpRequest,
+    body: web::Payload,
+    client_id: ClientId,
+    registry: Arc<WsClientRegistry>,
+    uplink: Arc<Uplink>,
+    settings: SessionSettings,
+    shutdown: CancellationToken,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(req, body)?;
+    let stream = stream.max_frame_size(settings.max_frame_bytes);
+    let registration = registry.register(client_id.clone(), settings.outbound_capacity);
+    let span = info_span!(
+        "ws_connection",
+        client_id = %client_id,
+        connection_id = %registration.id,
+    );
+    let connection = Connection {
+        client_id,
+        session,
+        stream,
+        registration,
+        uplink,
+        settings,
+        shutdown,
+    };
+    actix_web::rt::spawn(connection.run().instrument(span));
+    Ok(response)
+}
+
+/// Everything one session owns.
+struct Connection {
+    client_id: ClientId,
+    session: Session,
+    stream: MessageStream,
+    registration: Registration,
+    uplink: Arc<Uplink>,
+    settings: SessionSettings,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self) {
+        let Connection {
+            client_id,
+            mut session,
+            mut stream,
+            registration,
+            uplink,
+            settings,
+            shutdown,
+        } = self;
+        // The guard lives to the end of this function: the connection stays
+        // counted until its last publish is done, which is what a draining
+        // shutdown waits for.
+        let Registration {
+            id: _,
+            mut outbound,
+            slow,
+            guard: _guard,
+        } = registration;
+        debug!("connection opened");
+
+        let (to_uplink, inbox) = mpsc::channel(uplink_worker::QUEUE);
+        let worker = actix_web::rt::spawn(
+            uplink_worker::run(
+                inbox,
+                uplink,
+                client_id,
+                session.clone(),
+                settings.client_timeout,
+            )
+            .in_current_span(),
+        );
+
+        let signals = Signals {
+            slow: &slow,
+            shutdown: &shutdown,
+            write_timeout: settings.client_timeout,
+        };
+        let exit = match serve(
+            &mut session,
+            &mut stream,
+            &mut outbound,
+            &to_uplink,
+            &signals,
+            &settings,
+        )
+        .await
+        {
+            Ok(never) => match never {},
+            Err(exit) => exit,
+        };
+
+        // From here on deliveries to this connection count as not taken.
+        drop(outbound);
+        let reason = exit.close_reason();
+        let client_code = match &exit {
+            Exit::ClientClosed(Some(theirs)) => Some(u16::from(theirs.code)),
+            _ => None,
+        };
+        debug!(
+            reason = exit.label(),
+            close_code = ?reason.as_ref().map(|r| u16::from(r.code)),
+            close_text = ?reason.as_ref().and_then(|r| r.description.as_deref()),
+            client_close_code = ?client_code,
+            "connection closing"
+        );
+        if let Some(reason) = reason {
+            match tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => debug!("close frame not sent: connection already closed"),
+                Err(_elapsed) => debug!("close frame not sent: client stopped reading"),
+            }
+        }
+        drop(stream);
+
+        // Let the worker publish what it was given, then unregister.
+        drop(to_uplink);
+        if let Err(e) = worker.await {
+            error!(error = %e, "uplink worker failed");
+        }
+        debug!(reason = exit.label(), "connection closed");
+    }
+}
+
+/// What every write is raced against.
+struct Signals<'a> {
+    slow: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+    write_timeout: Duration,
+}
+
+impl Signals<'_> {
+    /// Writes one message, unless the connection must close first.
+    async fn write(&self, session: &mut Session, message: Message) -> Result<(), Exit> {
+        tokio::select! {
+            sent = session.send(message) => sent.map_err(|_closed| Exit::ClientGone),
+            () = self.shutdown.cancelled() => Err(Exit::Shutdown),
+            () = self.slow.cancelled() => Err(Exit::Slow),
+            () = tokio::time::sleep(self.write_timeout) => Err(Exit::WriteStalled),
+        }
+    }
+}
+
+/// Serves the connection until it must close; returns why.
+async fn serve(
+    session: &mut Session,
+    stream: &mut MessageStream,
+    outbound: &mut mpsc::Receiver<Frame>,
+    to_uplink: &mpsc::Sender<Inbound>,
+    signals: &Signals<'_>,
+    settings: &SessionSettings,
+) -> Result<Infallible, Exit> {
+    let period = settings.heartbeat_interval.max(Duration::from_millis(1));
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut fragments = Reassembler::new(settings.max_frame_bytes);
+    // Room in the uplink queue for the next message; the socket is read only
+    // while there is some.
+    let mut permit: Option<OwnedPermit<Inbound>> = None;
+
+    loop {
+        tokio::select! {
+            () = signals.shutdown.cancelled() => return Err(Exit::Shutdown),
+            () = signals.slow.cancelled() => return Err(Exit::Slow),
+            frame = outbound.recv() => {
+                // The registry keeps the sender for as long as the guard lives.
+                let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
+                signals.write(session, Message::Text((&*frame).into())).await?;
+            }
+            reserved = to_uplink.clone().reserve_owned(), if permit.is_none() => {
+                permit = Some(reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?);
+            }
+            message = stream.recv(), if permit.is_some() => {
+                last_heard = Instant::now();
+                let message = match message {
+                    None => return Err(Exit::ClientGone),
+                    Some(Err(e)) => {
+                        return Err(Exit::from_protocol_error(e, settings.max_frame_bytes))
+                    }
+                    Some(Ok(message)) => message,
+                };
+                let inbound = match message {
+                    Message::Text(text) => Some(Inbound::Text(text.to_string())),
+                    Message::Binary(_) => Some(Inbound::Refused(Reply::invalid(BINARY_REFUSED))),
+                    Message::Continuation(item) => match fragments.push(item) {
+                        Ok(Reassembled::Pending) => None,
+                        Ok(Reassembled::Text(text)) => Some(Inbound::Text(text)),
+                        Ok(Reassembled::Binary) => {
+                            Some(Inbound::Refused(Reply::invalid(BINARY_REFUSED)))
+                        }
+                        Err(FragmentError::TooBig) => {
+                            return Err(Exit::TooBig { limit: settings.max_frame_bytes })
+                        }
+                        Err(FragmentError::InvalidUtf8) => return Err(Exit::InvalidUtf8),
+                    },
+                    Message::Ping(payload) => {
+                        signals.write(session, Message::Pong(payload)).await?;
+                        None
+                    }
+                    Message::Pong(_) | Message::Nop => None,
+                    Message::Close(reason) => return Err(Exit::ClientClosed(reason)),
+                };
+                if let Some(inbound) = inbound {
+                    if let Some(room) = permit.take() {
+                        room.send(inbound);
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                // While the uplink queue is full the socket is not read, so
+                // silence then says nothing about the client.
+                if permit.is_some() && last_heard.elapsed() >= settings.client_timeout {
+                    return Err(Exit::IdleTimeout);
+                }
+                signals.write(session, Message::Ping(Bytes::new())).await?;
+            }
+        }
+    }
+}

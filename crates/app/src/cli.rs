@@ -1,0 +1,321 @@
+//! The `wsbridge` command line (SPEC §8). Exit codes: 0 ok, 1 runtime
+//! failure, 2 usage or configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use adapters_aws::bootstrap::{self, Plan};
+use adapters_aws::sdk::Clients;
+use adapters_aws::tools::{self, Monitor};
+use clap::{Args, Parser, Subcommand};
+use domain::Command;
+use figment::value::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, Settings, Sources};
+use crate::startup::Application;
+use crate::telemetry;
+
+/// Exit code of a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code of a usage or configuration error.
+const EXIT_USAGE: u8 = 2;
+
+/// Bridges WebSocket clients and an SNS/SQS backend.
+#[derive(Debug, Parser)]
+#[command(name = "wsbridge", version)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Folder with default.toml and <profile>.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "BRIDGE_CONFIG_DIR",
+        default_value = "config"
+    )]
+    config_dir: PathBuf,
+    /// Configuration profile layered over default.toml (config/<profile>.toml).
+    #[arg(long, global = true, env = "BRIDGE_PROFILE")]
+    profile: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// Address to listen on (BRIDGE_HOST).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on (BRIDGE_PORT).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Run the bridge.
+    ///
+    /// Example: BRIDGE_COMMAND_QUEUE_URL=… BRIDGE_EVENTS_TOPIC_ARN=… wsbridge serve
+    Serve(ServeArgs),
+    /// Create the topics, queues, subscription and dead-letter queue on the
+    /// configured endpoint if missing (idempotent), then run the bridge.
+    ///
+    /// Example: AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_REGION=us-east-1 wsbridge dev
+    Dev(ServeArgs),
+    /// Put a Command on the command queue (in an SNS envelope unless --raw),
+    /// or publish it to the commands topic with --via-topic.
+    ///
+    /// Example: wsbridge send-command '{"command": "test", "client_id": "client123"}'
+    SendCommand {
+        /// The Command JSON: {"client_id": "...", "command": "...", "data": ...}.
+        json: String,
+        /// Send the bare Command, without an SNS envelope.
+        #[arg(long, conflicts_with = "via_topic")]
+        raw: bool,
+        /// Publish to the commands topic instead of the queue.
+        #[arg(long)]
+        via_topic: bool,
+    },
+    /// Print every ClientMessage published to the events topic, with its
+    /// attributes, one JSON line each, until Ctrl-C; then clean up.
+    ///
+    /// Example: wsbridge monitor
+    Monitor {
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let (overrides, dev) = match &cli.command {
+        CliCommand::Serve(args) => (serve_overrides(args), false),
+        CliCommand::Dev(args) => (serve_overrides(args), true),
+        _ => (Vec::new(), false),
+    };
+    let sources = Sources {
+        config_dir: cli.global.config_dir.clone(),
+        profile: cli.global.profile.clone(),
+        env: std::env::vars().collect(),
+        overrides,
+    };
+    let settings = match Settings::load(&sources) {
+        Ok(settings) => settings,
+        Err(e) => return config_failure(&e),
+    };
+    telemetry::init(settings.log_format);
+    let result = match cli.command {
+        CliCommand::Serve(_) | CliCommand::Dev(_) => serve(settings, dev).await,
+        CliCommand::SendCommand {
+            json,
+            raw,
+            via_topic,
+        } => send_command(&settings, &json, raw, via_topic).await,
+        CliCommand::Monitor { count } => monitor(&settings, count).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("wsbridge: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(error)) => {
+            eprintln!("wsbridge: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn config_failure(error: &ConfigError) -> ExitCode {
+    eprintln!("wsbridge: {error}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn serve_overrides(args: &ServeArgs) -> Vec<(String, Value)> {
+    let mut overrides = Vec::new();
+    if let Some(host) = &args.host {
+        overrides.push(("host".to_owned(), Value::from(host.clone())));
+    }
+    if let Some(port) = args.port {
+        overrides.push(("port".to_owned(), Value::from(port)));
+    }
+    overrides
+}
+
+async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
+    let clients = Clients::from_env().await;
+    if dev {
+        if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+            warn!("AWS_ENDPOINT_URL is not set: `dev` will create resources on real AWS");
+        }
+        let plan = dev_plan(&settings)?;
+        let infra = bootstrap::ensure(&clients.sqs, &clients.sns, &plan)
+            .await
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("bootstrap failed: {e}")))?;
+        info!(
+            queue = %infra.command_queue_url,
+            dead_letter_queue = %infra.dead_letter_queue_url,
+            events_topic = %infra.events_topic_arn,
+            commands_topic = %infra.commands_topic_arn,
+            "development resources ready"
+        );
+        settings.command_queue_url = Some(infra.command_queue_url);
+        settings.events_topic_arn = Some(infra.events_topic_arn);
+        settings.commands_topic_arn = Some(infra.commands_topic_arn);
+    }
+    let app = Application::build(settings.clone(), clients).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(cancel_on_signal(shutdown));
+    info!(
+        url = %format!("http://{}:{}/", settings.host, app.port()),
+        "demo page"
+    );
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+/// The resource names `dev` makes sure of, taken from the configured URL and ARNs.
+fn dev_plan(settings: &Settings) -> Result<Plan, ConfigError> {
+    let queue_url = settings.required("command_queue_url", &settings.command_queue_url)?;
+    let events = settings.required("events_topic_arn", &settings.events_topic_arn)?;
+    let commands = settings.required("commands_topic_arn", &settings.commands_topic_arn)?;
+    let name_error = |field: &str, value: &str| ConfigError {
+        problems: vec![format!("{field}: cannot take a name from {value:?}")],
+    };
+    Ok(Plan {
+        command_queue: bootstrap::queue_name_from_url(queue_url)
+            .ok_or_else(|| name_error("command_queue_url", queue_url))?
+            .to_owned(),
+        events_topic: bootstrap::topic_name_from_arn(events)
+            .ok_or_else(|| name_error("events_topic_arn", events))?
+            .to_owned(),
+        commands_topic: bootstrap::topic_name_from_arn(commands)
+            .ok_or_else(|| name_error("commands_topic_arn", commands))?
+            .to_owned(),
+        max_receive_count: settings.max_receive_count,
+    })
+}
+
+/// Cancels `token` on SIGINT (Ctrl-C) or SIGTERM. The one place that owns signals.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    info!("shutdown signal received");
+    token.cancel();
+}
+
+async fn send_command(
+    settings: &Settings,
+    json: &str,
+    raw: bool,
+    via_topic: bool,
+) -> Result<(), Failure> {
+    let command: Command =
+        serde_json::from_str(json).map_err(|e| Failure::Usage(format!("not a Command: {e}")))?;
+    let clients = Clients::from_env().await;
+    let id = if via_topic {
+        let topic = settings.required("commands_topic_arn", &settings.commands_topic_arn)?;
+        tools::publish_to_topic(&clients.sns, topic, json, &command.client_id).await
+    } else {
+        let queue = settings.required("command_queue_url", &settings.command_queue_url)?;
+        let body = if raw {
+            json.to_owned()
+        } else {
+            let topic = settings
+                .commands_topic_arn
+                .as_deref()
+                .unwrap_or("arn:aws:sns:us-east-1:000000000000:wsbridge-send-command");
+            tools::envelope(json, topic)
+        };
+        tools::send_to_queue(&clients.sqs, queue, &body, &command.client_id).await
+    }
+    .map_err(|e| Failure::Runtime(e.into()))?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failure> {
+    let topic = settings.required("events_topic_arn", &settings.events_topic_arn)?;
+    let clients = Clients::from_env().await;
+    let monitor = Monitor::start(clients.sqs, clients.sns, topic)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    eprintln!(
+        "monitoring {topic} through {} (Ctrl-C to stop)",
+        monitor.queue_url()
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    let mut seen = 0usize;
+    let outcome = loop {
+        if count.is_some_and(|n| seen >= n) {
+            break Ok(());
+        }
+        let events = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            events = monitor.next_events(5) => events,
+        };
+        match events {
+            Ok(events) => {
+                for event in events {
+                    let message = serde_json::from_str::<serde_json::Value>(&event.message)
+                        .unwrap_or(serde_json::Value::String(event.message));
+                    let line = serde_json::json!({
+                        "message_id": event.message_id,
+                        "attributes": event.attributes,
+                        "message": message,
+                    });
+                    println!("{line}");
+                    seen += 1;
+                }
+            }
+            Err(e) => break Err(Failure::Runtime(e.into())),
+        }
+    };
+    if let Err(e) = monitor.stop().await {
+        warn!(error = %e, "monitor cleanup failed");
+    }
+    outcome
+}

@@ -1,0 +1,14 @@
+//! The wsbridge application: the one place where the domain and the
+//! concrete adapters meet.
+//!
+//! [`config`] loads the layered settings, [`cli`] is the `wsbridge` command
+//! line, [`startup::Application`] wires SQS/SNS and WebSocket adapters into
+//! the use cases and runs them with the HTTP [`routes`], and [`consumer`]
+//! drives the command pollers. `main.rs` only parses arguments and calls [`cli::run`].
+
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

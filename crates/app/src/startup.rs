@@ -1,0 +1,177 @@
+//! Building and running one bridge: adapters wired into the use cases, the
+//! HTTP server, the command consumer, and the graceful shutdown of them all.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+use adapters_aws::sdk::Clients;
+use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
+use adapters_ws::{SessionSettings, WsClientRegistry};
+use anyhow::Context;
+use domain::{Downlink, Stats, Uplink};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::consumer;
+use crate::routes::{self, AppState};
+
+/// A built bridge, listening but not yet serving.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    shutdown: CancellationToken,
+    settings: Settings,
+    downlink: Arc<Downlink>,
+    sink: SnsEventSink,
+    registry: Arc<WsClientRegistry>,
+    stats: Arc<Stats>,
+    closing: CancellationToken,
+}
+
+impl Application {
+    /// Binds the listener and wires everything; nothing runs until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings, clients: Clients) -> anyhow::Result<Self> {
+        let queue_url = settings
+            .required("command_queue_url", &settings.command_queue_url)?
+            .to_owned();
+        let topic_arn = settings
+            .required("events_topic_arn", &settings.events_topic_arn)?
+            .to_owned();
+
+        let stats = Arc::new(Stats::default());
+        let registry = Arc::new(WsClientRegistry::new());
+        let source = SqsCommandSource::new(
+            clients.sqs,
+            queue_url,
+            SqsSourceSettings {
+                wait_time: Duration::from_secs(settings.receive_wait_secs),
+                ..SqsSourceSettings::default()
+            },
+        );
+        let sink = SnsEventSink::spawn(
+            clients.sns,
+            topic_arn,
+            SnsSinkSettings {
+                linger: Duration::from_millis(settings.publish_linger_ms),
+                ..SnsSinkSettings::default()
+            },
+        );
+        let downlink = Arc::new(Downlink::new(
+            Arc::new(source),
+            registry.clone(),
+            settings.downlink(),
+            stats.clone(),
+        ));
+        let uplink = Arc::new(Uplink::new(Arc::new(sink.clone()), stats.clone()));
+        let closing = CancellationToken::new();
+
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            registry: registry.clone(),
+            uplink,
+            stats: stats.clone(),
+            session: SessionSettings {
+                outbound_capacity: settings.outbound_queue,
+                max_frame_bytes: settings.max_message_bytes,
+                heartbeat_interval: Duration::from_secs(settings.heartbeat_secs),
+                client_timeout: Duration::from_secs(settings.client_timeout_secs),
+            },
+            closing: closing.clone(),
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(routes::configure)
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout_secs)
+        .listen(listener)?;
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        Ok(Self {
+            port,
+            server: server.run(),
+            shutdown: CancellationToken::new(),
+            settings,
+            downlink,
+            sink,
+            registry,
+            stats,
+            closing,
+        })
+    }
+
+    /// The port the server listens on (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cancel this token to stop the bridge gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The bridge's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: stop
+    /// polling, close every WebSocket with 1001, flush pending publishes,
+    /// stop the HTTP server — all within `shutdown_timeout_secs`.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle: ServerHandle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let polling = CancellationToken::new();
+        let mut pollers: JoinSet<()> = consumer::spawn(
+            self.downlink.clone(),
+            self.settings.pollers,
+            polling.clone(),
+        );
+        info!(port = self.port, "wsbridge serving");
+
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            result = &mut server => {
+                polling.cancel();
+                return match result {
+                    Ok(result) => result.context("HTTP server failed"),
+                    Err(e) => Err(e).context("HTTP server task failed"),
+                };
+            }
+        }
+
+        info!("shutting down");
+        let deadline = Duration::from_secs(self.settings.shutdown_timeout_secs);
+        let drain = async {
+            polling.cancel();
+            while pollers.join_next().await.is_some() {}
+            self.closing.cancel();
+            wait_for_sessions(&self.registry).await;
+            self.sink.flush().await;
+            handle.stop(true).await;
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            warn!(?deadline, "graceful shutdown did not finish in time");
+            handle.stop(false).await;
+        }
+        let _ = server.await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_sessions(registry: &WsClientRegistry) {
+    while registry.connection_count() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
