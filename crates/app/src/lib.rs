@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod metrics;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

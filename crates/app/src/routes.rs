@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(demo_page))
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
         .route("/ws", web::get().to(ws_query))
         .route("/ws/{client_id}", web::get().to(ws_path));
 }
@@ -58,6 +59,18 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Some(reason) => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not_ready", "reason": reason})),
     }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let body = crate::metrics::render(
+        &state.stats.downlink.snapshot(),
+        &state.stats.uplink.snapshot(),
+        state.registry.connection_count(),
+        state.stats.consumer_healthy(),
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body)
 }
 
 #[derive(Deserialize)]
