@@ -3,6 +3,7 @@
 
 use std::io;
 
+use actix_web::error::PayloadError;
 use actix_ws::{CloseCode, CloseReason, ProtocolError};
 
 /// Why a session loop stopped.
@@ -40,6 +41,8 @@ impl Exit {
     pub(crate) fn from_protocol_error(error: ProtocolError, limit: usize) -> Self {
         match error {
             ProtocolError::Overflow => Self::TooBig { limit },
+            // `FrameLimit` refused a frame header; the stream wraps its error.
+            ProtocolError::Io(e) if is_payload_overflow(&e) => Self::TooBig { limit },
             // The stream reports a text frame that is not UTF-8 as InvalidData;
             // every other I/O error is the transport failing under it.
             ProtocolError::Io(e) if e.kind() == io::ErrorKind::InvalidData => Self::InvalidUtf8,
@@ -88,6 +91,13 @@ impl Exit {
     }
 }
 
+fn is_payload_overflow(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<PayloadError>())
+        .is_some_and(|inner| matches!(inner, PayloadError::Overflow))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +137,13 @@ mod tests {
         assert!(matches!(
             Exit::from_protocol_error(ProtocolError::Io(io::Error::other("reset")), limit),
             Exit::ClientGone
+        ));
+        assert!(matches!(
+            Exit::from_protocol_error(
+                ProtocolError::Io(io::Error::other(PayloadError::Overflow)),
+                limit
+            ),
+            Exit::TooBig { limit: 10 }
         ));
         assert!(matches!(
             Exit::from_protocol_error(ProtocolError::UnmaskedFrame, limit),

@@ -18,6 +18,7 @@
 
 mod close;
 mod fragments;
+mod frame_limit;
 mod registry;
 mod session;
 mod uplink_worker;

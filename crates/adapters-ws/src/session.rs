@@ -9,16 +9,22 @@
 //! which pushes back on the client. Every write is raced against the slow
 //! signal, the shutdown token and the client timeout, so a client that stops
 //! reading cannot pin the loop.
+//!
+//! Inbound size is limited twice: the body stream refuses a frame whose
+//! header declares more than the limit before buffering it (see
+//! `frame_limit`), and fragments are reassembled under the same limit.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::error::PayloadError;
 use actix_web::web::{self, Bytes};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{Message, MessageStream, Session};
 use domain::{ClientId, Frame, Reply, Uplink};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, Stream};
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +32,7 @@ use tracing::{debug, error, info_span, Instrument};
 
 use crate::close::Exit;
 use crate::fragments::{FragmentError, Reassembled, Reassembler};
+use crate::frame_limit::FrameLimit;
 use crate::registry::{Registration, WsClientRegistry};
 use crate::uplink_worker::{self, Inbound};
 
@@ -48,8 +55,8 @@ pub struct SessionSettings {
     /// How often the server pings the client.
     pub heartbeat_interval: Duration,
     /// How long the client may stay silent (no frame, no pong) before it is
-    /// closed with 1001; also the longest one write may wait for the client
-    /// to take data before it is closed with 1013.
+    /// closed with 1001, checked at each heartbeat; also the longest one
+    /// write may wait for the client to take data before it is closed with 1013.
     pub client_timeout: Duration,
 }
 
@@ -83,6 +90,11 @@ pub fn start_session(
     settings: SessionSettings,
     shutdown: CancellationToken,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // Refuse an oversized frame at its header, not once it is all buffered.
+    let limited: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+        Box::pin(FrameLimit::new(body.into_inner(), settings.max_frame_bytes));
+    let mut limited = actix_web::dev::Payload::from(limited);
+    let body = web::Payload::from_request(req, &mut limited).into_inner()?;
     let (response, session, stream) = actix_ws::handle(req, body)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
     let registration = registry.register(client_id.clone(), settings.outbound_capacity);
@@ -169,6 +181,10 @@ impl Connection {
         };
 
         // From here on deliveries to this connection count as not taken.
+        outbound.close();
+        if matches!(exit, Exit::Shutdown) {
+            flush_queued(&mut session, &mut outbound).await;
+        }
         drop(outbound);
         let reason = exit.close_reason();
         let client_code = match &exit {
@@ -200,6 +216,29 @@ impl Connection {
     }
 }
 
+/// On shutdown, writes the frames already queued for the connection (the
+/// downlink counted them as delivered) before the close frame, for at most
+/// [`CLOSE_TIMEOUT`]. `outbound` must be closed, so that this ends.
+async fn flush_queued(session: &mut Session, outbound: &mut mpsc::Receiver<Frame>) {
+    let mut written = 0usize;
+    let flush = async {
+        while let Some(frame) = outbound.recv().await {
+            if session.send(Message::Text((&*frame).into())).await.is_err() {
+                break;
+            }
+            written += 1;
+        }
+    };
+    match tokio::time::timeout(CLOSE_TIMEOUT, flush).await {
+        Ok(()) => debug!(frames = written, "queued frames flushed"),
+        Err(_elapsed) => debug!(
+            frames = written,
+            dropped = outbound.len(),
+            "client stopped reading, queued frames dropped"
+        ),
+    }
+}
+
 /// What every write is raced against.
 struct Signals<'a> {
     slow: &'a CancellationToken,
@@ -209,8 +248,12 @@ struct Signals<'a> {
 
 impl Signals<'_> {
     /// Writes one message, unless the connection must close first.
+    ///
+    /// A write that can go through at once always does; only one that waits
+    /// for the client to read is abandoned (and its frame lost).
     async fn write(&self, session: &mut Session, message: Message) -> Result<(), Exit> {
         tokio::select! {
+            biased;
             sent = session.send(message) => sent.map_err(|_closed| Exit::ClientGone),
             () = self.shutdown.cancelled() => Err(Exit::Shutdown),
             () = self.slow.cancelled() => Err(Exit::Slow),

@@ -223,15 +223,16 @@ async fn send_text(ws: &mut Ws, text: &str) {
     within(ws.send(Message::text(text))).await.unwrap();
 }
 
-/// A client that completes the handshake and then never writes a byte, not
-/// even a pong (a client library answers pings by itself, and writing into a
-/// socket the server has closed makes it fail before it shows the close frame).
-struct SilentClient {
+/// A client that speaks WebSocket by hand: after the handshake it writes only
+/// what a test tells it to, not even a pong (a client library answers pings
+/// by itself, and writing into a socket the server has closed makes it fail
+/// before it shows the close frame).
+struct RawClient {
     tcp: TcpStream,
     buf: Vec<u8>,
 }
 
-impl SilentClient {
+impl RawClient {
     async fn connect(addr: SocketAddr, client_id: &str) -> Self {
         let mut tcp = within(TcpStream::connect(addr)).await.unwrap();
         let request = format!(
@@ -257,6 +258,10 @@ impl SilentClient {
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         client.buf.drain(..head_end);
         client
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        within(self.tcp.write_all(bytes)).await.unwrap();
     }
 
     /// Reads more bytes; false at the end of the stream.
@@ -415,7 +420,11 @@ async fn a_binary_frame_gets_an_error_and_the_connection_stays_usable() {
 
     send_text(&mut ws, r#"{"action":"go","id":"after"}"#).await;
     assert_eq!(next_json(&mut ws).await, json!({"ack": "after"}));
-    assert!(server.sink.events().iter().all(|e| e.action == "go"));
+    assert_eq!(
+        server.sink.events().len(),
+        1,
+        "only the text message is published"
+    );
     server.stop().await;
 }
 
@@ -465,6 +474,25 @@ async fn a_frame_over_the_limit_closes_with_1009() {
     send_text(&mut ws, &big).await;
     assert_eq!(read_until_close(&mut ws).await, (1009, 0));
     assert!(server.sink.events().is_empty());
+    wait_until("the connection is unregistered", || {
+        server.registry.connection_count() == 0
+    })
+    .await;
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn a_frame_declared_over_the_limit_closes_with_1009_before_its_payload_arrives() {
+    let server = TestServer::start(small_settings()).await;
+    let mut client = RawClient::connect(server.addr, "alice").await;
+
+    // A masked text frame header declaring 1 GiB, and no payload at all.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    client.write(&header).await;
+
+    assert_eq!(client.read_until_close().await, (1009, vec![]));
     wait_until("the connection is unregistered", || {
         server.registry.connection_count() == 0
     })
@@ -538,15 +566,20 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_are_unaffect
 }
 
 #[actix_web::test]
-async fn cancelling_the_shutdown_token_closes_every_socket_with_1001() {
+async fn cancelling_the_shutdown_token_flushes_queued_frames_and_closes_with_1001() {
     let server = TestServer::start(small_settings()).await;
     let mut first = server.connect("alice").await;
     let mut second = server.connect("bob").await;
     assert_eq!(server.registry.connection_count(), 2);
 
+    // What was already handed to a connection is written before it closes.
+    for n in 0..5 {
+        assert_eq!(server.deliver("alice", &format!("queued {n}")), 1);
+    }
     server.shutdown.cancel();
-    assert_eq!(read_until_close(&mut first).await.0, 1001);
-    assert_eq!(read_until_close(&mut second).await.0, 1001);
+    assert_eq!(read_until_close(&mut first).await, (1001, 5));
+    assert_eq!(read_until_close(&mut second).await, (1001, 0));
+    assert_eq!(server.deliver("alice", "after shutdown"), 0);
     wait_until("every connection is unregistered", || {
         server.registry.connection_count() == 0
     })
@@ -562,7 +595,7 @@ async fn a_silent_client_is_closed_after_the_timeout_and_a_live_one_is_not() {
         ..small_settings()
     })
     .await;
-    let mut silent = SilentClient::connect(server.addr, "silent").await;
+    let mut silent = RawClient::connect(server.addr, "silent").await;
     let mut live = server.connect("live").await;
 
     // The live client reads (and so answers pings) well past the timeout.
