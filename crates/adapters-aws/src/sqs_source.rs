@@ -1,5 +1,6 @@
 //! `CommandSource` over an SQS queue.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -172,10 +173,12 @@ impl SqsCommandSource {
         .await
     }
 
-    /// Runs a batch call over chunks of at most ten receipts. Entry ids are
-    /// positions in the chunk, so they stay distinct even when one message's
-    /// receipt appears twice. Entries that failed through no fault of the
-    /// request are retried alone; the others are never re-sent.
+    /// Runs a batch call over chunks of at most ten receipts. A receipt given
+    /// twice is sent once: moto refuses a whole `DeleteMessageBatch` that
+    /// repeats a receipt handle (`BatchEntryIdsNotDistinct`) even under
+    /// distinct entry ids, and settling one message twice is pointless anyway.
+    /// Entry ids are positions in the chunk. Entries that failed through no
+    /// fault of the request are retried alone; the others are never re-sent.
     async fn in_batches<F, Fut>(
         &self,
         operation: &'static str,
@@ -186,6 +189,11 @@ impl SqsCommandSource {
         F: Fn(Vec<Receipt>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<FailedEntry>, SourceError>>,
     {
+        let mut seen = HashSet::new();
+        let receipts: Vec<Receipt> = receipts
+            .into_iter()
+            .filter(|r| seen.insert(r.clone()))
+            .collect();
         let mut given_up: Vec<Receipt> = Vec::new();
         let mut last_reason = String::new();
         for chunk in receipts.chunks(BATCH_LIMIT) {

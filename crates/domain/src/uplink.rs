@@ -45,13 +45,20 @@ impl Uplink {
             Err(error) => {
                 warn!(%error, "client message not published");
                 bump(&self.stats.uplink.failed, 1);
-                let code = match error {
-                    PublishError::Rejected(_) => PUBLISH_REJECTED,
-                    PublishError::Unavailable(_) => PUBLISH_FAILED,
+                // The sink's error text is for operators (it may hold raw
+                // service responses); the client gets a short, stable message.
+                let (code, message) = match error {
+                    PublishError::Rejected(_) => {
+                        (PUBLISH_REJECTED, "the message was refused by the event bus")
+                    }
+                    PublishError::Unavailable(_) => (
+                        PUBLISH_FAILED,
+                        "the event bus is unavailable; the message was not published",
+                    ),
                 };
                 Some(Reply::Error {
                     code,
-                    message: error.to_string(),
+                    message: message.to_owned(),
                     id,
                 })
             }

@@ -1,0 +1,341 @@
+//! `SqsCommandSource` against moto.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use adapters_aws::{SqsCommandSource, SqsSourceSettings};
+use aws_sdk_sqs::types::QueueAttributeName;
+use domain::{CommandSource, InboundMessage, Receipt, SourceError};
+use testkit::{moto, unique_name, Aws};
+
+use crate::support::{closed_port, WAIT};
+
+/// A source whose long polls are short, so a test never waits 20 s on an
+/// empty queue.
+fn source(aws: &Aws, queue_url: &str) -> SqsCommandSource {
+    SqsCommandSource::new(
+        aws.sqs.clone(),
+        queue_url,
+        SqsSourceSettings {
+            wait_time: Duration::from_secs(1),
+            ..SqsSourceSettings::default()
+        },
+    )
+}
+
+/// Receives until at least `n` messages came back or [`WAIT`] passed.
+async fn receive_n(source: &SqsCommandSource, n: usize) -> Vec<InboundMessage> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < deadline {
+        got.extend(source.receive().await.unwrap());
+    }
+    got
+}
+
+fn receipts(messages: &[InboundMessage]) -> Vec<Receipt> {
+    messages.iter().map(|m| m.receipt.clone()).collect()
+}
+
+#[tokio::test]
+async fn receive_returns_body_id_receipt_sent_time_and_receive_count() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-recv")).await;
+    let source = source(&aws, &queue.url);
+    assert_eq!(source.queue_url(), queue.url);
+
+    let body = r#"{"client_id":"c1","command":"ping","data":{"n":1}}"#;
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let id = aws.send(&queue.url, body).await;
+    let after = SystemTime::now() + Duration::from_secs(1);
+
+    let got = receive_n(&source, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0];
+    assert_eq!(m.message_id, id);
+    assert_eq!(m.body, body);
+    assert!(!m.receipt.token().is_empty());
+    assert_eq!(m.receive_count, 1);
+    let sent_at = m.sent_at.expect("SentTimestamp was asked for");
+    assert!(
+        before <= sent_at && sent_at <= after,
+        "sent_at {sent_at:?} not within {before:?}..{after:?}"
+    );
+    // Received means in flight, not deleted.
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+
+    // Handed out again: the count goes up and the receipt changes.
+    source
+        .release(vec![m.receipt.clone()], Duration::ZERO)
+        .await
+        .unwrap();
+    let again = receive_n(&source, 1).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].message_id, id);
+    assert_eq!(again[0].receive_count, 2);
+    assert_eq!(again[0].sent_at, Some(sent_at));
+    assert_ne!(again[0].receipt, m.receipt);
+}
+
+#[tokio::test]
+async fn receive_takes_at_most_ten_messages_at_a_time() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-ten")).await;
+    let mut sent = BTreeMap::new();
+    for i in 0..12 {
+        let body = format!(r#"{{"client_id":"c1","command":"n{i}"}}"#);
+        sent.insert(aws.send(&queue.url, &body).await, body);
+    }
+    let source = source(&aws, &queue.url);
+
+    let first = source.receive().await.unwrap();
+    // Moto hands out everything visible up to the maximum (real SQS may
+    // return fewer, never more).
+    assert_eq!(first.len(), 10, "{first:?}");
+    let mut got: Vec<InboundMessage> = first;
+    got.extend(receive_n(&source, 2).await);
+    assert_eq!(got.len(), 12);
+    let received: BTreeMap<String, String> =
+        got.into_iter().map(|m| (m.message_id, m.body)).collect();
+    assert_eq!(received, sent);
+}
+
+#[tokio::test]
+async fn first_receive_does_not_wait_later_ones_long_poll() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-warm")).await;
+    let source = SqsCommandSource::new(
+        aws.sqs.clone(),
+        &queue.url,
+        SqsSourceSettings {
+            wait_time: Duration::from_secs(20),
+            ..SqsSourceSettings::default()
+        },
+    );
+    // The first receive of an empty queue answers at once instead of after 20 s.
+    let first = tokio::time::timeout(WAIT, source.receive()).await;
+    assert_eq!(first, Ok(Ok(Vec::new())));
+    // The next one long-polls: on an empty queue it is still waiting later.
+    let second = tokio::time::timeout(Duration::from_millis(1500), source.receive()).await;
+    assert!(second.is_err(), "second receive returned {second:?}");
+}
+
+#[tokio::test]
+async fn acknowledge_deletes_exactly_the_given_messages() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-ack")).await;
+    for i in 0..3 {
+        aws.send(&queue.url, &format!("m{i}")).await;
+    }
+    let source = source(&aws, &queue.url);
+    let mut got = receive_n(&source, 3).await;
+    assert_eq!(got.len(), 3);
+    got.sort_by(|a, b| a.body.cmp(&b.body));
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 3));
+
+    source.acknowledge(receipts(&got[..2])).await.unwrap();
+    // The two are gone; the third is still in flight.
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+
+    source
+        .release(vec![got[2].receipt.clone()], Duration::ZERO)
+        .await
+        .unwrap();
+    let left = aws.receive_all(&queue.url, Duration::from_secs(1)).await;
+    let bodies: Vec<&str> = left.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["m2"]);
+}
+
+#[tokio::test]
+async fn acknowledge_more_than_ten_receipts_in_one_call() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-ack25")).await;
+    for i in 0..25 {
+        aws.send(&queue.url, &format!("m{i}")).await;
+    }
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 25).await;
+    assert_eq!(got.len(), 25);
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 25));
+
+    source.acknowledge(receipts(&got)).await.unwrap();
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn acknowledge_with_a_repeated_receipt_succeeds() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-ackdup")).await;
+    aws.send(&queue.url, "a").await;
+    aws.send(&queue.url, "b").await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 2).await;
+    assert_eq!(got.len(), 2);
+
+    // The downlink may settle one message twice (e.g. a duplicate delivery
+    // in one batch); that must not fail the whole call.
+    let repeated = vec![
+        got[0].receipt.clone(),
+        got[0].receipt.clone(),
+        got[1].receipt.clone(),
+    ];
+    source.acknowledge(repeated).await.unwrap();
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn release_without_delay_makes_the_message_receivable_at_once() {
+    let aws = moto().aws().await;
+    // Default visibility timeout (30 s): only the release can bring it back soon.
+    let queue = aws.create_queue(&unique_name("src-rel0")).await;
+    let id = aws.send(&queue.url, "m").await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+
+    // Repeated receipts are harmless here too.
+    source
+        .release(receipts(&[got[0].clone(), got[0].clone()]), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(aws.queue_counts(&queue.url).await, (1, 0));
+    let again = source.receive().await.unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].message_id, id);
+    assert_eq!(again[0].receive_count, 2);
+}
+
+#[tokio::test]
+async fn release_with_a_delay_keeps_the_message_invisible_that_long() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-rel2")).await;
+    let id = aws.send(&queue.url, "m").await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 1).await;
+    assert_eq!(got.len(), 1);
+
+    let delay = Duration::from_secs(2);
+    let released_at = Instant::now();
+    source
+        .release(vec![got[0].receipt.clone()], delay)
+        .await
+        .unwrap();
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+
+    let counts = aws.wait_for_counts(&queue.url, (1, 0), WAIT).await;
+    let visible_after = released_at.elapsed();
+    assert_eq!(counts, (1, 0), "never became visible again");
+    // Moto sets the deadline after our clock started: it cannot be visible earlier.
+    assert!(
+        visible_after >= delay - Duration::from_millis(100),
+        "visible again after {visible_after:?}, delay was {delay:?}"
+    );
+    let again = receive_n(&source, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message_id, id);
+}
+
+#[tokio::test]
+async fn reject_with_a_redrive_policy_leaves_the_message_for_the_dead_letter_queue() {
+    let aws = moto().aws().await;
+    let (queue, dlq) = aws
+        .create_queue_with_dlq(
+            &unique_name("src-rej-dlq"),
+            2,
+            &[(QueueAttributeName::VisibilityTimeout, "1".to_owned())],
+        )
+        .await;
+    let body = "not a command";
+    let id = aws.send(&queue.url, body).await;
+    let source = source(&aws, &queue.url);
+
+    for receive in 1..=2 {
+        let got = receive_n(&source, 1).await;
+        assert_eq!(got.len(), 1, "receive {receive}");
+        assert_eq!(got[0].receive_count, receive);
+        source.reject(receipts(&got)).await.unwrap();
+        // Not deleted: still in flight until the visibility timeout ends.
+        assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+        assert_eq!(aws.queue_counts(&dlq.url).await, (0, 0));
+        let counts = aws.wait_for_counts(&queue.url, (1, 0), WAIT).await;
+        assert_eq!(counts, (1, 0), "back after the visibility timeout");
+    }
+
+    // maxReceiveCount reached: moto moves it to the DLQ on the next receive.
+    let third = source.receive().await.unwrap();
+    assert_eq!(third, Vec::new());
+    assert_eq!(aws.wait_for_counts(&dlq.url, (1, 0), WAIT).await, (1, 0));
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
+    let dead = aws.receive_at_least(&dlq.url, 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, id);
+    assert_eq!(dead[0].body, body);
+}
+
+#[tokio::test]
+async fn reject_without_a_redrive_policy_deletes_the_message() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-rej")).await;
+    aws.send(&queue.url, "bad").await;
+    aws.send(&queue.url, "kept").await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 2).await;
+    assert_eq!(got.len(), 2);
+    let (bad, kept): (Vec<_>, Vec<_>) = got.into_iter().partition(|m| m.body == "bad");
+
+    source.reject(receipts(&bad)).await.unwrap();
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+    source
+        .release(receipts(&kept), Duration::ZERO)
+        .await
+        .unwrap();
+    let left = aws.receive_all(&queue.url, Duration::from_secs(1)).await;
+    let bodies: BTreeSet<&str> = left.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, BTreeSet::from(["kept"]));
+}
+
+#[tokio::test]
+async fn receive_from_a_missing_queue_is_misconfigured() {
+    let aws = moto().aws().await;
+    let existing = aws.create_queue(&unique_name("src-there")).await;
+    let missing_url = existing
+        .url
+        .replace(&existing.name, &unique_name("src-missing"));
+    let source = source(&aws, &missing_url);
+
+    let result = tokio::time::timeout(WAIT, source.receive()).await.unwrap();
+    match result {
+        Err(SourceError::Misconfigured(reason)) => {
+            // Moto answers HTTP 400 with x-amzn-query-error
+            // `AWS.SimpleQueueService.NonExistentQueue` (`__type` QueueDoesNotExist).
+            assert!(reason.contains("ReceiveMessage"), "{reason}");
+            assert!(reason.contains("NonExistentQueue"), "{reason}");
+        }
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn receive_from_a_closed_port_is_unavailable() {
+    let config = moto().sdk_config().await;
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let conf = aws_sdk_sqs::config::Builder::from(&config)
+        .endpoint_url(&endpoint)
+        .build();
+    let client = aws_sdk_sqs::Client::from_conf(conf);
+    let source = SqsCommandSource::new(
+        client,
+        format!("{endpoint}/123456789012/nowhere"),
+        SqsSourceSettings::default(),
+    );
+
+    // The SDK retries the refused connection a few times before giving up.
+    let result = tokio::time::timeout(Duration::from_secs(30), source.receive())
+        .await
+        .expect("receive did not give up within 30 s");
+    assert!(
+        matches!(result, Err(SourceError::Unavailable(_))),
+        "{result:?}"
+    );
+}
