@@ -12,6 +12,11 @@ use aws_smithy_http_client::Builder;
 /// noticed within half a minute.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Longest a single SNS publish attempt may take.
+pub const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a publish may take with all its retries.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Loads region, credentials and endpoint (`AWS_ENDPOINT_URL`, `AWS_REGION`,
 /// the usual credential chain) from the environment.
 ///
@@ -48,10 +53,22 @@ impl Clients {
     }
 
     /// Clients for an already loaded configuration.
+    ///
+    /// SNS calls get a tighter budget than SQS long polls: a client waiting
+    /// for its ack should hear about an outage within seconds, not minutes.
     pub fn from_config(config: &SdkConfig) -> Self {
+        let sns = aws_sdk_sns::config::Builder::from(config)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(PUBLISH_ATTEMPT_TIMEOUT)
+                    .operation_timeout(PUBLISH_TIMEOUT)
+                    .build(),
+            )
+            .build();
         Self {
             sqs: aws_sdk_sqs::Client::new(config),
-            sns: aws_sdk_sns::Client::new(config),
+            sns: aws_sdk_sns::Client::from_conf(sns),
         }
     }
 }

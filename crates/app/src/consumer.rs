@@ -1,5 +1,6 @@
 //! The command consumer: a few long-poll loops driving the downlink use case,
-//! backing off with jitter while the source fails, stopping on shutdown.
+//! backing off with jitter while the source fails, stopping on shutdown
+//! without abandoning a batch it already holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +27,16 @@ async fn poll_loop(poller: usize, downlink: Arc<Downlink>, stop: CancellationTok
     info!(poller, "command poller started");
     let mut failures: u32 = 0;
     loop {
-        let result = tokio::select! {
+        // Only the wait for a batch is abandoned at shutdown: a batch that
+        // arrived is always settled (delivered and deleted, or released).
+        let received = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            result = downlink.poll_once() => result,
+            received = downlink.receive() => received,
         };
-        match result {
-            Ok(_) => {
+        match received {
+            Ok(batch) => {
+                downlink.process(batch).await;
                 if failures > 0 {
                     info!(poller, failures, "command source reachable again");
                 }

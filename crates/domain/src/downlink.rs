@@ -83,18 +83,27 @@ impl Downlink {
     /// A receive failure is returned (the caller backs off); settle failures
     /// are logged and counted, since the source hands the messages out again.
     pub async fn poll_once(&self) -> Result<BatchOutcome, SourceError> {
-        let batch = match self.source.receive().await {
+        let batch = self.receive().await?;
+        Ok(self.process(batch).await)
+    }
+
+    /// Waits for the next batch, recording whether the source answered.
+    ///
+    /// Safe to abandon (e.g. at shutdown): nothing has been taken from the
+    /// source until it returns. Once it has returned, the batch must go
+    /// through [`Downlink::process`], which should not be abandoned.
+    pub async fn receive(&self) -> Result<Vec<InboundMessage>, SourceError> {
+        match self.source.receive().await {
             Ok(batch) => {
                 self.stats.set_consumer_healthy(true);
-                batch
+                Ok(batch)
             }
             Err(e) => {
                 self.stats.set_consumer_healthy(false);
                 bump(&self.stats.downlink.receive_errors, 1);
-                return Err(e);
+                Err(e)
             }
-        };
-        Ok(self.process(batch).await)
+        }
     }
 
     /// Decides the fate of each message of a batch, in order, then settles
