@@ -151,7 +151,12 @@ impl From<ConfigError> for Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure::Runtime(e)
+        // `Application::build` reports a missing setting as a ConfigError
+        // inside anyhow: still a configuration error (exit 2), not a runtime one.
+        match e.downcast::<ConfigError>() {
+            Ok(config) => Failure::Usage(config.to_string()),
+            Err(e) => Failure::Runtime(e),
+        }
     }
 }
 

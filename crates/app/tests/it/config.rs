@@ -1,0 +1,292 @@
+//! The layered configuration (SPEC §7): defaults, config/default.toml,
+//! config/<profile>.toml, environment, command-line overrides; validation.
+//! The environment is passed in as pairs: nothing here touches the process's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use app::config::{ConfigError, Mode, Settings, Sources, UndeliverablePolicy};
+use domain::Undeliverable;
+use figment::value::Value;
+
+use crate::support::TempDir;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn sources(dir: &TempDir, pairs: &[(&str, &str)]) -> Sources {
+    Sources {
+        config_dir: dir.path().to_path_buf(),
+        profile: None,
+        env: env(pairs),
+        overrides: Vec::new(),
+    }
+}
+
+fn load_err(sources: &Sources) -> ConfigError {
+    match Settings::load(sources) {
+        Ok(settings) => panic!("expected a ConfigError, loaded {settings:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts the error has exactly one problem, and that it starts with `field:`.
+fn assert_one_problem_naming(error: &ConfigError, field: &str) {
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert!(
+        error.problems[0].starts_with(&format!("{field}:")),
+        "the problem should name {field}: {error}"
+    );
+    assert!(error.to_string().contains(field), "{error}");
+}
+
+#[test]
+fn without_files_or_environment_the_defaults_apply() {
+    let dir = TempDir::new("cfg-defaults");
+    let settings = Settings::load(&sources(&dir, &[])).unwrap();
+    assert_eq!(settings, Settings::default());
+    assert_eq!(settings.host, "127.0.0.1");
+    assert_eq!(settings.port, 8000);
+    assert_eq!(settings.mode, Mode::Shared);
+    assert_eq!(settings.receive_wait_secs, 20);
+    assert_eq!(settings.max_message_bytes, 65_536);
+    assert_eq!(settings.command_queue_url, None);
+    // Unset undeliverable policy in shared mode: retry, 5 s delay, 60 s window.
+    assert_eq!(
+        settings.downlink().undeliverable,
+        Undeliverable::Retry {
+            delay: Duration::from_secs(5),
+            window: Duration::from_secs(60),
+        }
+    );
+}
+
+#[test]
+fn the_shipped_default_toml_matches_the_built_in_defaults() {
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let settings = Settings::load(&Sources {
+        config_dir,
+        ..Sources::default()
+    })
+    .unwrap();
+    // Only the local development resources are filled in.
+    let expected = Settings {
+        command_queue_url: settings.command_queue_url.clone(),
+        events_topic_arn: settings.events_topic_arn.clone(),
+        commands_topic_arn: settings.commands_topic_arn.clone(),
+        ..Settings::default()
+    };
+    assert_eq!(settings, expected);
+    assert!(settings.command_queue_url.is_some());
+    assert!(settings.events_topic_arn.is_some());
+}
+
+#[test]
+fn a_toml_file_overrides_the_defaults() {
+    let dir = TempDir::new("cfg-file");
+    dir.write(
+        "default.toml",
+        r#"
+port = 9001
+undeliverable = "drop"
+pollers = 4
+command_queue_url = "http://127.0.0.1:5000/123456789012/from-file"
+events_topic_arn = "arn:aws:sns:us-east-1:123456789012:from-file"
+"#,
+    );
+    let settings = Settings::load(&sources(&dir, &[])).unwrap();
+    assert_eq!(settings.port, 9001);
+    assert_eq!(settings.undeliverable, Some(UndeliverablePolicy::Drop));
+    assert_eq!(settings.downlink().undeliverable, Undeliverable::Drop);
+    assert_eq!(settings.pollers, 4);
+    assert_eq!(
+        settings.command_queue_url.as_deref(),
+        Some("http://127.0.0.1:5000/123456789012/from-file")
+    );
+    // What the file does not set keeps its default.
+    assert_eq!(settings.host, "127.0.0.1");
+    assert_eq!(settings.receive_wait_secs, 20);
+}
+
+#[test]
+fn a_profile_file_overrides_default_toml() {
+    let dir = TempDir::new("cfg-profile");
+    dir.write("default.toml", "port = 9001\nhost = \"0.0.0.0\"\n");
+    dir.write("staging.toml", "port = 9002\n");
+    let mut with_profile = sources(&dir, &[]);
+    with_profile.profile = Some("staging".into());
+    let settings = Settings::load(&with_profile).unwrap();
+    assert_eq!(settings.port, 9002);
+    assert_eq!(settings.host, "0.0.0.0");
+
+    // Without the profile the profile file is not read.
+    let settings = Settings::load(&sources(&dir, &[])).unwrap();
+    assert_eq!(settings.port, 9001);
+}
+
+#[test]
+fn environment_variables_override_files() {
+    let dir = TempDir::new("cfg-env");
+    dir.write(
+        "default.toml",
+        "port = 9001\npollers = 3\nmode = \"shared\"\n",
+    );
+    dir.write("staging.toml", "port = 9002\n");
+    let mut s = sources(
+        &dir,
+        &[
+            ("BRIDGE_PORT", "9100"),
+            ("BRIDGE_HOST", "0.0.0.0"),
+            ("BRIDGE_UNDELIVERABLE", "drop"),
+            ("BRIDGE_RECEIVE_WAIT_SECS", "3"),
+            (
+                "BRIDGE_COMMAND_QUEUE_URL",
+                "http://127.0.0.1:5000/123456789012/from-env",
+            ),
+            (
+                "BRIDGE_EVENTS_TOPIC_ARN",
+                "arn:aws:sns:us-east-1:123456789012:from-env",
+            ),
+        ],
+    );
+    s.profile = Some("staging".into());
+    let settings = Settings::load(&s).unwrap();
+    assert_eq!(settings.port, 9100);
+    assert_eq!(settings.host, "0.0.0.0");
+    assert_eq!(settings.undeliverable, Some(UndeliverablePolicy::Drop));
+    assert_eq!(settings.receive_wait_secs, 3);
+    assert_eq!(
+        settings.command_queue_url.as_deref(),
+        Some("http://127.0.0.1:5000/123456789012/from-env")
+    );
+    assert_eq!(
+        settings.events_topic_arn.as_deref(),
+        Some("arn:aws:sns:us-east-1:123456789012:from-env")
+    );
+    // The file's value survives where the environment is silent.
+    assert_eq!(settings.pollers, 3);
+}
+
+#[test]
+fn command_line_overrides_win_over_the_environment() {
+    let dir = TempDir::new("cfg-cli");
+    dir.write("default.toml", "port = 9001\n");
+    let mut s = sources(&dir, &[("BRIDGE_PORT", "9100"), ("BRIDGE_HOST", "0.0.0.0")]);
+    s.overrides = vec![
+        ("port".into(), Value::from(9200u16)),
+        ("host".into(), Value::from("::1".to_owned())),
+    ];
+    let settings = Settings::load(&s).unwrap();
+    assert_eq!(settings.port, 9200);
+    assert_eq!(settings.host, "::1");
+}
+
+#[test]
+fn a_port_that_is_not_a_number_is_refused_naming_the_field() {
+    let dir = TempDir::new("cfg-bad-port");
+    let error = load_err(&sources(&dir, &[("BRIDGE_PORT", "abc")]));
+    assert_one_problem_naming(&error, "port");
+    assert!(error.to_string().contains("abc"), "{error}");
+    assert!(error.to_string().contains("environment"), "{error}");
+
+    let error = load_err(&sources(&dir, &[("BRIDGE_PORT", "70000")]));
+    assert_one_problem_naming(&error, "port");
+}
+
+#[test]
+fn an_unknown_mode_is_refused_naming_the_field() {
+    let dir = TempDir::new("cfg-bad-mode");
+    let error = load_err(&sources(&dir, &[("BRIDGE_MODE", "sideways")]));
+    assert_one_problem_naming(&error, "mode");
+    assert!(error.to_string().contains("sideways"), "{error}");
+}
+
+#[test]
+fn a_frame_limit_above_sns_is_refused_naming_the_field() {
+    let dir = TempDir::new("cfg-bad-bytes");
+    let error = load_err(&sources(&dir, &[("BRIDGE_MAX_MESSAGE_BYTES", "300000")]));
+    assert_one_problem_naming(&error, "max_message_bytes");
+    assert!(error.to_string().contains("300000"), "{error}");
+    // SNS's own limit is still fine.
+    let ok = Settings::load(&sources(&dir, &[("BRIDGE_MAX_MESSAGE_BYTES", "262144")])).unwrap();
+    assert_eq!(ok.max_message_bytes, 262_144);
+}
+
+#[test]
+fn a_receive_wait_above_sqs_limit_is_refused_naming_the_field() {
+    let dir = TempDir::new("cfg-bad-wait");
+    let error = load_err(&sources(&dir, &[("BRIDGE_RECEIVE_WAIT_SECS", "21")]));
+    assert_one_problem_naming(&error, "receive_wait_secs");
+    let ok = Settings::load(&sources(&dir, &[("BRIDGE_RECEIVE_WAIT_SECS", "20")])).unwrap();
+    assert_eq!(ok.receive_wait_secs, 20);
+}
+
+#[test]
+fn every_invalid_value_is_reported_at_once() {
+    let dir = TempDir::new("cfg-many");
+    let error = load_err(&sources(
+        &dir,
+        &[
+            ("BRIDGE_POLLERS", "0"),
+            ("BRIDGE_RECEIVE_WAIT_SECS", "21"),
+            ("BRIDGE_MAX_MESSAGE_BYTES", "0"),
+            ("BRIDGE_HEARTBEAT_SECS", "60"),
+            ("BRIDGE_EVENTS_TOPIC_ARN", "not-an-arn"),
+        ],
+    ));
+    let fields = [
+        "pollers",
+        "receive_wait_secs",
+        "max_message_bytes",
+        "client_timeout_secs",
+        "events_topic_arn",
+    ];
+    assert_eq!(error.problems.len(), fields.len(), "{error}");
+    for field in fields {
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.starts_with(&format!("{field}:"))),
+            "{field} not named: {error}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_key_in_a_file_is_refused_naming_it() {
+    let dir = TempDir::new("cfg-unknown-key");
+    dir.write("default.toml", "port = 9001\nbogus_setting = 1\n");
+    let error = load_err(&sources(&dir, &[]));
+    assert!(error.to_string().contains("bogus_setting"), "{error}");
+}
+
+#[test]
+fn a_wrong_type_in_a_file_names_the_field_and_the_file() {
+    let dir = TempDir::new("cfg-file-type");
+    dir.write("default.toml", "pollers = \"many\"\n");
+    let error = load_err(&sources(&dir, &[]));
+    assert_one_problem_naming(&error, "pollers");
+    assert!(error.to_string().contains("default.toml"), "{error}");
+}
+
+#[test]
+fn environment_variables_unknown_to_the_settings_are_ignored() {
+    let dir = TempDir::new("cfg-unknown-env");
+    let settings = Settings::load(&sources(
+        &dir,
+        &[
+            ("BRIDGE_SOMETHING_ELSE", "whatever"),
+            ("BRIDGE_PROFILE", "staging"),
+            ("BRIDGE_CONFIG_DIR", "/nowhere"),
+            ("PORT", "1234"),
+            ("bridge_port", "1234"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(settings, Settings::default());
+}

@@ -1,0 +1,15 @@
+//! The app crate end to end: a real bridge on an ephemeral port, real
+//! WebSocket and HTTP clients, a real moto behind it (`testkit::moto()`, or
+//! the shared one named by `WSBRIDGE_TEST_MOTO_URL`), the layered
+//! configuration, and the `wsbridge` binary as a child process.
+//!
+//! One binary (tests/it), one module per area; `support` holds the helpers.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod cli;
+mod config;
+mod downlink;
+mod http;
+mod support;
+mod uplink;
