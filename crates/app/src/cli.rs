@@ -172,6 +172,8 @@ fn serve_overrides(args: &ServeArgs) -> Vec<(String, Value)> {
 }
 
 async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
+    let stop = CancellationToken::new();
+    cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
     let clients = Clients::from_env().await;
     if dev {
         if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
@@ -194,7 +196,10 @@ async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
     }
     let app = Application::build(settings.clone(), clients).await?;
     let shutdown = app.shutdown_token();
-    tokio::spawn(cancel_on_signal(shutdown));
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        shutdown.cancel();
+    });
     info!(
         url = %format!("http://{}:{}/", settings.host, app.port()),
         "demo page"
@@ -225,30 +230,31 @@ fn dev_plan(settings: &Settings) -> Result<Plan, ConfigError> {
     })
 }
 
-/// Cancels `token` on SIGINT (Ctrl-C) or SIGTERM. The one place that owns signals.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Cancels `token` on SIGINT (Ctrl-C) or SIGTERM: the one place that owns
+/// signals. The handlers are installed before this returns, so a signal that
+/// arrives while the caller is still starting up is not lost.
+pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+            info!("shutdown signal received");
+            token.cancel();
+        });
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    info!("shutdown signal received");
-    token.cancel();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutdown signal received");
+        token.cancel();
+    });
+    Ok(())
 }
 
 async fn send_command(
@@ -283,6 +289,8 @@ async fn send_command(
 
 async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failure> {
     let topic = settings.required("events_topic_arn", &settings.events_topic_arn)?;
+    let stop = CancellationToken::new();
+    cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
     let clients = Clients::from_env().await;
     let monitor = Monitor::start(clients.sqs, clients.sns, topic)
         .await
@@ -291,8 +299,6 @@ async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failur
         "monitoring {topic} through {} (Ctrl-C to stop)",
         monitor.queue_url()
     );
-    let stop = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(stop.clone()));
     let mut seen = 0usize;
     let outcome = loop {
         if count.is_some_and(|n| seen >= n) {

@@ -98,7 +98,9 @@ pub struct Settings {
     pub pollers: usize,
     /// Long-poll wait of each receive (0..=20).
     pub receive_wait_secs: u64,
-    /// Receives after which the dead-letter queue takes a message (used by `dev`).
+    /// Receives after which the dead-letter queue takes a message (used by
+    /// `dev`). Releases of Commands for absent clients count as receives, so
+    /// keep it above `retry_window_secs / retry_delay_secs`.
     pub max_receive_count: u32,
     /// Forwarded message ids remembered for de-duplication.
     pub dedup_capacity: usize,
@@ -139,7 +141,7 @@ impl Default for Settings {
             retry_window_secs: 60,
             pollers: 2,
             receive_wait_secs: 20,
-            max_receive_count: 5,
+            max_receive_count: 15,
             dedup_capacity: 100_000,
             dedup_ttl_secs: 600,
             max_message_bytes: 65_536,
@@ -182,9 +184,14 @@ impl Settings {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(sources.config_dir.join("default.toml")));
         if let Some(profile) = &sources.profile {
-            figment = figment.merge(Toml::file(
-                sources.config_dir.join(format!("{profile}.toml")),
-            ));
+            let file = sources.config_dir.join(format!("{profile}.toml"));
+            // A misspelt profile must not silently fall back to the defaults.
+            if !file.is_file() {
+                return Err(ConfigError {
+                    problems: vec![format!("profile: no file {}", file.display())],
+                });
+            }
+            figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(EnvVars::new(&sources.env));
         for (field, value) in &sources.overrides {
@@ -348,11 +355,20 @@ fn describe_figment_error(error: figment::Error) -> String {
     } else {
         error.path.join(".")
     };
+    // "from environment variable BRIDGE_PORT", "from TOML file config/x.toml".
     let source = error
         .metadata
         .as_ref()
         .map(|m| match &m.source {
             Some(source) => format!(" (from {} {source})", m.name),
+            None if !error.path.is_empty() => {
+                let profile = error.profile.clone().unwrap_or_default();
+                format!(
+                    " (from {} {})",
+                    m.name,
+                    m.interpolate(&profile, &error.path)
+                )
+            }
             None => format!(" (from {})", m.name),
         })
         .unwrap_or_default();
@@ -368,19 +384,24 @@ impl EnvVars {
     fn new(env: &[(String, String)]) -> Self {
         // Only variables naming a setting are read: the environment also holds
         // `BRIDGE_PROFILE` and variables of settings other versions know.
-        let known: Vec<String> = match serde_json::to_value(Settings::default()) {
-            Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
-            _ => Vec::new(),
+        // A value is parsed as a number or boolean only where the setting is
+        // one, so `BRIDGE_HOST=1234` stays the string it was meant to be.
+        let defaults = match serde_json::to_value(Settings::default()) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
         };
         let dict = env
             .iter()
             .filter_map(|(name, value)| {
                 let field = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-                // Values parse like figment's own Env: numbers, booleans, strings.
-                let value: Value = value.parse().unwrap_or_else(|_| Value::from(value.clone()));
+                let value = match defaults.get(&field)? {
+                    serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                        value.parse().unwrap_or_else(|_| Value::from(value.clone()))
+                    }
+                    _ => Value::from(value.clone()),
+                };
                 Some((field, value))
             })
-            .filter(|(field, _)| known.contains(field))
             .collect();
         Self { dict }
     }

@@ -1,1 +1,51 @@
-//! placeholder
+//! Test support for the wsbridge workspace: a real moto server (AWS SNS/SQS
+//! emulator) on a loopback port, AWS SDK clients pointed at it, unique resource
+//! names, and helpers to create topics and queues and inspect what arrived.
+//!
+//! This crate is a dev-dependency only; nothing here is part of the product.
+//!
+//! # The moto server
+//!
+//! [`moto()`] returns the process-wide [`Moto`] handle:
+//!
+//! - if `WSBRIDGE_TEST_MOTO_URL` is set (as `scripts/test.sh` does: it starts ONE
+//!   shared moto for the whole test run), that server is used;
+//! - otherwise a moto server is spawned for this test process on a free
+//!   loopback port and dies with the process (a small watchdog shell kills it
+//!   within a second of the test process exiting). Under `cargo nextest`, which
+//!   runs every test in its own process, that means one moto per test: slower,
+//!   so prefer `scripts/test.sh`.
+//!
+//! The moto binary is `$MOTO_SERVER` if set, else `<workspace>/.venv/bin/moto_server`
+//! if it exists (`scripts/moto-venv.sh` creates it), else `moto_server` on `PATH`.
+//!
+//! Only the endpoint URL is stored statically. SDK clients are built per call
+//! ([`Moto::sdk_config`], [`Moto::aws`]), so they belong to the runtime of the
+//! test that made them: plain `#[tokio::test]`, multi-threaded runtimes and
+//! actix runtimes all work.
+//!
+//! # Isolation
+//!
+//! Tests share one moto and run in parallel: every topic and queue must have a
+//! name from [`unique_name`]. Never reset moto from a test. Moto fails a Publish
+//! as a whole when the topic has a subscription to a deleted queue, so
+//! unsubscribe before deleting a queue (or just leave test resources in place:
+//! the server is thrown away at the end of the run).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let aws = testkit::moto().aws().await;
+//! let queue = aws.create_queue(&testkit::unique_name("demo")).await;
+//! aws.send(&queue.url, r#"{"client_id":"c1","command":"ping"}"#).await;
+//! let got = aws.receive_at_least(&queue.url, 1, std::time::Duration::from_secs(5)).await;
+//! assert_eq!(got.len(), 1);
+//! # }
+//! ```
+
+mod aws;
+mod names;
+mod server;
+
+pub use aws::{Aws, Received, TestQueue};
+pub use names::unique_name;
+pub use server::{http_client, moto, Moto, TEST_REGION};

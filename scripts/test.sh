@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The test command: everything CI checks, in this order.
+#
+#   scripts/test.sh                 # full run (what CI does)
+#   scripts/test.sh --no-coverage   # skip the coverage step, for quick local loops
+#
+# 1. makes sure .venv has moto[server] (scripts/moto-venv.sh), starts ONE moto on a
+#    free loopback port for the whole run and exports WSBRIDGE_TEST_MOTO_URL and
+#    MOTO_SERVER (the testkit crate uses them); moto is stopped on exit;
+# 2. cargo fmt --check, cargo clippy -D warnings;
+# 3. checks that the domain crate depends on no aws-, actix, tokio or lapin crate;
+# 4. the tests: cargo nextest (or cargo test where nextest is absent), then doc tests;
+# 5. line coverage with cargo-tarpaulin (installed if missing; its build goes to
+#    target/tarpaulin), excluding the testkit crate; fails under COVERAGE_MIN
+#    percent (default 80).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+coverage=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-coverage) coverage=0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) die "unknown argument: $arg (try --help)" ;;
+    esac
+done
+
+COVERAGE_MIN="${COVERAGE_MIN:-80}"
+
+check_domain_deps() {
+    local tree bad
+    tree="$(cargo tree -p domain -e normal --prefix none)"
+    bad="$(grep -E '^(aws-|actix|tokio|lapin)' <<<"$tree" | awk '{print $1, $2}' | sort -u || true)"
+    if [[ -n "$bad" ]]; then
+        log "the domain crate must not depend on SDK, runtime or broker crates (ARCHITECTURE.md), but it pulls in:"
+        while read -r crate; do log "    $crate"; done <<<"$bad"
+        die "domain dependency rule broken"
+    fi
+}
+
+run_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace
+        # nextest does not run doc tests.
+        cargo test --workspace --doc
+    else
+        log "cargo-nextest not found; using cargo test"
+        cargo test --workspace
+    fi
+}
+
+run_coverage() {
+    if ! cargo tarpaulin --version >/dev/null 2>&1; then
+        log "installing cargo-tarpaulin (once; a few minutes)"
+        cargo install cargo-tarpaulin --locked
+    fi
+    local report="$ROOT/target/tarpaulin/report.txt"
+    mkdir -p "$(dirname "$report")"
+    local rc=0
+    cargo tarpaulin --engine llvm --workspace --skip-clean --out Stdout \
+        --target-dir target/tarpaulin --exclude-files 'crates/testkit/*' \
+        --fail-under "$COVERAGE_MIN" 2>&1 | tee "$report" || rc=$?
+    local figure
+    figure="$(grep -Eo '[0-9.]+% coverage, [0-9]+/[0-9]+ lines covered' "$report" | tail -1 || true)"
+    log "line coverage: ${figure:-not reported} (minimum ${COVERAGE_MIN} %)"
+    return "$rc"
+}
+
+total_start=$SECONDS
+step "moto venv" ensure_moto_venv
+export MOTO_SERVER="$VENV/bin/moto_server"
+on_exit() {
+    local rc=$?
+    stop_moto
+    report_failure "$rc"
+    exit "$rc"
+}
+trap on_exit EXIT
+step "start moto" start_moto "$(free_port)"
+export WSBRIDGE_TEST_MOTO_URL="$MOTO_URL"
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "domain dependency rule" check_domain_deps
+step "tests" run_tests
+if ((coverage)); then
+    step "coverage (cargo tarpaulin)" run_coverage
+else
+    log "coverage skipped (--no-coverage)"
+fi
+log "all checks passed in $((SECONDS - total_start)) s"
