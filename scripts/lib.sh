@@ -106,3 +106,97 @@ stop_moto() {
     fi
     MOTO_PID=""
 }
+
+# --- Added for scripts/autobahn.sh ------------------------------------------
+
+# ensure_venv_tool BIN PIP_SPEC: make sure $VENV/bin/BIN exists, pip-installing
+# PIP_SPEC into $VENV (created first if it does not exist) when it does not.
+ensure_venv_tool() {
+    local bin="$1" spec="$2"
+    if [[ -x "$VENV/bin/$bin" ]]; then
+        return 0
+    fi
+    command -v python3 >/dev/null || die "python3 is required (to install $spec)"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        rm -rf "$VENV"
+        python3 -m venv "$VENV" || die "'python3 -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv"
+    fi
+    log "installing $spec into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$spec" \
+        || die "pip install $spec failed"
+    [[ -x "$VENV/bin/$bin" ]] || die "$VENV/bin/$bin missing after pip install $spec"
+}
+
+# wait_for_http URL SECONDS [PID]: poll until GET URL answers 2xx, or fail
+# (early, if process PID has exited).
+wait_for_http() {
+    local url="$1" deadline=$((SECONDS + $2)) pid="${3:-}"
+    until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$url" 2>/dev/null; do
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            die "process $pid exited before $url answered"
+        fi
+        ((SECONDS < deadline)) || die "$url did not answer within $2 s"
+        sleep 0.2
+    done
+}
+
+# --- Added for the demo page test and the packaging check --------------------
+
+# as_root CMD...: run CMD as root: directly when root, else with sudo (fails
+# when neither is possible).
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        log "root or sudo is needed to run: $*"
+        return 1
+    fi
+}
+
+# ensure_chromium: make sure the demo page test (crates/app/tests/it/browser.rs)
+# finds a headless Chromium and its chromedriver. WSBRIDGE_CHROME and
+# WSBRIDGE_CHROMEDRIVER name others (e.g. Google Chrome on CI images); else
+# Debian's `chromium` and `chromium-driver` are installed with apt-get when
+# missing (as root or with sudo). Without them the test fails, so this fails.
+ensure_chromium() {
+    local chrome="${WSBRIDGE_CHROME:-$(command -v chromium || true)}"
+    local driver="${WSBRIDGE_CHROMEDRIVER:-$(command -v chromedriver || true)}"
+    if [[ -z "$chrome" || -z "$driver" ]] && [[ -z "${WSBRIDGE_CHROME:-}${WSBRIDGE_CHROMEDRIVER:-}" ]]; then
+        command -v apt-get >/dev/null \
+            || die "the demo page test needs chromium and chromedriver: install them, or set WSBRIDGE_CHROME and WSBRIDGE_CHROMEDRIVER"
+        log "installing Debian's chromium and chromium-driver (apt-get, once)"
+        as_root apt-get update -qq \
+            || die "apt-get update failed: installing chromium needs root or sudo"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+            || die "apt-get install chromium chromium-driver failed"
+        chrome="$(command -v chromium || true)"
+        driver="$(command -v chromedriver || true)"
+    fi
+    [[ -n "$chrome" && -x "$chrome" ]] || die "no Chromium at '${chrome}' (WSBRIDGE_CHROME)"
+    [[ -n "$driver" && -x "$driver" ]] || die "no chromedriver at '${driver}' (WSBRIDGE_CHROMEDRIVER)"
+    # Debian's chromium wrapper prints a harmless shell warning on stderr.
+    log "browser: $("$chrome" --version 2>/dev/null | head -1); $("$driver" --version 2>/dev/null | head -1)"
+}
+
+# The pinned docker-compose (v1, from PyPI) that validates docker-compose.yml
+# where no Docker engine or compose plugin is installed, in its own venv.
+COMPOSE_VENV="$ROOT/.venv-compose"
+COMPOSE_PIP_SPEC="${COMPOSE_PIP_SPEC:-docker-compose==1.29.2}"
+
+# ensure_compose_venv: $COMPOSE_VENV with docker-compose. Its PyYAML 5.4.1 does
+# not build with Cython 3, so it is built first with an older Cython.
+ensure_compose_venv() {
+    if [[ -x "$COMPOSE_VENV/bin/docker-compose" ]]; then
+        return 0
+    fi
+    log "creating $COMPOSE_VENV with $COMPOSE_PIP_SPEC (once; about 20 s)"
+    rm -rf "$COMPOSE_VENV"
+    python3 -m venv "$COMPOSE_VENV" || die "'python3 -m venv' failed"
+    local pip=("$COMPOSE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    "${pip[@]}" "cython<3" wheel setuptools || die "pip install cython<3 failed"
+    "${pip[@]}" --no-build-isolation "pyyaml==5.4.1" || die "building pyyaml 5.4.1 failed"
+    "${pip[@]}" "$COMPOSE_PIP_SPEC" || die "pip install $COMPOSE_PIP_SPEC failed"
+    [[ -x "$COMPOSE_VENV/bin/docker-compose" ]] || die "docker-compose missing after pip install"
+}

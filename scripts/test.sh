@@ -7,10 +7,18 @@
 # 1. makes sure .venv has moto[server] (scripts/moto-venv.sh), starts ONE moto on a
 #    free loopback port for the whole run and exports WSBRIDGE_TEST_MOTO_URL and
 #    MOTO_SERVER (the testkit crate uses them); moto is stopped on exit;
-# 2. cargo fmt --check, cargo clippy -D warnings;
+# 2. cargo fmt --check, cargo clippy -D warnings (also of the app's optional
+#    `otlp` feature);
+#    the packaging files (scripts/check-packaging.sh: docker-compose.yml through
+#    the real `docker-compose config`, the CI workflow);
+#    a headless Chromium and chromedriver for the demo page test: Debian's
+#    chromium and chromium-driver, installed with apt-get when missing (root or
+#    sudo), or the ones WSBRIDGE_CHROME / WSBRIDGE_CHROMEDRIVER name;
 # 3. checks that the domain crate depends on no aws-, actix, tokio or lapin crate;
 # 4. the tests: cargo nextest (or cargo test where nextest is absent), then doc tests;
-# 5. line coverage with cargo-tarpaulin (installed if missing; its build goes to
+# 5. RFC 6455 conformance: the Autobahn cases (kosoku) against the echo route
+#    (scripts/autobahn.sh);
+# 6. line coverage with cargo-tarpaulin (installed if missing; its build goes to
 #    target/tarpaulin), excluding the testkit crate; fails under COVERAGE_MIN
 #    percent (default 80).
 set -euo pipefail
@@ -83,8 +91,13 @@ export WSBRIDGE_TEST_MOTO_URL="$MOTO_URL"
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# The optional OTLP exporter (off by default) is only type-checked: ~25 s.
+step "cargo clippy (app --features otlp)" cargo clippy -p app --features otlp -- -D warnings
 step "domain dependency rule" check_domain_deps
+step "packaging (docker-compose config, CI workflow)" scripts/check-packaging.sh
+step "chromium + chromedriver (demo page test)" ensure_chromium
 step "tests" run_tests
+step "autobahn (kosoku)" scripts/autobahn.sh
 if ((coverage)); then
     step "coverage (cargo tarpaulin)" run_coverage
 else

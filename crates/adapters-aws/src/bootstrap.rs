@@ -45,6 +45,13 @@ pub struct Infrastructure {
 #[error("{0}")]
 pub struct BootstrapError(String);
 
+impl BootstrapError {
+    /// An error with this description.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 /// The queue name at the end of a queue URL.
 pub fn queue_name_from_url(url: &str) -> Option<&str> {
     url.trim_end_matches('/')

@@ -6,6 +6,7 @@
 //!   (`PublishBatch` after a short linger, `client_id`/`action` attributes).
 //! - [`bootstrap`] creates topics, queues, the subscription and the
 //!   dead-letter queue, idempotently.
+//! - [`fanout`] manages the per-instance queues of `fanout` mode.
 //! - [`tools`] backs the `send-command` and `monitor` commands.
 //!
 //! Everything is built from one `aws_config::SdkConfig` ([`sdk::load`]), so
@@ -13,6 +14,7 @@
 
 pub mod bootstrap;
 mod classify;
+pub mod fanout;
 pub mod sdk;
 mod sns_sink;
 mod sqs_source;

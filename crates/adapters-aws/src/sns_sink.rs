@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sns::Client;
+use domain::stats::{CallLatencies, Histogram};
 use domain::{EventSink, OutboundEvent, PublishError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
@@ -68,6 +69,17 @@ impl SnsEventSink {
     /// Starts the batcher on the current tokio runtime. It runs until every
     /// clone of the sink is dropped, after sending what it holds.
     pub fn spawn(client: Client, topic_arn: impl Into<String>, settings: SnsSinkSettings) -> Self {
+        Self::spawn_with_stats(client, topic_arn, settings, &CallLatencies::default())
+    }
+
+    /// [`SnsEventSink::spawn`], recording the latency of every SNS call into
+    /// `calls` (service `sns`).
+    pub fn spawn_with_stats(
+        client: Client,
+        topic_arn: impl Into<String>,
+        settings: SnsSinkSettings,
+        calls: &CallLatencies,
+    ) -> Self {
         let (requests, inbox) = mpsc::channel(settings.queue_capacity.max(1));
         let topic_arn = topic_arn.into();
         let publisher = Publisher {
@@ -77,6 +89,7 @@ impl SnsEventSink {
             instance: rand::random(),
             sequence: AtomicU64::new(0),
             entry_retries: settings.entry_retries,
+            publish_latency: calls.histogram("sns", "PublishBatch"),
         };
         let batcher = Batcher {
             publisher: Arc::new(publisher),
@@ -197,6 +210,7 @@ struct Publisher {
     instance: u64,
     sequence: AtomicU64,
     entry_retries: u32,
+    publish_latency: Arc<Histogram>,
 }
 
 impl Publisher {
@@ -218,6 +232,7 @@ impl Publisher {
                     return;
                 }
             };
+            let started = std::time::Instant::now();
             let result = self
                 .client
                 .publish_batch()
@@ -225,6 +240,7 @@ impl Publisher {
                 .set_publish_batch_request_entries(Some(entries))
                 .send()
                 .await;
+            self.publish_latency.record(started.elapsed());
             let output = match result {
                 Ok(output) => output,
                 Err(error) => {

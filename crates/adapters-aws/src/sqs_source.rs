@@ -1,8 +1,10 @@
 //! `CommandSource` over an SQS queue.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
@@ -10,7 +12,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
-use domain::{CommandSource, InboundMessage, Receipt, SourceError};
+use domain::stats::{CallLatencies, Histogram};
+use domain::{CommandSource, InboundMessage, Receipt, SourceError, Stats};
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
@@ -53,18 +56,61 @@ pub struct SqsCommandSource {
     /// Set after the first receive, which does not wait: readiness is known
     /// at start instead of after a whole long-poll of an empty queue.
     warmed_up: AtomicBool,
+    /// Where deletes are counted.
+    stats: Arc<Stats>,
+    /// Latency of each SQS operation.
+    calls: SqsCalls,
+}
+
+/// The latency histogram of each SQS operation the source makes.
+#[derive(Debug)]
+struct SqsCalls {
+    receive: Arc<Histogram>,
+    delete: Arc<Histogram>,
+    change_visibility: Arc<Histogram>,
+    get_attributes: Arc<Histogram>,
+}
+
+impl SqsCalls {
+    fn new(calls: &CallLatencies) -> Self {
+        Self {
+            receive: calls.histogram("sqs", "ReceiveMessage"),
+            delete: calls.histogram("sqs", "DeleteMessageBatch"),
+            change_visibility: calls.histogram("sqs", "ChangeMessageVisibilityBatch"),
+            get_attributes: calls.histogram("sqs", "GetQueueAttributes"),
+        }
+    }
+}
+
+/// Runs `call`, recording how long it took (answered or failed) in `histogram`.
+async fn timed<T>(histogram: &Histogram, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = call.await;
+    histogram.record(started.elapsed());
+    out
 }
 
 impl SqsCommandSource {
     /// A source over `queue_url`, using an already configured client.
     pub fn new(client: Client, queue_url: impl Into<String>, settings: SqsSourceSettings) -> Self {
+        let stats = Arc::new(Stats::default());
         Self {
             client,
             queue_url: queue_url.into(),
             settings,
             has_dead_letter_queue: OnceCell::new(),
             warmed_up: AtomicBool::new(false),
+            calls: SqsCalls::new(&stats.calls),
+            stats,
         }
+    }
+
+    /// Counts deletes (`stats.source`) and records the latency of every SQS
+    /// call (`stats.calls`, service `sqs`) into the bridge's `stats`.
+    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
+        self.calls = SqsCalls::new(&stats.calls);
+        self.stats = stats;
+        self
     }
 
     /// The queue this source reads.
@@ -75,12 +121,13 @@ impl SqsCommandSource {
     async fn dead_letter_queue_configured(&self) -> Result<bool, SourceError> {
         self.has_dead_letter_queue
             .get_or_try_init(|| async {
-                let attrs = self
+                let call = self
                     .client
                     .get_queue_attributes()
                     .queue_url(&self.queue_url)
                     .attribute_names(QueueAttributeName::RedrivePolicy)
-                    .send()
+                    .send();
+                let attrs = timed(&self.calls.get_attributes, call)
                     .await
                     .map_err(|e| source_error("GetQueueAttributes", e))?;
                 Ok(attrs
@@ -92,6 +139,22 @@ impl SqsCommandSource {
     }
 
     async fn delete(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+        let distinct = receipts.iter().collect::<HashSet<_>>().len() as u64;
+        let result = self.delete_batches(receipts).await;
+        let failed = match &result {
+            Ok(()) => 0,
+            Err(SourceError::Partial { failed, .. }) => failed.len() as u64,
+            Err(_) => distinct,
+        };
+        let source = &self.stats.source;
+        source
+            .deleted
+            .fetch_add(distinct.saturating_sub(failed), Ordering::Relaxed);
+        source.delete_failed.fetch_add(failed, Ordering::Relaxed);
+        result
+    }
+
+    async fn delete_batches(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
         self.in_batches("DeleteMessageBatch", receipts, |chunk| async move {
             let entries = chunk
                 .iter()
@@ -104,12 +167,13 @@ impl SqsCommandSource {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| SourceError::Unavailable(e.to_string()))?;
-            let out = self
+            let call = self
                 .client
                 .delete_message_batch()
                 .queue_url(&self.queue_url)
                 .set_entries(Some(entries))
-                .send()
+                .send();
+            let out = timed(&self.calls.delete, call)
                 .await
                 .map_err(|e| source_error("DeleteMessageBatch", e))?;
             Ok(out
@@ -149,12 +213,13 @@ impl SqsCommandSource {
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| SourceError::Unavailable(e.to_string()))?;
-                let out = self
+                let call = self
                     .client
                     .change_message_visibility_batch()
                     .queue_url(&self.queue_url)
                     .set_entries(Some(entries))
-                    .send()
+                    .send();
+                let out = timed(&self.calls.change_visibility, call)
                     .await
                     .map_err(|e| source_error("ChangeMessageVisibilityBatch", e))?;
                 Ok(out
@@ -269,7 +334,7 @@ impl CommandSource for SqsCommandSource {
         } else {
             Duration::ZERO
         };
-        let out = self
+        let call = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
@@ -277,7 +342,9 @@ impl CommandSource for SqsCommandSource {
             .wait_time_seconds(wait.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
+            .send();
+        // Includes the long-poll wait: an idle queue reads as slow receives.
+        let out = timed(&self.calls.receive, call)
             .await
             .map_err(|e| source_error("ReceiveMessage", e))?;
         self.warmed_up.store(true, Ordering::Relaxed);

@@ -30,6 +30,10 @@ pub(crate) enum Exit {
     },
     /// A text message that is not UTF-8: 1007.
     InvalidUtf8,
+    /// A binary message on a connection that takes only text: 1003.
+    Binary,
+    /// Too many messages over the rate limit within the abuse window: 1008.
+    RateAbuse,
     /// Any other violation of the WebSocket protocol: 1002.
     Protocol(String),
     /// The session itself broke (cannot happen while the code is right): 1011.
@@ -43,9 +47,19 @@ impl Exit {
             ProtocolError::Overflow => Self::TooBig { limit },
             // `FrameLimit` refused a frame header; the stream wraps its error.
             ProtocolError::Io(e) if is_payload_overflow(&e) => Self::TooBig { limit },
-            // The stream reports a text frame that is not UTF-8 as InvalidData;
-            // every other I/O error is the transport failing under it.
-            ProtocolError::Io(e) if e.kind() == io::ErrorKind::InvalidData => Self::InvalidUtf8,
+            // The stream reports a text frame that is not UTF-8 as InvalidData
+            // around a Utf8Error; the codec reports reserved bits set as
+            // InvalidData around a message: a protocol error (1002).
+            ProtocolError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                if e.get_ref()
+                    .is_some_and(|inner| inner.is::<std::str::Utf8Error>())
+                {
+                    Self::InvalidUtf8
+                } else {
+                    Self::Protocol(e.to_string())
+                }
+            }
+            // Every other I/O error is the transport failing under it.
             ProtocolError::Io(_) => Self::ClientGone,
             other => Self::Protocol(other.to_string()),
         }
@@ -65,6 +79,14 @@ impl Exit {
             Self::IdleTimeout => (CloseCode::Away, "heartbeat timeout".to_owned()),
             Self::TooBig { limit } => (CloseCode::Size, format!("message over {limit} bytes")),
             Self::InvalidUtf8 => (CloseCode::Invalid, "text is not valid UTF-8".to_owned()),
+            Self::Binary => (
+                CloseCode::Unsupported,
+                "binary frames are not supported".to_owned(),
+            ),
+            Self::RateAbuse => (
+                CloseCode::Policy,
+                "message rate limit exceeded repeatedly".to_owned(),
+            ),
             Self::Protocol(what) => (CloseCode::Protocol, what.clone()),
             Self::Internal(what) => (CloseCode::Error, (*what).to_owned()),
         };
@@ -85,6 +107,8 @@ impl Exit {
             Self::IdleTimeout => "idle_timeout",
             Self::TooBig { .. } => "too_big",
             Self::InvalidUtf8 => "invalid_utf8",
+            Self::Binary => "binary_refused",
+            Self::RateAbuse => "rate_abuse",
             Self::Protocol(_) => "protocol_error",
             Self::Internal(_) => "internal_error",
         }
@@ -113,7 +137,9 @@ mod tests {
         assert_eq!(code(&Exit::Shutdown), Some(1001));
         assert_eq!(code(&Exit::IdleTimeout), Some(1001));
         assert_eq!(code(&Exit::Protocol("x".into())), Some(1002));
+        assert_eq!(code(&Exit::Binary), Some(1003));
         assert_eq!(code(&Exit::InvalidUtf8), Some(1007));
+        assert_eq!(code(&Exit::RateAbuse), Some(1008));
         assert_eq!(code(&Exit::TooBig { limit: 1 }), Some(1009));
         assert_eq!(code(&Exit::Internal("x")), Some(1011));
         assert_eq!(code(&Exit::Slow), Some(1013));
@@ -127,12 +153,24 @@ mod tests {
             Exit::from_protocol_error(ProtocolError::Overflow, limit),
             Exit::TooBig { limit: 10 }
         ));
+        let bytes = vec![0xffu8];
+        let not_utf8 = std::str::from_utf8(&bytes).unwrap_err();
         assert!(matches!(
             Exit::from_protocol_error(
-                ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, "utf8")),
+                ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, not_utf8)),
                 limit
             ),
             Exit::InvalidUtf8
+        ));
+        assert!(matches!(
+            Exit::from_protocol_error(
+                ProtocolError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "Received a frame with non-zero reserved bits"
+                )),
+                limit
+            ),
+            Exit::Protocol(_)
         ));
         assert!(matches!(
             Exit::from_protocol_error(ProtocolError::Io(io::Error::other("reset")), limit),

@@ -17,8 +17,8 @@ pub(crate) enum Reassembled {
     Pending,
     /// A complete text message.
     Text(String),
-    /// A complete binary message (its content is never needed).
-    Binary,
+    /// A complete binary message.
+    Binary(Bytes),
 }
 
 /// Why a fragmented message is refused.
@@ -78,10 +78,10 @@ impl Reassembler {
         let parts = std::mem::take(&mut self.parts);
         let text = self.text;
         self.start(false);
-        if !text {
-            return Ok(Reassembled::Binary);
-        }
         let bytes = parts.concat();
+        if !text {
+            return Ok(Reassembled::Binary(Bytes::from(bytes)));
+        }
         String::from_utf8(bytes)
             .map(Reassembled::Text)
             .map_err(|_| FragmentError::InvalidUtf8)
@@ -117,7 +117,10 @@ mod tests {
             r.push(Item::FirstBinary(b(b"123456"))),
             Ok(Reassembled::Pending)
         );
-        assert_eq!(r.push(Item::Last(b(b"7890"))), Ok(Reassembled::Binary));
+        assert_eq!(
+            r.push(Item::Last(b(b"7890"))),
+            Ok(Reassembled::Binary(b(b"1234567890")))
+        );
     }
 
     #[test]

@@ -12,16 +12,25 @@
 //! its route and owns the shutdown token.
 //!
 //! Close codes used: 1000 answering a client's close, 1001 on shutdown and on
-//! heartbeat timeout, 1002 protocol violation, 1007 text that is not UTF-8,
-//! 1009 message over the size limit, 1011 internal error, 1013 slow client
-//! (outgoing queue full, or not reading).
+//! heartbeat timeout, 1002 protocol violation, 1003 binary message, 1007 text
+//! that is not UTF-8, 1008 sustained message-rate abuse, 1009 message over
+//! the size limit, 1011 internal error, 1013 slow client (outgoing queue
+//! full, or not reading).
+//!
+//! Connection limits (per client id, per IP address, in total) are enforced
+//! by the registry when a session starts, before the upgrade is answered.
 
 mod close;
 mod fragments;
 mod frame_limit;
+mod rate;
 mod registry;
 mod session;
 mod uplink_worker;
 
-pub use registry::{ConnectionId, Registration, RegistrationGuard, WsClientRegistry};
-pub use session::{start_session, SessionSettings};
+pub use rate::{AbusePolicy, MessageRate};
+pub use registry::{
+    ConnectionId, ConnectionLimits, LimitExceeded, Registration, RegistrationGuard,
+    WsClientRegistry,
+};
+pub use session::{start_session, Peer, SessionMode, SessionSettings, StartError};

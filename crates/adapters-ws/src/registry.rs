@@ -11,14 +11,22 @@
 //! does not wait: the frame is not counted as taken and the connection is
 //! marked slow (its session closes with 1013), so one client that cannot keep
 //! up never slows down the others.
+//!
+//! [`WsClientRegistry::try_register`] also enforces the connection limits
+//! (per client id, per IP address, in total): the check and the registration
+//! are one step, under the same shard locks, so two connections racing for
+//! the last slot cannot both get it. Per-IP counts live in a second sharded
+//! map; the total is one atomic counter.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use domain::{ClientId, ClientRegistry, Frame};
+use domain::acks::{ack_frame, DeliveryId};
+use domain::{ClientId, ClientRegistry, Frame, Handoff};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -48,18 +56,108 @@ struct ConnectionHandle {
     id: ConnectionId,
     outbound: mpsc::Sender<Frame>,
     slow: CancellationToken,
+    /// Opened with `ack=true`: gets Commands wrapped with a delivery id and
+    /// acknowledges them.
+    acknowledging: bool,
 }
 
 type Shard = RwLock<HashMap<ClientId, Vec<ConnectionHandle>>>;
+type IpShard = Mutex<HashMap<IpAddr, usize>>;
+
+/// How many connections may be open at once; a new one over any of these is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections sharing one client id.
+    pub per_client: usize,
+    /// Connections from one IP address.
+    pub per_ip: usize,
+    /// Connections in total, on this instance.
+    pub total: usize,
+}
+
+impl ConnectionLimits {
+    /// No limit at all.
+    pub const UNLIMITED: Self = Self {
+        per_client: usize::MAX,
+        per_ip: usize::MAX,
+        total: usize::MAX,
+    };
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            per_client: 16,
+            per_ip: 1000,
+            total: 20_000,
+        }
+    }
+}
+
+/// Which connection limit refused a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// The client id already has `limit` connections.
+    #[error("this client id already has {limit} open connections, the limit")]
+    PerClient {
+        /// The limit.
+        limit: usize,
+    },
+    /// The IP address already has `limit` connections.
+    #[error("this address already has {limit} open connections, the limit")]
+    PerIp {
+        /// The limit.
+        limit: usize,
+    },
+    /// The instance already holds `limit` connections.
+    #[error("the server holds {limit} connections, its limit; try again later")]
+    Total {
+        /// The limit.
+        limit: usize,
+    },
+}
 
 struct Inner {
     shards: Box<[Shard]>,
+    ip_shards: Box<[IpShard]>,
     hasher: RandomState,
     next_id: AtomicU64,
     connections: AtomicUsize,
 }
 
 impl Inner {
+    fn ip_shard(&self, ip: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Truncating the hash is fine: only its low bits pick the shard.
+        let index = (self.hasher.hash_one(ip) as usize) & (SHARDS - 1);
+        self.ip_shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one of `ip`'s slots; false when it has `limit` already.
+    fn reserve_ip(&self, ip: &IpAddr, limit: usize) -> bool {
+        let mut shard = self.ip_shard(ip);
+        let count = shard.entry(*ip).or_insert(0);
+        if *count >= limit {
+            if *count == 0 {
+                shard.remove(ip);
+            }
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_ip(&self, ip: &IpAddr) {
+        let mut shard = self.ip_shard(ip);
+        if let Some(count) = shard.get_mut(ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                shard.remove(ip);
+            }
+        }
+    }
+
     fn shard(&self, client_id: &ClientId) -> &Shard {
         // Truncating the hash is fine: only its low bits pick the shard.
         let index = (self.hasher.hash_one(client_id) as usize) & (SHARDS - 1);
@@ -133,6 +231,7 @@ pub struct RegistrationGuard {
     inner: Arc<Inner>,
     client_id: ClientId,
     id: ConnectionId,
+    ip: Option<IpAddr>,
 }
 
 impl fmt::Debug for RegistrationGuard {
@@ -140,6 +239,7 @@ impl fmt::Debug for RegistrationGuard {
         f.debug_struct("RegistrationGuard")
             .field("client_id", &self.client_id)
             .field("id", &self.id)
+            .field("ip", &self.ip)
             .finish()
     }
 }
@@ -161,6 +261,9 @@ impl Drop for RegistrationGuard {
             removed
         };
         if removed {
+            if let Some(ip) = &self.ip {
+                self.inner.release_ip(ip);
+            }
             self.inner.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -170,9 +273,11 @@ impl WsClientRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         let shards = (0..SHARDS).map(|_| Shard::default()).collect();
+        let ip_shards = (0..SHARDS).map(|_| IpShard::default()).collect();
         Self {
             inner: Arc::new(Inner {
                 shards,
+                ip_shards,
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
@@ -181,11 +286,91 @@ impl WsClientRegistry {
     }
 
     /// Registers a new connection of `client_id` whose outgoing queue holds
-    /// up to `outbound_capacity` frames (at least 1).
+    /// up to `outbound_capacity` frames (at least 1), without any limit.
     ///
     /// The connection receives deliveries from this moment until the
     /// returned [`Registration::guard`] is dropped.
     pub fn register(&self, client_id: ClientId, outbound_capacity: usize) -> Registration {
+        self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        self.insert(
+            self.inner.write(&client_id),
+            client_id,
+            None,
+            outbound_capacity,
+            false,
+        )
+    }
+
+    /// Registers a new connection of `client_id` from `ip` like
+    /// [`WsClientRegistry::register`], unless that would take the client id,
+    /// the address or the instance over `limits`; then nothing is registered.
+    ///
+    /// Checking and registering are one step: however many connections race
+    /// for the last slot, only one gets it.
+    pub fn try_register(
+        &self,
+        client_id: ClientId,
+        ip: Option<IpAddr>,
+        outbound_capacity: usize,
+        limits: ConnectionLimits,
+    ) -> Result<Registration, LimitExceeded> {
+        self.try_register_with(client_id, ip, outbound_capacity, limits, false)
+    }
+
+    /// Like [`WsClientRegistry::try_register`]; with `acknowledging`, the
+    /// connection gets Commands wrapped with a delivery id that it
+    /// acknowledges (`ack=true`).
+    pub fn try_register_with(
+        &self,
+        client_id: ClientId,
+        ip: Option<IpAddr>,
+        outbound_capacity: usize,
+        limits: ConnectionLimits,
+        acknowledging: bool,
+    ) -> Result<Registration, LimitExceeded> {
+        // Reserve in order total → IP → client id, and give back what was
+        // reserved when a later step refuses.
+        self.inner
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limits.total).then_some(n + 1)
+            })
+            .map_err(|_| LimitExceeded::Total {
+                limit: limits.total,
+            })?;
+        if let Some(ip) = &ip {
+            if !self.inner.reserve_ip(ip, limits.per_ip) {
+                self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+                return Err(LimitExceeded::PerIp {
+                    limit: limits.per_ip,
+                });
+            }
+        }
+        let shard = self.inner.write(&client_id);
+        let held = shard.get(&client_id).map_or(0, Vec::len);
+        if held >= limits.per_client {
+            drop(shard);
+            if let Some(ip) = &ip {
+                self.inner.release_ip(ip);
+            }
+            self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(LimitExceeded::PerClient {
+                limit: limits.per_client,
+            });
+        }
+        Ok(self.insert(shard, client_id, ip, outbound_capacity, acknowledging))
+    }
+
+    /// Adds the connection to its (already locked) shard; the total counter
+    /// has been incremented by the caller.
+    fn insert(
+        &self,
+        mut shard: RwLockWriteGuard<'_, HashMap<ClientId, Vec<ConnectionHandle>>>,
+        client_id: ClientId,
+        ip: Option<IpAddr>,
+        outbound_capacity: usize,
+        acknowledging: bool,
+    ) -> Registration {
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(outbound_capacity.max(1));
         let slow = CancellationToken::new();
@@ -193,13 +378,10 @@ impl WsClientRegistry {
             id,
             outbound: tx,
             slow: slow.clone(),
+            acknowledging,
         };
-        self.inner
-            .write(&client_id)
-            .entry(client_id.clone())
-            .or_default()
-            .push(handle);
-        self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        shard.entry(client_id.clone()).or_default().push(handle);
+        drop(shard);
         Registration {
             id,
             outbound: rx,
@@ -208,6 +390,7 @@ impl WsClientRegistry {
                 inner: Arc::clone(&self.inner),
                 client_id,
                 id,
+                ip,
             },
         }
     }
@@ -224,22 +407,36 @@ impl WsClientRegistry {
             .get(client_id)
             .map_or(0, Vec::len)
     }
+
+    /// How many connections registered with [`WsClientRegistry::try_register`]
+    /// come from `ip`.
+    pub fn connections_from(&self, ip: &IpAddr) -> usize {
+        self.inner.ip_shard(ip).get(ip).copied().unwrap_or(0)
+    }
 }
 
 impl ClientRegistry for WsClientRegistry {
-    fn deliver(&self, client_id: &ClientId, frame: &Frame) -> usize {
+    fn deliver(&self, client_id: &ClientId, frame: &Frame, delivery: DeliveryId) -> Handoff {
         let shard = self.inner.read(client_id);
         let Some(connections) = shard.get(client_id) else {
-            return 0;
+            return Handoff::default();
         };
-        let mut taken = 0;
+        let mut handoff = Handoff::default();
+        // Built once, for the first acknowledging connection, and shared.
+        let mut wrapped: Option<Frame> = None;
         for connection in connections {
             if connection.slow.is_cancelled() {
                 // Already being closed: whatever it queued is never written.
                 continue;
             }
-            match connection.outbound.try_send(Arc::clone(frame)) {
-                Ok(()) => taken += 1,
+            let frame = if connection.acknowledging {
+                Arc::clone(wrapped.get_or_insert_with(|| ack_frame(delivery, frame)))
+            } else {
+                Arc::clone(frame)
+            };
+            match connection.outbound.try_send(frame) {
+                Ok(()) if connection.acknowledging => handoff.awaiting_ack += 1,
+                Ok(()) => handoff.immediate += 1,
                 Err(TrySendError::Full(_)) => {
                     debug!(
                         client_id = %client_id,
@@ -251,7 +448,7 @@ impl ClientRegistry for WsClientRegistry {
                 Err(TrySendError::Closed(_)) => {}
             }
         }
-        taken
+        handoff
     }
 
     fn connection_count(&self) -> usize {
@@ -274,6 +471,32 @@ mod tests {
     }
 
     #[test]
+    fn acknowledging_connections_get_the_command_wrapped_with_its_delivery_id() {
+        let registry = WsClientRegistry::new();
+        let mut plain = registry.register(id("alice"), 4);
+        let mut acking = registry
+            .try_register_with(id("alice"), None, 4, ConnectionLimits::default(), true)
+            .unwrap();
+        let handoff = registry.deliver(
+            &id("alice"),
+            &frame(r#"{"command":"go"}"#),
+            DeliveryId::from(7),
+        );
+        assert_eq!(
+            handoff,
+            Handoff {
+                immediate: 1,
+                awaiting_ack: 1
+            }
+        );
+        assert_eq!(&*plain.outbound.try_recv().unwrap(), r#"{"command":"go"}"#);
+        assert_eq!(
+            &*acking.outbound.try_recv().unwrap(),
+            r#"{"delivery_id":"7","command":{"command":"go"}}"#
+        );
+    }
+
+    #[test]
     fn every_connection_of_the_id_gets_the_frame_and_no_other_id_does() {
         let registry = WsClientRegistry::new();
         let mut first = registry.register(id("alice"), 4);
@@ -281,12 +504,22 @@ mod tests {
         let mut other = registry.register(id("bob"), 4);
         assert_ne!(first.id, second.id);
 
-        assert_eq!(registry.deliver(&id("alice"), &frame("hello")), 2);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("hello"), DeliveryId::from(1))
+                .taken(),
+            2
+        );
 
         assert_eq!(&*first.outbound.try_recv().unwrap(), "hello");
         assert_eq!(&*second.outbound.try_recv().unwrap(), "hello");
         assert!(other.outbound.try_recv().is_err());
-        assert_eq!(registry.deliver(&id("nobody"), &frame("x")), 0);
+        assert_eq!(
+            registry
+                .deliver(&id("nobody"), &frame("x"), DeliveryId::from(1))
+                .taken(),
+            0
+        );
         assert_eq!(registry.connections_of(&id("alice")), 2);
         assert_eq!(registry.connections_of(&id("bob")), 1);
         assert_eq!(registry.connection_count(), 3);
@@ -298,19 +531,34 @@ mod tests {
         let mut slow = registry.register(id("alice"), 1);
         let mut quick = registry.register(id("alice"), 8);
 
-        assert_eq!(registry.deliver(&id("alice"), &frame("1")), 2);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("1"), DeliveryId::from(1))
+                .taken(),
+            2
+        );
         assert!(!slow.slow.is_cancelled());
         assert_eq!(&*quick.outbound.try_recv().unwrap(), "1");
 
         // `slow` did not read its frame: its queue of one is full.
-        assert_eq!(registry.deliver(&id("alice"), &frame("2")), 1);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("2"), DeliveryId::from(1))
+                .taken(),
+            1
+        );
         assert!(slow.slow.is_cancelled());
         assert!(!quick.slow.is_cancelled());
         assert_eq!(&*quick.outbound.try_recv().unwrap(), "2");
 
         // Once marked slow it takes nothing more, even with room again.
         assert_eq!(&*slow.outbound.try_recv().unwrap(), "1");
-        assert_eq!(registry.deliver(&id("alice"), &frame("3")), 1);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("3"), DeliveryId::from(1))
+                .taken(),
+            1
+        );
         assert!(slow.outbound.try_recv().is_err());
     }
 
@@ -322,7 +570,12 @@ mod tests {
             outbound, guard, ..
         } = registration;
         drop(outbound);
-        assert_eq!(registry.deliver(&id("alice"), &frame("x")), 0);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("x"), DeliveryId::from(1))
+                .taken(),
+            0
+        );
         assert_eq!(registry.connection_count(), 1);
         drop(guard);
         assert_eq!(registry.connection_count(), 0);
@@ -338,13 +591,23 @@ mod tests {
         drop(first);
         assert_eq!(registry.connection_count(), 1);
         assert_eq!(registry.connections_of(&id("alice")), 1);
-        assert_eq!(registry.deliver(&id("alice"), &frame("x")), 1);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("x"), DeliveryId::from(1))
+                .taken(),
+            1
+        );
         assert_eq!(&*second.outbound.try_recv().unwrap(), "x");
 
         drop(second);
         assert_eq!(registry.connection_count(), 0);
         assert_eq!(registry.connections_of(&id("alice")), 0);
-        assert_eq!(registry.deliver(&id("alice"), &frame("y")), 0);
+        assert_eq!(
+            registry
+                .deliver(&id("alice"), &frame("y"), DeliveryId::from(1))
+                .taken(),
+            0
+        );
     }
 
     #[test]
@@ -356,7 +619,13 @@ mod tests {
         assert_eq!(registry.connection_count(), 500);
         for n in 0..500 {
             assert_eq!(
-                registry.deliver(&id(&format!("client-{n}")), &frame(&n.to_string())),
+                registry
+                    .deliver(
+                        &id(&format!("client-{n}")),
+                        &frame(&n.to_string()),
+                        DeliveryId::from(1)
+                    )
+                    .taken(),
                 1
             );
         }
@@ -366,5 +635,120 @@ mod tests {
         }
         registrations.clear();
         assert_eq!(registry.connection_count(), 0);
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn try_register_refuses_over_each_limit_and_registers_nothing() {
+        let registry = WsClientRegistry::new();
+        let limits = ConnectionLimits {
+            per_client: 2,
+            per_ip: 3,
+            total: 4,
+        };
+        let a1 = registry
+            .try_register(id("a"), Some(ip(1)), 4, limits)
+            .unwrap();
+        let _a2 = registry
+            .try_register(id("a"), Some(ip(1)), 4, limits)
+            .unwrap();
+        // A third connection of "a" is one too many for the client id.
+        assert_eq!(
+            registry
+                .try_register(id("a"), Some(ip(2)), 4, limits)
+                .unwrap_err(),
+            LimitExceeded::PerClient { limit: 2 }
+        );
+        assert_eq!(registry.connections_of(&id("a")), 2);
+        assert_eq!(registry.connections_from(&ip(2)), 0);
+        assert_eq!(registry.connection_count(), 2);
+
+        let _b = registry
+            .try_register(id("b"), Some(ip(1)), 4, limits)
+            .unwrap();
+        // A fourth from 10.0.0.1 is one too many for the address.
+        assert_eq!(
+            registry
+                .try_register(id("c"), Some(ip(1)), 4, limits)
+                .unwrap_err(),
+            LimitExceeded::PerIp { limit: 3 }
+        );
+        assert_eq!(registry.connections_of(&id("c")), 0);
+        assert_eq!(registry.connections_from(&ip(1)), 3);
+
+        let _d = registry
+            .try_register(id("d"), Some(ip(9)), 4, limits)
+            .unwrap();
+        assert_eq!(
+            registry
+                .try_register(id("e"), Some(ip(7)), 4, limits)
+                .unwrap_err(),
+            LimitExceeded::Total { limit: 4 }
+        );
+        assert_eq!(registry.connection_count(), 4);
+        assert_eq!(registry.connections_from(&ip(7)), 0);
+        // The refused ids got nothing.
+        assert_eq!(
+            registry
+                .deliver(&id("c"), &frame("x"), DeliveryId::from(1))
+                .taken(),
+            0
+        );
+        assert_eq!(
+            registry
+                .deliver(&id("e"), &frame("x"), DeliveryId::from(1))
+                .taken(),
+            0
+        );
+
+        // Closing one frees its slots everywhere.
+        drop(a1);
+        assert_eq!(registry.connection_count(), 3);
+        assert_eq!(registry.connections_from(&ip(1)), 2);
+        let _a3 = registry
+            .try_register(id("a"), Some(ip(1)), 4, limits)
+            .unwrap();
+        assert_eq!(registry.connections_of(&id("a")), 2);
+    }
+
+    #[test]
+    fn racing_registrations_never_exceed_the_limits() {
+        let registry = WsClientRegistry::new();
+        let limits = ConnectionLimits {
+            per_client: 5,
+            per_ip: 7,
+            total: 9,
+        };
+        let held = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let registry = &registry;
+                let held = &held;
+                scope.spawn(move || {
+                    for n in 0..50u8 {
+                        let client = id(&format!("c{}", n % 2));
+                        if let Ok(r) = registry.try_register(client, Some(ip(t % 2)), 1, limits) {
+                            held.lock().unwrap().push(r);
+                        }
+                    }
+                });
+            }
+        });
+        let held = held.into_inner().unwrap();
+        assert_eq!(held.len(), 9, "exactly the total limit was admitted");
+        assert_eq!(registry.connection_count(), 9);
+        for c in ["c0", "c1"] {
+            assert!(registry.connections_of(&id(c)) <= 5);
+        }
+        for last in [0, 1] {
+            assert!(registry.connections_from(&ip(last)) <= 7);
+        }
+        drop(held);
+        assert_eq!(registry.connection_count(), 0);
+        assert_eq!(registry.connections_from(&ip(0)), 0);
+        assert_eq!(registry.connections_from(&ip(1)), 0);
     }
 }

@@ -13,8 +13,18 @@
 //! Inbound size is limited twice: the body stream refuses a frame whose
 //! header declares more than the limit before buffering it (see
 //! `frame_limit`), and fragments are reassembled under the same limit.
+//!
+//! Each complete data message takes a token from the connection's bucket
+//! (see `rate`): a message over the rate is answered with a `rate_limited`
+//! error and dropped unread; too many of those within the abuse window close
+//! the connection with 1008. A binary message closes it with 1003.
+//!
+//! [`SessionMode::Echo`] runs the same loop, limits and close codes, but
+//! writes each data message back instead of publishing it: the test-only
+//! route that RFC 6455 conformance suites (Autobahn) are pointed at.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +32,7 @@ use std::time::Duration;
 use actix_web::error::PayloadError;
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
-use actix_ws::{Message, MessageStream, Session};
+use actix_ws::{Item, Message, MessageStream, Session};
 use domain::{ClientId, Frame, Reply, Uplink};
 use futures_util::{SinkExt, Stream};
 use tokio::sync::mpsc::{self, OwnedPermit};
@@ -33,15 +43,13 @@ use tracing::{debug, error, info_span, Instrument};
 use crate::close::Exit;
 use crate::fragments::{FragmentError, Reassembled, Reassembler};
 use crate::frame_limit::FrameLimit;
-use crate::registry::{Registration, WsClientRegistry};
+use crate::rate::{AbusePolicy, MessageRate, Strikes, TokenBucket};
+use crate::registry::{ConnectionLimits, LimitExceeded, Registration, WsClientRegistry};
 use crate::uplink_worker::{self, Inbound};
 
 /// How long a closing handshake may wait for room in the socket's buffer
 /// before the connection is dropped without a close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a binary frame is answered with (SPEC §1); the connection stays open.
-const BINARY_REFUSED: &str = "binary frames are not supported";
 
 /// The limits and timers of every WebSocket session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +66,14 @@ pub struct SessionSettings {
     /// closed with 1001, checked at each heartbeat; also the longest one
     /// write may wait for the client to take data before it is closed with 1013.
     pub client_timeout: Duration,
+    /// How many data messages a connection may send; one over it is answered
+    /// with a `rate_limited` error and not published.
+    pub message_rate: MessageRate,
+    /// How many `rate_limited` messages close the connection with 1008.
+    pub abuse: AbusePolicy,
+    /// Connections per client id, per IP address and in total; a new one
+    /// over any of them is refused before the upgrade.
+    pub limits: ConnectionLimits,
 }
 
 impl Default for SessionSettings {
@@ -67,44 +83,137 @@ impl Default for SessionSettings {
             max_frame_bytes: 64 * 1024,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(45),
+            message_rate: MessageRate {
+                per_sec: 20,
+                burst: 50,
+            },
+            abuse: AbusePolicy {
+                strikes: 50,
+                window: Duration::from_secs(10),
+            },
+            limits: ConnectionLimits::default(),
         }
     }
 }
 
-/// Upgrades `req` to a WebSocket for `client_id` and serves it in the
+/// What a session does with its client's data messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Text messages go to the uplink; a binary message closes with 1003.
+    #[default]
+    Bridge,
+    /// Test only: every text and binary message is written back to the
+    /// client, nothing is published (for RFC 6455 conformance runs).
+    Echo,
+}
+
+/// Who is connecting, as decided before the upgrade.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The connection's client id.
+    pub client_id: ClientId,
+    /// The client's address, counted against the per-IP limit (`None`: not counted).
+    pub ip: Option<IpAddr>,
+    /// A subprotocol to answer with, when the client offered it in
+    /// `Sec-WebSocket-Protocol` (browsers fail a connection whose offer is
+    /// not answered).
+    pub protocol: Option<&'static str>,
+    /// Bridge or echo.
+    pub mode: SessionMode,
+    /// Opened with `ack=true`: Commands arrive as
+    /// `{"delivery_id": …, "command": …}` and the client acknowledges each.
+    pub acknowledging: bool,
+}
+
+impl Peer {
+    /// A bridge connection of `client_id`, not counted per IP, no subprotocol.
+    pub fn new(client_id: ClientId) -> Self {
+        Self {
+            client_id,
+            ip: None,
+            protocol: None,
+            mode: SessionMode::Bridge,
+            acknowledging: false,
+        }
+    }
+}
+
+/// Why [`start_session`] did not upgrade the request.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The request is not a valid WebSocket handshake.
+    #[error("not a WebSocket handshake: {0}")]
+    Handshake(actix_web::Error),
+    /// A connection limit is reached.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+}
+
+impl From<StartError> for actix_web::Error {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Handshake(e) => e,
+            StartError::Limit(limit @ LimitExceeded::Total { .. }) => {
+                actix_web::error::ErrorServiceUnavailable(limit)
+            }
+            StartError::Limit(limit) => actix_web::error::ErrorTooManyRequests(limit),
+        }
+    }
+}
+
+/// Upgrades `req` to a WebSocket for `peer` and serves it in the
 /// background until it closes; returns the `101 Switching Protocols` response.
 ///
 /// The connection is registered in `registry` before this returns, so it
-/// receives every frame delivered for `client_id` from then on, and is
+/// receives every frame delivered for its client id from then on, and is
 /// unregistered however the session ends. Text messages go to `uplink`;
 /// cancelling `shutdown` closes the connection with 1001. Must be called from
 /// an actix-web handler: the session runs on the worker's local task set.
 ///
-/// Fails (without registering anything) when `req` is not a WebSocket upgrade.
+/// Fails without registering anything when `req` is not a WebSocket upgrade
+/// or when the connection would take its client id, its address or the
+/// instance over `settings.limits` (checked and taken in one step, before
+/// the upgrade is answered: no race lets one more in).
 pub fn start_session(
     req: &HttpRequest,
     body: web::Payload,
-    client_id: ClientId,
+    peer: Peer,
     registry: Arc<WsClientRegistry>,
     uplink: Arc<Uplink>,
     settings: SessionSettings,
     shutdown: CancellationToken,
-) -> Result<HttpResponse, actix_web::Error> {
+) -> Result<HttpResponse, StartError> {
     // Refuse an oversized frame at its header, not once it is all buffered.
     let limited: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
         Box::pin(FrameLimit::new(body.into_inner(), settings.max_frame_bytes));
     let mut limited = actix_web::dev::Payload::from(limited);
-    let body = web::Payload::from_request(req, &mut limited).into_inner()?;
-    let (response, session, stream) = actix_ws::handle(req, body)?;
+    let body = web::Payload::from_request(req, &mut limited)
+        .into_inner()
+        .map_err(StartError::Handshake)?;
+    let protocols: &[&str] = match &peer.protocol {
+        Some(protocol) => std::slice::from_ref(protocol),
+        None => &[],
+    };
+    // actix-ws implements no extension: an offered permessage-deflate is
+    // never accepted, so frames are never compressed.
+    let (response, session, stream) =
+        actix_ws::handle_with_protocols(req, body, protocols).map_err(StartError::Handshake)?;
     let stream = stream.max_frame_size(settings.max_frame_bytes);
-    let registration = registry.register(client_id.clone(), settings.outbound_capacity);
+    let registration = registry.try_register_with(
+        peer.client_id.clone(),
+        peer.ip,
+        settings.outbound_capacity,
+        settings.limits,
+        peer.acknowledging,
+    )?;
     let span = info_span!(
         "ws_connection",
-        client_id = %client_id,
+        client_id = %peer.client_id,
         connection_id = %registration.id,
     );
     let connection = Connection {
-        client_id,
+        client_id: peer.client_id,
+        mode: peer.mode,
         session,
         stream,
         registration,
@@ -119,6 +228,7 @@ pub fn start_session(
 /// Everything one session owns.
 struct Connection {
     client_id: ClientId,
+    mode: SessionMode,
     session: Session,
     stream: MessageStream,
     registration: Registration,
@@ -131,6 +241,7 @@ impl Connection {
     async fn run(self) {
         let Connection {
             client_id,
+            mode,
             mut session,
             mut stream,
             registration,
@@ -149,6 +260,7 @@ impl Connection {
         } = registration;
         debug!("connection opened");
 
+        let stats = uplink.stats().clone();
         let (to_uplink, inbox) = mpsc::channel(uplink_worker::QUEUE);
         let worker = actix_web::rt::spawn(
             uplink_worker::run(
@@ -173,6 +285,7 @@ impl Connection {
             &to_uplink,
             &signals,
             &settings,
+            mode,
         )
         .await
         {
@@ -187,6 +300,9 @@ impl Connection {
         }
         drop(outbound);
         let reason = exit.close_reason();
+        stats
+            .close_codes
+            .record(reason.as_ref().map(|r| u16::from(r.code)));
         let client_code = match &exit {
             Exit::ClientClosed(Some(theirs)) => Some(u16::from(theirs.code)),
             _ => None,
@@ -262,6 +378,65 @@ impl Signals<'_> {
     }
 }
 
+/// A complete data message from the client.
+enum Data {
+    Text(String),
+    Binary(Bytes),
+}
+
+/// What the loop does with one data message.
+enum Handling {
+    /// Hand it to the uplink worker.
+    Uplink(Inbound),
+    /// Write it back (echo mode).
+    Echo(Message),
+    /// Write this error frame (echo mode has no uplink worker to order replies).
+    Reply(Reply),
+}
+
+/// The per-connection message rate limit.
+struct RateGate {
+    bucket: TokenBucket,
+    strikes: Strikes,
+}
+
+impl RateGate {
+    fn new(settings: &SessionSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            bucket: TokenBucket::new(settings.message_rate, now),
+            strikes: Strikes::new(settings.abuse),
+        }
+    }
+
+    /// Decides what happens to one data message.
+    fn handle(&mut self, data: Data, mode: SessionMode) -> Result<Handling, Exit> {
+        if let (SessionMode::Bridge, Data::Binary(_)) = (mode, &data) {
+            return Err(Exit::Binary);
+        }
+        let now = Instant::now();
+        if !self.bucket.take(now) {
+            if self.strikes.strike(now) {
+                return Err(Exit::RateAbuse);
+            }
+            let reply = match &data {
+                Data::Text(text) => Reply::rate_limited(text),
+                Data::Binary(_) => Reply::rate_limited(""),
+            };
+            debug!("message over the rate limit, refused");
+            return Ok(match mode {
+                SessionMode::Bridge => Handling::Uplink(Inbound::Refused(reply)),
+                SessionMode::Echo => Handling::Reply(reply),
+            });
+        }
+        Ok(match (mode, data) {
+            (SessionMode::Bridge, Data::Text(text)) => Handling::Uplink(Inbound::Text(text)),
+            (SessionMode::Echo, Data::Text(text)) => Handling::Echo(Message::Text(text.into())),
+            (_, Data::Binary(bytes)) => Handling::Echo(Message::Binary(bytes)),
+        })
+    }
+}
+
 /// Serves the connection until it must close; returns why.
 async fn serve(
     session: &mut Session,
@@ -270,12 +445,14 @@ async fn serve(
     to_uplink: &mpsc::Sender<Inbound>,
     signals: &Signals<'_>,
     settings: &SessionSettings,
+    mode: SessionMode,
 ) -> Result<Infallible, Exit> {
     let period = settings.heartbeat_interval.max(Duration::from_millis(1));
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut fragments = Reassembler::new(settings.max_frame_bytes);
+    let mut rate = RateGate::new(settings);
     // Room in the uplink queue for the next message; the socket is read only
     // while there is some.
     let mut permit: Option<OwnedPermit<Inbound>> = None;
@@ -301,15 +478,17 @@ async fn serve(
                     }
                     Some(Ok(message)) => message,
                 };
-                let inbound = match message {
-                    Message::Text(text) => Some(Inbound::Text(text.to_string())),
-                    Message::Binary(_) => Some(Inbound::Refused(Reply::invalid(BINARY_REFUSED))),
+                let data = match message {
+                    Message::Text(text) => Some(Data::Text(text.to_string())),
+                    Message::Binary(bytes) => Some(Data::Binary(bytes)),
+                    // Refused at its first fragment, before any is buffered.
+                    Message::Continuation(Item::FirstBinary(_)) if mode == SessionMode::Bridge => {
+                        return Err(Exit::Binary)
+                    }
                     Message::Continuation(item) => match fragments.push(item) {
                         Ok(Reassembled::Pending) => None,
-                        Ok(Reassembled::Text(text)) => Some(Inbound::Text(text)),
-                        Ok(Reassembled::Binary) => {
-                            Some(Inbound::Refused(Reply::invalid(BINARY_REFUSED)))
-                        }
+                        Ok(Reassembled::Text(text)) => Some(Data::Text(text)),
+                        Ok(Reassembled::Binary(bytes)) => Some(Data::Binary(bytes)),
                         Err(FragmentError::TooBig) => {
                             return Err(Exit::TooBig { limit: settings.max_frame_bytes })
                         }
@@ -322,9 +501,16 @@ async fn serve(
                     Message::Pong(_) | Message::Nop => None,
                     Message::Close(reason) => return Err(Exit::ClientClosed(reason)),
                 };
-                if let Some(inbound) = inbound {
-                    if let Some(room) = permit.take() {
-                        room.send(inbound);
+                let Some(data) = data else { continue };
+                match rate.handle(data, mode)? {
+                    Handling::Uplink(inbound) => {
+                        if let Some(room) = permit.take() {
+                            room.send(inbound);
+                        }
+                    }
+                    Handling::Echo(message) => signals.write(session, message).await?,
+                    Handling::Reply(reply) => {
+                        signals.write(session, Message::Text(reply.to_json().into())).await?;
                     }
                 }
             }

@@ -24,8 +24,8 @@ pub(crate) const QUEUE: usize = 16;
 pub(crate) enum Inbound {
     /// A text message, to be validated and published.
     Text(String),
-    /// A message refused by the session (a binary frame): only the reply is
-    /// sent, in order with the replies to text messages.
+    /// A message refused by the session (over the rate limit): only the
+    /// reply is sent, in order with the replies to text messages.
     Refused(Reply),
 }
 
@@ -41,7 +41,10 @@ pub(crate) async fn run(
     while let Some(inbound) = inbox.recv().await {
         let reply = match inbound {
             Inbound::Text(text) => uplink.handle_text(&client_id, &text).await,
-            Inbound::Refused(reply) => Some(reply),
+            Inbound::Refused(reply) => {
+                uplink.count_rate_limited();
+                Some(reply)
+            }
         };
         let Some(reply) = reply else { continue };
         if !can_reply {

@@ -3,17 +3,21 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use adapters_aws::bootstrap::{self, Plan};
 use adapters_aws::sdk::Clients;
 use adapters_aws::tools::{self, Monitor};
 use clap::{Args, Parser, Subcommand};
-use domain::Command;
+use domain::{ClientId, Command};
 use figment::value::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, Settings, Sources};
+use crate::auth;
+use crate::config::{ConfigError, Mode, Settings, Sources, ENV_PREFIX};
+use crate::effective_config::{self, ShowFormat};
+use crate::fanout;
 use crate::startup::Application;
 use crate::telemetry;
 
@@ -91,6 +95,60 @@ enum CliCommand {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Remove the queues and subscriptions of fanout instances that stopped
+    /// without cleaning up (no heartbeat for gc_stale_after_secs).
+    ///
+    /// Example: BRIDGE_COMMANDS_TOPIC_ARN=… wsbridge gc --stale-after-secs 600
+    Gc {
+        /// Override gc_stale_after_secs.
+        #[arg(long)]
+        stale_after_secs: Option<u64>,
+    },
+    /// Print the effective configuration (built-in defaults, config files,
+    /// .env, environment, flags), secrets redacted; exit 2 naming every
+    /// invalid setting.
+    ///
+    /// Example: BRIDGE_PORT=9000 wsbridge --profile staging config --format json
+    Config {
+        /// toml (a valid config file) or json.
+        #[arg(long, value_enum, default_value = "toml")]
+        format: ShowFormat,
+    },
+    /// Print a development token (HS256, signed with the configured
+    /// jwt_secret) for a client id, with the configured audience and issuer.
+    ///
+    /// Example: BRIDGE_JWT_SECRET=… wsbridge token --sub client123 --ttl 15m
+    Token {
+        /// The client id (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid: 90s, 15m, 2h, 1d (a bare number is seconds).
+        #[arg(long, default_value = "15m", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+/// Parses `90`, `90s`, `15m`, `2h` or `1d`.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 15m, 2h or 1d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    match number.checked_mul(scale) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{text:?} is not a positive duration")),
+    }
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -110,7 +168,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return config_failure(&e),
     };
-    telemetry::init(settings.log_format);
+    if let CliCommand::Config { format } = cli.command {
+        print!("{}", effective_config::render(&settings, format));
+        return ExitCode::SUCCESS;
+    }
+    let _telemetry = telemetry::init(settings.log_format);
     let result = match cli.command {
         CliCommand::Serve(_) | CliCommand::Dev(_) => serve(settings, dev).await,
         CliCommand::SendCommand {
@@ -119,6 +181,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             via_topic,
         } => send_command(&settings, &json, raw, via_topic).await,
         CliCommand::Monitor { count } => monitor(&settings, count).await,
+        CliCommand::Token { sub, ttl } => token(&settings, &sub, ttl),
+        CliCommand::Config { .. } => Ok(()),
+        CliCommand::Gc { stale_after_secs } => gc(&settings, stale_after_secs).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,7 +259,24 @@ async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
         settings.events_topic_arn = Some(infra.events_topic_arn);
         settings.commands_topic_arn = Some(infra.commands_topic_arn);
     }
-    let app = Application::build(settings.clone(), clients).await?;
+    let instance = match settings.mode {
+        Mode::Fanout => {
+            let instance = fanout::join(&clients, &settings).await?;
+            info!(queue = %instance.queue_url(), "consuming this instance's own queue");
+            settings.command_queue_url = Some(instance.queue_url().to_owned());
+            Some(instance)
+        }
+        Mode::Shared => None,
+    };
+    let app = match Application::build(settings.clone(), clients).await {
+        Ok(app) => app,
+        Err(e) => {
+            if let Some(instance) = instance {
+                instance.leave().await;
+            }
+            return Err(e.into());
+        }
+    };
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         stop.cancelled().await;
@@ -204,7 +286,12 @@ async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
         url = %format!("http://{}:{}/", settings.host, app.port()),
         "demo page"
     );
-    app.run_until_stopped().await?;
+    let result = app.run_until_stopped().await;
+    // After the drain: nothing is received from the queue any more.
+    if let Some(instance) = instance {
+        instance.leave().await;
+    }
+    result?;
     Ok(())
 }
 
@@ -257,6 +344,30 @@ pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
     Ok(())
 }
 
+async fn gc(settings: &Settings, stale_after_secs: Option<u64>) -> Result<(), Failure> {
+    let topic = settings.required("commands_topic_arn", &settings.commands_topic_arn)?;
+    let stale_after =
+        std::time::Duration::from_secs(stale_after_secs.unwrap_or(settings.gc_stale_after_secs));
+    let clients = Clients::from_env().await;
+    let removed = adapters_aws::fanout::collect_garbage(
+        &clients.sqs,
+        &clients.sns,
+        &settings.bridge_name,
+        topic,
+        stale_after,
+    )
+    .await
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("gc failed: {e}")))?;
+    for queue in &removed {
+        println!(
+            "removed {} (instance {}, {} subscription(s))",
+            queue.queue_url, queue.instance, queue.subscriptions
+        );
+    }
+    eprintln!("{} orphan instance queue(s) removed", removed.len());
+    Ok(())
+}
+
 async fn send_command(
     settings: &Settings,
     json: &str,
@@ -284,6 +395,31 @@ async fn send_command(
     }
     .map_err(|e| Failure::Runtime(e.into()))?;
     println!("{id}");
+    Ok(())
+}
+
+fn token(settings: &Settings, sub: &str, ttl: Duration) -> Result<(), Failure> {
+    let secret = settings.jwt_secret.as_ref().ok_or_else(|| {
+        Failure::Usage(
+            ConfigError {
+                problems: vec![format!(
+                    "jwt_secret: not set (config file, or {ENV_PREFIX}JWT_SECRET); \
+                     `wsbridge token` signs with it"
+                )],
+            }
+            .to_string(),
+        )
+    })?;
+    let sub = ClientId::parse(sub).map_err(|e| Failure::Usage(format!("--sub: {e}")))?;
+    let token = auth::mint(
+        secret,
+        &sub,
+        ttl,
+        settings.jwt_audience.as_deref(),
+        settings.jwt_issuer.as_deref(),
+    )
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot sign the token: {e}")))?;
+    println!("{token}");
     Ok(())
 }
 
@@ -329,4 +465,56 @@ async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failur
         warn!(error = %e, "monitor cleanup failed");
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_help_with_an_example() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut names = Vec::new();
+        for sub in cli.get_subcommands() {
+            let about = sub
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                about.contains("Example: "),
+                "`wsbridge {}` --help has no example:\n{about}",
+                sub.get_name()
+            );
+            names.push(sub.get_name().to_owned());
+        }
+        for expected in ["serve", "dev", "send-command", "monitor", "token", "config"] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ttls_take_a_unit_and_must_be_positive() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_ttl("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in [
+            "",
+            "0",
+            "0m",
+            "m",
+            "15x",
+            "1.5h",
+            "-3s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -6,14 +6,17 @@
 //! `BRIDGE_<FIELD>`, command-line flags. The environment is passed in rather
 //! than read here, so tests never touch the process environment.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use adapters_ws::{AbusePolicy, ConnectionLimits, MessageRate, SessionSettings};
 use domain::{DownlinkSettings, Undeliverable};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Prefix of every wsbridge environment variable.
 pub const ENV_PREFIX: &str = "BRIDGE_";
@@ -70,6 +73,94 @@ pub enum LogFormat {
     Json,
 }
 
+/// A secret setting (the JWT secret): zeroed when dropped, and never shown —
+/// `Debug` and `Serialize` render `[redacted]`.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    /// The secret itself: for the code that uses it, never for display.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Any scalar is taken as text, so a value never fails with an error
+        // message that would quote it.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Reads a list of strings given as a list or as one comma-separated string
+/// (`BRIDGE_ALLOWED_ORIGINS=https://a.example,https://b.example`).
+fn comma_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Either::deserialize(deserializer)? {
+        Either::One(text) => text.split(',').map(str::to_owned).collect(),
+        Either::Many(items) => items,
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect())
+}
+
+/// Minimum length of `jwt_secret`: HS256 wants a key as long as its hash.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// Every setting of the bridge. Each field `x` is also `BRIDGE_X` in the environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +197,10 @@ pub struct Settings {
     pub dedup_capacity: usize,
     /// How long a forwarded message id is remembered.
     pub dedup_ttl_secs: u64,
+    /// How long a Command delivered to an `ack=true` connection waits for the
+    /// client's acknowledgement before it is released and delivered again;
+    /// keep it below the queue's visibility timeout.
+    pub ack_timeout_secs: u64,
     /// Largest client frame accepted, in bytes (≤ 262144).
     pub max_message_bytes: usize,
     /// Frames queued per connection before the client counts as too slow.
@@ -120,10 +215,55 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// `none` or `jwt`.
     pub auth: AuthMode,
+    /// HS256 shared secret (`auth = "jwt"`, and `wsbridge token`); at least 32 bytes.
+    pub jwt_secret: Option<Secret>,
+    /// RS256 public key: a PEM file, or a JWKS (JSON) file (`auth = "jwt"`).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub jwt_leeway_secs: u64,
+    /// Origins (`scheme://host[:port]`) whose pages may open a WebSocket;
+    /// empty: any (development). A comma-separated string in the environment.
+    #[serde(deserialize_with = "comma_list")]
+    pub allowed_origins: Vec<String>,
+    /// Open connections allowed per client id.
+    pub max_connections_per_client: usize,
+    /// Open connections allowed per client IP address.
+    pub max_connections_per_ip: usize,
+    /// Open connections allowed on this instance.
+    pub max_connections: usize,
+    /// Header whose LAST entry is the client's IP, as appended by a trusted
+    /// proxy (e.g. `X-Forwarded-For`); unset: the TCP peer's address.
+    pub client_ip_header: Option<String>,
+    /// Client messages per second per connection, on average.
+    pub message_rate_per_sec: u32,
+    /// Client messages accepted at once per connection.
+    pub message_burst: u32,
+    /// Rate-limited messages within `rate_limit_window_secs` that close the
+    /// connection with 1008.
+    pub rate_limit_strikes: u32,
+    /// The window of `rate_limit_strikes`.
+    pub rate_limit_window_secs: u64,
+    /// Time a client has to send its request head (slow-loris guard).
+    pub handshake_timeout_ms: u64,
+    /// Mounts the test-only `/__echo` route (for RFC 6455 conformance runs).
+    pub echo_route: bool,
     /// `aws` or `amqp`.
     pub broker: Broker,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Name of this bridge: prefix of the per-instance queues in fanout mode
+    /// and the tag `wsbridge gc` looks for.
+    pub bridge_name: String,
+    /// This instance's id in fanout mode (unset: a random one per start).
+    pub instance_id: Option<String>,
+    /// How often a fanout instance refreshes its queue's heartbeat tag.
+    pub instance_heartbeat_secs: u64,
+    /// `wsbridge gc` removes instance queues whose heartbeat is older than this.
+    pub gc_stale_after_secs: u64,
 }
 
 impl Default for Settings {
@@ -144,6 +284,7 @@ impl Default for Settings {
             max_receive_count: 15,
             dedup_capacity: 100_000,
             dedup_ttl_secs: 600,
+            ack_timeout_secs: 15,
             max_message_bytes: 65_536,
             outbound_queue: 256,
             heartbeat_secs: 15,
@@ -151,8 +292,28 @@ impl Default for Settings {
             publish_linger_ms: 5,
             shutdown_timeout_secs: 10,
             auth: AuthMode::None,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway_secs: 30,
+            allowed_origins: Vec::new(),
+            max_connections_per_client: 16,
+            max_connections_per_ip: 1000,
+            max_connections: 20_000,
+            client_ip_header: None,
+            message_rate_per_sec: 20,
+            message_burst: 50,
+            rate_limit_strikes: 50,
+            rate_limit_window_secs: 10,
+            handshake_timeout_ms: 5000,
+            echo_route: false,
             broker: Broker::Aws,
             log_format: LogFormat::Text,
+            bridge_name: "wsbridge".into(),
+            instance_id: None,
+            instance_heartbeat_secs: 60,
+            gc_stale_after_secs: 300,
         }
     }
 }
@@ -197,9 +358,7 @@ impl Settings {
         for (field, value) in &sources.overrides {
             figment = figment.merge(Serialized::global(field, value.clone()));
         }
-        let settings: Settings = figment.extract().map_err(|e| ConfigError {
-            problems: e.into_iter().map(describe_figment_error).collect(),
-        })?;
+        let settings = extract_reporting_every_field(&figment)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -264,17 +423,39 @@ impl Settings {
                 self.retry_delay_secs
             ),
         );
-        check(
-            self.auth == AuthMode::None,
-            "auth: \"jwt\" is not available in this version; use \"none\"".into(),
-        );
+        self.validate_security(&mut check);
         check(
             self.broker == Broker::Aws,
             "broker: \"amqp\" is not available in this version; use \"aws\"".into(),
         );
         check(
-            self.mode == Mode::Shared,
-            "mode: \"fanout\" is not available in this version; use \"shared\"".into(),
+            self.mode == Mode::Shared || self.commands_topic_arn.is_some(),
+            "commands_topic_arn: required in fanout mode (each instance subscribes its queue to it)"
+                .into(),
+        );
+        check(
+            is_name_part(&self.bridge_name, 40),
+            format!(
+                "bridge_name: {:?} must be 1..=40 letters, digits, '-' or '_' (it prefixes queue names)",
+                self.bridge_name
+            ),
+        );
+        if let Some(instance) = &self.instance_id {
+            check(
+                is_name_part(instance, 36),
+                format!("instance_id: {instance:?} must be 1..=36 letters, digits, '-' or '_'"),
+            );
+        }
+        check(
+            self.instance_heartbeat_secs >= 1,
+            "instance_heartbeat_secs: must be at least 1".into(),
+        );
+        check(
+            self.gc_stale_after_secs > self.instance_heartbeat_secs,
+            format!(
+                "gc_stale_after_secs: {} must be longer than instance_heartbeat_secs ({})",
+                self.gc_stale_after_secs, self.instance_heartbeat_secs
+            ),
         );
         for (field, value) in [
             ("command_queue_url", &self.command_queue_url),
@@ -315,6 +496,116 @@ impl Settings {
         }
     }
 
+    fn validate_security(&self, check: &mut impl FnMut(bool, String)) {
+        if self.auth == AuthMode::Jwt {
+            check(
+                self.jwt_secret.is_some() || self.jwt_public_key_file.is_some(),
+                "jwt_secret: auth = \"jwt\" needs jwt_secret (HS256, BRIDGE_JWT_SECRET) \
+                 or jwt_public_key_file (RS256, BRIDGE_JWT_PUBLIC_KEY_FILE)"
+                    .into(),
+            );
+            check(
+                self.jwt_secret.is_none() || self.jwt_public_key_file.is_none(),
+                "jwt_public_key_file: set either jwt_secret (HS256) or jwt_public_key_file \
+                 (RS256), not both"
+                    .into(),
+            );
+        }
+        if let Some(secret) = &self.jwt_secret {
+            check(
+                secret.expose().len() >= MIN_JWT_SECRET_BYTES,
+                format!(
+                    "jwt_secret: must be at least {MIN_JWT_SECRET_BYTES} bytes \
+                     (e.g. `openssl rand -base64 48`)"
+                ),
+            );
+        }
+        for (field, value) in [
+            ("jwt_audience", &self.jwt_audience),
+            ("jwt_issuer", &self.jwt_issuer),
+        ] {
+            if let Some(value) = value {
+                check(
+                    !value.trim().is_empty(),
+                    format!("{field}: must not be empty when set"),
+                );
+            }
+        }
+        check(
+            self.jwt_leeway_secs <= 300,
+            format!(
+                "jwt_leeway_secs: {} is above 300 (a leeway is for clock skew)",
+                self.jwt_leeway_secs
+            ),
+        );
+        for origin in &self.allowed_origins {
+            check(
+                normalize_origin(origin).is_some(),
+                format!(
+                    "allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                ),
+            );
+        }
+        for (field, value) in [
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_connections", self.max_connections),
+            ("message_rate_per_sec", self.message_rate_per_sec as usize),
+            ("message_burst", self.message_burst as usize),
+            ("rate_limit_strikes", self.rate_limit_strikes as usize),
+            (
+                "rate_limit_window_secs",
+                self.rate_limit_window_secs as usize,
+            ),
+        ] {
+            check(value >= 1, format!("{field}: must be at least 1"));
+        }
+        check(
+            self.handshake_timeout_ms >= 100,
+            format!(
+                "handshake_timeout_ms: {} is below 100",
+                self.handshake_timeout_ms
+            ),
+        );
+        if let Some(header) = &self.client_ip_header {
+            check(
+                actix_web::http::header::HeaderName::from_bytes(header.as_bytes()).is_ok(),
+                format!("client_ip_header: {header:?} is not a header name"),
+            );
+        }
+    }
+
+    /// The limits and timers of every WebSocket session.
+    pub fn session(&self) -> SessionSettings {
+        SessionSettings {
+            outbound_capacity: self.outbound_queue,
+            max_frame_bytes: self.max_message_bytes,
+            heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
+            client_timeout: Duration::from_secs(self.client_timeout_secs),
+            message_rate: MessageRate {
+                per_sec: self.message_rate_per_sec,
+                burst: self.message_burst,
+            },
+            abuse: AbusePolicy {
+                strikes: self.rate_limit_strikes,
+                window: Duration::from_secs(self.rate_limit_window_secs),
+            },
+            limits: ConnectionLimits {
+                per_client: self.max_connections_per_client,
+                per_ip: self.max_connections_per_ip,
+                total: self.max_connections,
+            },
+        }
+    }
+
+    /// How long a client has to send its request head.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
     /// A required setting, or an error naming it and its environment variable.
     pub fn required<'a>(
         &self,
@@ -345,8 +636,82 @@ impl Settings {
             },
             dedup_capacity: self.dedup_capacity,
             dedup_ttl: Duration::from_secs(self.dedup_ttl_secs),
+            ack_timeout: Duration::from_secs(self.ack_timeout_secs),
         }
     }
+}
+
+/// `origin` as browsers send it (`scheme://host[:port]`, lower case, no
+/// trailing slash), or `None` when it is not an origin.
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = origin.split_once("://")?;
+    let valid_scheme = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let valid_rest = !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' ', ','])
+        && !rest.starts_with(':');
+    (valid_scheme && valid_rest).then_some(origin)
+}
+
+/// Extracts the settings. Deserialization stops at the first field it cannot
+/// read, so when it fails each field is tried alone over the defaults: every
+/// unreadable field is reported (naming the layer its value came from),
+/// together with what [`Settings::validate`] finds wrong with the others.
+fn extract_reporting_every_field(figment: &Figment) -> Result<Settings, ConfigError> {
+    let first = match figment.extract::<Settings>() {
+        Ok(settings) => return Ok(settings),
+        Err(e) => e,
+    };
+    let all_of = |e: figment::Error| ConfigError {
+        problems: e.into_iter().map(describe_figment_error).collect(),
+    };
+    // Fails only when a layer cannot be read at all (a TOML syntax error).
+    let merged: Dict = match figment.extract() {
+        Ok(merged) => merged,
+        Err(_) => return Err(all_of(first)),
+    };
+    let defaults = || Figment::from(Serialized::defaults(Settings::default()));
+    let mut readable = defaults();
+    let mut problems = Vec::new();
+    let mut unreadable = std::collections::BTreeSet::new();
+    for (field, value) in merged {
+        let alone = defaults().merge(Serialized::global(&field, value.clone()));
+        match alone.extract::<Settings>() {
+            Ok(_) => readable = readable.merge(Serialized::global(&field, value)),
+            Err(errors) => {
+                for mut error in errors {
+                    // Name the layer the value came from, not the probe.
+                    error.metadata = figment.find_metadata(&field).cloned();
+                    error.profile = Some(Profile::Default);
+                    if error.path.is_empty() {
+                        error.path = vec![field.clone()];
+                    }
+                    problems.push(describe_figment_error(error));
+                }
+                unreadable.insert(field);
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Err(all_of(first));
+    }
+    match readable.extract::<Settings>() {
+        Err(more) => problems.extend(more.into_iter().map(describe_figment_error)),
+        Ok(settings) => {
+            if let Err(more) = settings.validate() {
+                // A field already reported unreadable holds its default here:
+                // what validation says about it would only confuse.
+                problems.extend(more.problems.into_iter().filter(|problem| {
+                    let field = problem.split(':').next().unwrap_or_default();
+                    !unreadable.contains(field)
+                }));
+            }
+        }
+    }
+    Err(ConfigError { problems })
 }
 
 fn describe_figment_error(error: figment::Error) -> String {
@@ -416,4 +781,13 @@ impl Provider for EnvVars {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         Ok(Profile::Default.collect(self.dict.clone()))
     }
+}
+
+/// Whether `value` can be part of an SQS queue name, at most `max` bytes.
+fn is_name_part(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

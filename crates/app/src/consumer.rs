@@ -1,6 +1,7 @@
 //! The command consumer: a few long-poll loops driving the downlink use case,
 //! backing off with jitter while the source fails, stopping on shutdown
-//! without abandoning a batch it already holds.
+//! without abandoning a batch it already holds, nor (within a grace period)
+//! a receive already in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,25 +15,60 @@ use tracing::{error, info, warn};
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Starts `pollers` loops; each stops at the next turn after `stop` is cancelled.
-pub fn spawn(downlink: Arc<Downlink>, pollers: usize, stop: CancellationToken) -> JoinSet<()> {
+/// Starts `pollers` loops; each starts no new receive once `stop` is
+/// cancelled. A receive in flight then is waited for, for at most
+/// `receive_grace`, and what it brings is settled.
+pub fn spawn(
+    downlink: Arc<Downlink>,
+    pollers: usize,
+    stop: CancellationToken,
+    receive_grace: Duration,
+) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     for poller in 0..pollers {
-        tasks.spawn(poll_loop(poller, downlink.clone(), stop.clone()));
+        tasks.spawn(poll_loop(
+            poller,
+            downlink.clone(),
+            stop.clone(),
+            receive_grace,
+        ));
     }
     tasks
 }
 
-async fn poll_loop(poller: usize, downlink: Arc<Downlink>, stop: CancellationToken) {
+async fn poll_loop(
+    poller: usize,
+    downlink: Arc<Downlink>,
+    stop: CancellationToken,
+    receive_grace: Duration,
+) {
     info!(poller, "command poller started");
     let mut failures: u32 = 0;
     loop {
-        // Only the wait for a batch is abandoned at shutdown: a batch that
-        // arrived is always settled (delivered and deleted, or released).
+        if stop.is_cancelled() {
+            break;
+        }
+        // SQS hands messages to a receive request, not to a connection:
+        // dropping a receive in flight can leave Commands invisible until
+        // their visibility timeout. So at shutdown the receive is given a
+        // grace period to answer, and a batch that arrived is always settled
+        // (delivered and deleted, or released).
+        let receive = downlink.receive();
+        tokio::pin!(receive);
         let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            received = downlink.receive() => received,
+            received = &mut receive => received,
+            () = stop.cancelled() => match tokio::time::timeout(receive_grace, &mut receive).await {
+                Ok(received) => received,
+                Err(_elapsed) => {
+                    info!(
+                        poller,
+                        grace = ?receive_grace,
+                        "receive still in flight at shutdown abandoned; what it takes \
+                         comes back after the queue's visibility timeout"
+                    );
+                    break;
+                }
+            },
         };
         match received {
             Ok(batch) => {

@@ -1,14 +1,30 @@
 //! The HTTP surface (SPEC §2): WebSocket upgrade, demo page, health, readiness.
+//!
+//! Every upgrade is checked before it is answered (SPEC §6), in this order:
+//! the `Origin` against the allow-list (403), the client id in the URL (400),
+//! the token when `auth = "jwt"` (401; a token for another client id than the
+//! URL's: 403), shutdown (503), then the connection limits, checked and taken
+//! in one step by the registry (429 per client id or per address, 503 in
+//! total). A refused request never reaches the registry.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{self, ContentType, HeaderName};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use adapters_ws::{SessionSettings, WsClientRegistry};
+use adapters_ws::{
+    LimitExceeded, Peer, SessionMode, SessionSettings, StartError, WsClientRegistry,
+};
 use domain::{ClientId, Stats, Uplink};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::auth::{AuthError, Authenticator, TokenSource, BEARER_PROTOCOL};
+use crate::config::{normalize_origin, ConfigError, Settings};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -20,8 +36,148 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// Per-connection limits.
     pub session: SessionSettings,
+    /// Who may open a WebSocket.
+    pub access: Access,
+    /// Upgrades refused, by reason (for `/metrics`).
+    pub refused: Refusals,
     /// Cancelled when the bridge shuts down: sessions close with 1001.
     pub closing: CancellationToken,
+}
+
+/// Why upgrades were refused, counted.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// One reason an upgrade is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Origin` not in the allow-list.
+    Origin,
+    /// No token, or one that does not verify.
+    Unauthenticated,
+    /// A token for another client id than the URL's.
+    ClientIdMismatch,
+    /// The client id has too many connections.
+    PerClient,
+    /// The address has too many connections.
+    PerAddress,
+    /// The instance has too many connections.
+    AtCapacity,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 6] = [
+        Refusal::Origin,
+        Refusal::Unauthenticated,
+        Refusal::ClientIdMismatch,
+        Refusal::PerClient,
+        Refusal::PerAddress,
+        Refusal::AtCapacity,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Origin => "origin_not_allowed",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::ClientIdMismatch => "client_id_mismatch",
+            Refusal::PerClient => "too_many_connections",
+            Refusal::PerAddress => "too_many_connections_from_address",
+            Refusal::AtCapacity => "server_at_capacity",
+        }
+    }
+}
+
+impl Refusals {
+    fn count(&self, reason: Refusal) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` for every reason.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .map(|r| (r.label(), self.counts[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+impl AppState {
+    /// The state of a bridge configured by `settings`; a JWT key that cannot
+    /// be read is a [`ConfigError`].
+    pub fn new(
+        registry: Arc<WsClientRegistry>,
+        uplink: Arc<Uplink>,
+        stats: Arc<Stats>,
+        settings: &Settings,
+        closing: CancellationToken,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            registry,
+            uplink,
+            stats,
+            session: settings.session(),
+            access: Access::from_settings(settings)?,
+            refused: Refusals::default(),
+            closing,
+        })
+    }
+}
+
+/// The checks made before an upgrade.
+pub struct Access {
+    auth: Authenticator,
+    /// Normalized allowed origins; empty: any.
+    origins: Vec<String>,
+    client_ip_header: Option<HeaderName>,
+    echo_route: bool,
+}
+
+impl Access {
+    /// The checks `settings` ask for.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            auth: Authenticator::from_settings(settings)?,
+            origins: settings
+                .allowed_origins
+                .iter()
+                .filter_map(|o| normalize_origin(o))
+                .collect(),
+            client_ip_header: settings
+                .client_ip_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            echo_route: settings.echo_route,
+        })
+    }
+
+    /// False when the request comes from a page whose origin is not allowed.
+    /// A request without `Origin` (not from a browser) is allowed: the list
+    /// protects browsers' users from cross-site WebSocket hijacking.
+    fn origin_allowed(&self, req: &HttpRequest) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        match req.headers().get(header::ORIGIN) {
+            None => true,
+            Some(origin) => origin
+                .to_str()
+                .ok()
+                .and_then(normalize_origin)
+                .is_some_and(|origin| self.origins.contains(&origin)),
+        }
+    }
+
+    /// The client's address: the last entry of the trusted proxy header
+    /// when one is configured and present, else the TCP peer's.
+    fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
+        let forwarded = self.client_ip_header.as_ref().and_then(|name| {
+            let value = req.headers().get_all(name).last()?.to_str().ok()?;
+            value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+        });
+        forwarded.or_else(|| req.peer_addr().map(|addr| addr.ip()))
+    }
 }
 
 /// Registers every route.
@@ -31,7 +187,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
         .route("/ws", web::get().to(ws_query))
-        .route("/ws/{client_id}", web::get().to(ws_path));
+        .route("/ws/{client_id}", web::get().to(ws_path))
+        .route("/__echo", web::get().to(echo));
 }
 
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -47,35 +204,58 @@ async fn health() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let reason = if state.closing.is_cancelled() {
-        Some("shutting down")
-    } else if !state.stats.consumer_healthy() {
-        Some("command consumer has not received successfully yet, or its last receive failed")
-    } else {
-        None
-    };
-    match reason {
+    match not_ready_because(&state) {
         None => HttpResponse::Ok().json(json!({"status": "ready"})),
         Some(reason) => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not_ready", "reason": reason})),
     }
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let body = crate::metrics::render(
-        &state.stats.downlink.snapshot(),
-        &state.stats.uplink.snapshot(),
+/// Why `/ready` is 503, or `None` when it is 200: only while the command
+/// consumer runs and its last receive succeeded.
+fn not_ready_because(state: &AppState) -> Option<&'static str> {
+    let stats = &state.stats;
+    if state.closing.is_cancelled() || stats.consumer_stopped() {
+        Some("shutting down: the command consumer has stopped")
+    } else if stats.consumer_ready() {
+        None
+    } else if stats.downlink.snapshot().receive_errors == 0 {
+        Some("starting: the command consumer has not received yet")
+    } else {
+        Some("the command consumer's last receive failed")
+    }
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    use crate::metrics::{render, Format, Snapshot};
+    let format = Format::from_accept(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let snapshot = Snapshot::take(
+        &state.stats,
         state.registry.connection_count(),
-        state.stats.consumer_healthy(),
+        not_ready_because(&state).is_none(),
+        state.refused.snapshot(),
     );
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(body)
+        .content_type(format.content_type())
+        .body(render(snapshot, format))
 }
 
 #[derive(Deserialize)]
 struct WsQuery {
     client_id: Option<String>,
+    token: Option<String>,
+    /// `ack=true`: acknowledged delivery for this connection.
+    ack: Option<String>,
+}
+
+impl WsQuery {
+    fn acknowledging(&self) -> bool {
+        matches!(self.ack.as_deref(), Some("true" | "1"))
+    }
 }
 
 async fn ws_query(
@@ -83,46 +263,173 @@ async fn ws_query(
     body: web::Payload,
     query: web::Query<WsQuery>,
     state: web::Data<AppState>,
-) -> actix_web::Result<HttpResponse> {
-    upgrade(req, body, query.into_inner().client_id, state)
+) -> HttpResponse {
+    let acknowledging = query.acknowledging();
+    let WsQuery {
+        client_id, token, ..
+    } = query.into_inner();
+    let mode = Mode {
+        session: SessionMode::Bridge,
+        acknowledging,
+    };
+    upgrade(req, body, client_id, token, mode, state)
 }
 
 async fn ws_path(
     req: HttpRequest,
     body: web::Payload,
     path: web::Path<String>,
+    query: web::Query<WsQuery>,
     state: web::Data<AppState>,
-) -> actix_web::Result<HttpResponse> {
-    upgrade(req, body, Some(path.into_inner()), state)
+) -> HttpResponse {
+    let mode = Mode {
+        session: SessionMode::Bridge,
+        acknowledging: query.acknowledging(),
+    };
+    let token = query.into_inner().token;
+    upgrade(req, body, Some(path.into_inner()), token, mode, state)
+}
+
+/// The test-only echo route (`echo_route = true`): the same checks, session
+/// code and limits as `/ws`, but messages are written back, not published.
+async fn echo(
+    req: HttpRequest,
+    body: web::Payload,
+    query: web::Query<WsQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.access.echo_route {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
+    let WsQuery {
+        client_id, token, ..
+    } = query.into_inner();
+    let mode = Mode {
+        session: SessionMode::Echo,
+        acknowledging: false,
+    };
+    upgrade(req, body, client_id, token, mode, state)
+}
+
+/// How a connection is served.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    session: SessionMode,
+    acknowledging: bool,
 }
 
 fn upgrade(
     req: HttpRequest,
     body: web::Payload,
     client_id: Option<String>,
+    token: Option<String>,
+    mode: Mode,
     state: web::Data<AppState>,
-) -> actix_web::Result<HttpResponse> {
-    let client_id = match client_id.map(ClientId::parse) {
-        Some(Ok(id)) => id,
-        Some(Err(e)) => return Ok(bad_request("invalid_client_id", &e.to_string())),
-        None => return Ok(bad_request("missing_client_id", "client_id is required")),
+) -> HttpResponse {
+    let access = &state.access;
+    if !access.origin_allowed(&req) {
+        debug!(origin = ?req.headers().get(header::ORIGIN), "upgrade refused: origin not allowed");
+        state.refused.count(Refusal::Origin);
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not open a WebSocket here",
+        );
+    }
+    let url_id = match client_id.map(ClientId::parse) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_client_id", &e.to_string()),
+        None => None,
+    };
+    let (client_id, protocol) = match access.auth.authenticate(req.headers(), token.as_deref()) {
+        Err(refused) => {
+            debug!(reason = %refused, "upgrade refused: not authenticated");
+            state.refused.count(Refusal::Unauthenticated);
+            return unauthorized(&refused);
+        }
+        Ok(None) => match url_id {
+            Some(id) => (id, None),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "missing_client_id",
+                    "client_id is required",
+                )
+            }
+        },
+        Ok(Some(authenticated)) => {
+            if url_id
+                .as_ref()
+                .is_some_and(|id| *id != authenticated.client_id)
+            {
+                debug!(
+                    client_id = %authenticated.client_id,
+                    "upgrade refused: token for another client id"
+                );
+                state.refused.count(Refusal::ClientIdMismatch);
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "client_id_mismatch",
+                    "the token is for another client id than the URL's",
+                );
+            }
+            let protocol =
+                (authenticated.source == TokenSource::Subprotocol).then_some(BEARER_PROTOCOL);
+            (authenticated.client_id, protocol)
+        }
     };
     if state.closing.is_cancelled() {
-        return Ok(HttpResponse::ServiceUnavailable().json(
-            json!({"error": {"code": "shutting_down", "message": "server is shutting down"}}),
-        ));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        );
     }
-    adapters_ws::start_session(
+    let peer = Peer {
+        client_id,
+        ip: access.client_ip(&req),
+        protocol,
+        mode: mode.session,
+        acknowledging: mode.acknowledging,
+    };
+    match adapters_ws::start_session(
         &req,
         body,
-        client_id,
+        peer,
         state.registry.clone(),
         state.uplink.clone(),
         state.session.clone(),
         state.closing.clone(),
-    )
+    ) {
+        Ok(response) => response,
+        Err(StartError::Handshake(e)) => e.error_response(),
+        Err(StartError::Limit(limit)) => {
+            debug!(%limit, "upgrade refused: connection limit");
+            let (status, reason) = match limit {
+                LimitExceeded::PerClient { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, Refusal::PerClient)
+                }
+                LimitExceeded::PerIp { .. } => (StatusCode::TOO_MANY_REQUESTS, Refusal::PerAddress),
+                LimitExceeded::Total { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, Refusal::AtCapacity)
+                }
+            };
+            state.refused.count(reason);
+            error(status, reason.label(), &limit.to_string())
+        }
+    }
 }
 
-fn bad_request(code: &str, message: &str) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({"error": {"code": code, "message": message}}))
+fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+}
+
+fn unauthorized(refused: &AuthError) -> HttpResponse {
+    let challenge = match refused {
+        AuthError::Missing => "Bearer".to_owned(),
+        AuthError::Invalid(_) => "Bearer error=\"invalid_token\"".to_owned(),
+    };
+    HttpResponse::Unauthorized()
+        .insert_header((header::WWW_AUTHENTICATE, challenge))
+        .json(json!({"error": {"code": refused.code(), "message": refused.to_string()}}))
 }

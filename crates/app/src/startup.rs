@@ -9,7 +9,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 use adapters_aws::sdk::Clients;
 use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
-use adapters_ws::{SessionSettings, WsClientRegistry};
+use adapters_ws::WsClientRegistry;
 use anyhow::Context;
 use domain::{Downlink, Stats, Uplink};
 use tokio::task::JoinSet;
@@ -53,14 +53,16 @@ impl Application {
                 wait_time: Duration::from_secs(settings.receive_wait_secs),
                 ..SqsSourceSettings::default()
             },
-        );
-        let sink = SnsEventSink::spawn(
+        )
+        .with_stats(stats.clone());
+        let sink = SnsEventSink::spawn_with_stats(
             clients.sns,
             topic_arn,
             SnsSinkSettings {
                 linger: Duration::from_millis(settings.publish_linger_ms),
                 ..SnsSinkSettings::default()
             },
+            &stats.calls,
         );
         let downlink = Arc::new(Downlink::new(
             Arc::new(source),
@@ -68,29 +70,26 @@ impl Application {
             settings.downlink(),
             stats.clone(),
         ));
-        let uplink = Arc::new(Uplink::new(Arc::new(sink.clone()), stats.clone()));
+        let uplink =
+            Arc::new(Uplink::new(Arc::new(sink.clone()), stats.clone()).with_acks(downlink.acks()));
         let closing = CancellationToken::new();
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState {
-            registry: registry.clone(),
+        let state = web::Data::new(AppState::new(
+            registry.clone(),
             uplink,
-            stats: stats.clone(),
-            session: SessionSettings {
-                outbound_capacity: settings.outbound_queue,
-                max_frame_bytes: settings.max_message_bytes,
-                heartbeat_interval: Duration::from_secs(settings.heartbeat_secs),
-                client_timeout: Duration::from_secs(settings.client_timeout_secs),
-            },
-            closing: closing.clone(),
-        });
+            stats.clone(),
+            &settings,
+            closing.clone(),
+        )?);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .configure(routes::configure)
         })
+        .client_request_timeout(settings.handshake_timeout())
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout_secs)
         .listen(listener)?;
@@ -132,11 +131,14 @@ impl Application {
         let handle: ServerHandle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let polling = CancellationToken::new();
+        let deadline = Duration::from_secs(self.settings.shutdown_timeout_secs);
         let mut pollers: JoinSet<()> = consumer::spawn(
             self.downlink.clone(),
             self.settings.pollers,
             polling.clone(),
+            receive_grace(self.settings.receive_wait_secs, deadline),
         );
+        let sweeper = tokio::spawn(release_overdue_acks(self.downlink.clone(), polling.clone()));
         info!(port = self.port, "wsbridge serving");
 
         tokio::select! {
@@ -151,12 +153,20 @@ impl Application {
         }
 
         info!("shutting down");
-        let deadline = Duration::from_secs(self.settings.shutdown_timeout_secs);
         let drain = async {
+            // What cannot be handed off from here on is released at once.
+            self.downlink.drain();
             polling.cancel();
             while pollers.join_next().await.is_some() {}
             self.closing.cancel();
             wait_for_sessions(&self.registry).await;
+            // No acknowledgement can arrive any more: what still waits for
+            // one is made visible again now, not after the ack timeout.
+            let _ = sweeper.await;
+            let released = self.downlink.acks().release_all().await;
+            if released > 0 {
+                info!(released, "unacknowledged deliveries released");
+            }
             self.sink.flush().await;
             handle.stop(true).await;
         };
@@ -167,6 +177,29 @@ impl Application {
         let _ = server.await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// How long a receive in flight at shutdown may take to answer: a long poll
+/// ends after its wait (plus the network), but the rest of the drain needs
+/// time too, so at most half the deadline.
+fn receive_grace(receive_wait_secs: u64, deadline: Duration) -> Duration {
+    (Duration::from_secs(receive_wait_secs) + Duration::from_secs(1)).min(deadline / 2)
+}
+
+/// Releases deliveries whose acknowledgement is overdue, once a second,
+/// until `stop` is cancelled.
+async fn release_overdue_acks(downlink: Arc<Downlink>, stop: CancellationToken) {
+    let acks = downlink.acks();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                acks.release_expired().await;
+            }
+        }
     }
 }
 

@@ -28,6 +28,9 @@ pub enum FrameError {
     /// `id` present but not a string.
     #[error("field \"id\" must be a string")]
     IdNotString,
+    /// `ack_delivery` present but not a string.
+    #[error("field \"ack_delivery\" must be a string")]
+    AckNotString,
 }
 
 /// An event ready for the [`crate::ports::EventSink`]: the ClientMessage JSON
@@ -50,6 +53,11 @@ impl ClientMessage {
         let Value::Object(fields) = value else {
             return Err(FrameError::NotAnObject);
         };
+        Self::from_object(fields)
+    }
+
+    /// Validates an already parsed JSON object.
+    pub(crate) fn from_object(fields: Map<String, Value>) -> Result<Self, FrameError> {
         let action = match fields.get("action") {
             Some(Value::String(a)) if !a.is_empty() => a.clone(),
             _ => return Err(FrameError::MissingAction),
@@ -109,6 +117,9 @@ pub const INVALID_MESSAGE: &str = "invalid_message";
 pub const PUBLISH_REJECTED: &str = "publish_rejected";
 /// Error code for a valid message the event sink could not take in time.
 pub const PUBLISH_FAILED: &str = "publish_failed";
+/// Error code for a message refused, unread, because its connection is over
+/// its message rate.
+pub const RATE_LIMITED: &str = "rate_limited";
 
 impl Reply {
     /// An `invalid_message` error without an id.
@@ -117,6 +128,29 @@ impl Reply {
             code: INVALID_MESSAGE,
             message: message.into(),
             id: None,
+        }
+    }
+
+    /// A `rate_limited` error for the text frame `text`, carrying its `id`
+    /// when it is a JSON object with a string `id` (the frame is not
+    /// otherwise validated: it is refused whatever it holds).
+    pub fn rate_limited(text: &str) -> Self {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            #[serde(default)]
+            id: Option<Value>,
+        }
+        let id = match serde_json::from_str::<IdOnly>(text) {
+            Ok(IdOnly {
+                id: Some(Value::String(id)),
+            }) => Some(id),
+            _ => None,
+        };
+        Self::Error {
+            code: RATE_LIMITED,
+            message: "too many messages: over this connection's rate limit; the message was not published"
+                .to_owned(),
+            id,
         }
     }
 
@@ -177,6 +211,25 @@ mod tests {
             ClientMessage::parse(r#"{"action":"a","id":5}"#),
             Err(FrameError::IdNotString)
         );
+    }
+
+    #[test]
+    fn a_rate_limited_reply_carries_the_id_when_there_is_one() {
+        let with_id = Reply::rate_limited(r#"{"action":"a","id":"m-7","data":[1]}"#);
+        let rendered: Value = serde_json::from_str(&with_id.to_json()).unwrap();
+        assert_eq!(rendered["error"]["code"], "rate_limited");
+        assert_eq!(rendered["id"], "m-7");
+        for no_id in [
+            r#"{"action":"a"}"#,
+            r#"{"action":"a","id":5}"#,
+            "not json",
+            "[1,2]",
+        ] {
+            let rendered: Value =
+                serde_json::from_str(&Reply::rate_limited(no_id).to_json()).unwrap();
+            assert_eq!(rendered["error"]["code"], "rate_limited", "{no_id}");
+            assert!(rendered.get("id").is_none(), "{no_id}: {rendered}");
+        }
     }
 
     #[test]

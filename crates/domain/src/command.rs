@@ -22,12 +22,23 @@ pub struct Command {
     pub client_id: ClientId,
     /// The Command's name.
     pub command: String,
-    /// The Command's payload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The Command's payload; `Some(Value::Null)` for an explicit `"data": null`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub data: Option<Value>,
     /// Every other field, forwarded unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A field that is present, whatever its value (`null` included): absent
+/// fields are `None` through `#[serde(default)]`, so `"data": null` survives
+/// a round trip instead of vanishing.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// A Command decoded from an SQS body, ready to be forwarded.
@@ -305,6 +316,18 @@ mod tests {
             if !matches!(expected, NotJson(_) | MessageNotJson(_)) {
                 assert_eq!(got, expected, "body: {body}");
             }
+        }
+    }
+
+    #[test]
+    fn typed_command_keeps_an_explicit_null_data() {
+        for text in [
+            r#"{"client_id":"c1","command":"go","data":null}"#,
+            r#"{"client_id":"c1","command":"go"}"#,
+        ] {
+            let cmd: Command = serde_json::from_str(text).unwrap();
+            let back: Value = serde_json::to_value(&cmd).unwrap();
+            assert_eq!(back, serde_json::from_str::<Value>(text).unwrap(), "{text}");
         }
     }
 

@@ -1,13 +1,16 @@
 //! The downlink use case: receive → decode → de-duplicate → deliver →
 //! acknowledge, release or reject. The delivery rules of SPEC §3 live here.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info_span, warn};
 
+use crate::acks::PendingAcks;
 use crate::command::decode_sqs_body;
 use crate::dedup::RecentIds;
+use crate::envelope::parse_timestamp;
 use crate::ports::{ClientRegistry, CommandSource, Frame, InboundMessage, Receipt, SourceError};
 use crate::stats::{bump, Stats};
 
@@ -35,6 +38,10 @@ pub struct DownlinkSettings {
     pub dedup_capacity: usize,
     /// How long a forwarded message id is remembered.
     pub dedup_ttl: Duration,
+    /// How long a delivery to an acknowledging connection waits for the
+    /// acknowledgement before it is released; keep it below the queue's
+    /// visibility timeout.
+    pub ack_timeout: Duration,
 }
 
 /// How one batch was settled, for the caller's logs and tests.
@@ -46,6 +53,8 @@ pub struct BatchOutcome {
     pub released: Vec<Receipt>,
     /// Receipts of malformed messages.
     pub rejected: Vec<Receipt>,
+    /// Receipts held until a client acknowledges the delivery.
+    pub held: Vec<Receipt>,
 }
 
 /// Longest part of a malformed body that goes into a log line.
@@ -56,8 +65,11 @@ pub struct Downlink {
     source: Arc<dyn CommandSource>,
     registry: Arc<dyn ClientRegistry>,
     settings: DownlinkSettings,
-    recent: RecentIds,
+    recent: Arc<RecentIds>,
+    acks: Arc<PendingAcks>,
     stats: Arc<Stats>,
+    /// Set at shutdown: Commands not handed off are released at once.
+    draining: AtomicBool,
 }
 
 impl Downlink {
@@ -68,14 +80,39 @@ impl Downlink {
         settings: DownlinkSettings,
         stats: Arc<Stats>,
     ) -> Self {
-        let recent = RecentIds::new(settings.dedup_capacity, settings.dedup_ttl);
+        let recent = Arc::new(RecentIds::new(settings.dedup_capacity, settings.dedup_ttl));
+        let acks = Arc::new(PendingAcks::new(
+            source.clone(),
+            recent.clone(),
+            stats.clone(),
+            settings.ack_timeout,
+        ));
         Self {
             source,
             registry,
             settings,
             recent,
+            acks,
             stats,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The bridge is shutting down: from now on a Command that cannot be
+    /// handed off here is released at once instead of after the retry delay,
+    /// so another instance (which may hold its client) receives it without
+    /// waiting. Batches still in hand are settled as usual otherwise.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        // No new receive starts: not ready from now on (SPEC §2 /ready).
+        self.stats.set_consumer_stopped();
+    }
+
+    /// The deliveries waiting for a client's acknowledgement: the uplink
+    /// confirms them, the app releases the overdue ones periodically and all
+    /// of them at shutdown.
+    pub fn acks(&self) -> Arc<PendingAcks> {
+        self.acks.clone()
     }
 
     /// Receives one batch and settles every message of it.
@@ -154,12 +191,33 @@ impl Downlink {
         }
 
         let frame: Frame = command.json;
-        let taken = self.registry.deliver(&command.client_id, &frame);
-        if taken > 0 {
+        let delivery = self.acks.next_id();
+        let handoff = self.registry.deliver(&command.client_id, &frame, delivery);
+        if handoff.taken() > 0 {
             bump(&stats.forwarded, 1);
-            bump(&stats.frames_queued, taken as u64);
-            debug!(connections = taken, "command forwarded");
-            outcome.acknowledged.push(message.receipt);
+            // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
+            let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
+            self.stats
+                .forward_latency
+                .record(age(published.or(message.sent_at)));
+            bump(&stats.frames_queued, handoff.taken() as u64);
+            debug!(
+                connections = handoff.taken(),
+                awaiting_ack = handoff.awaiting_ack,
+                "command forwarded"
+            );
+            if handoff.awaiting_ack > 0 {
+                // Deleted when the client acknowledges; released on timeout.
+                self.acks.hold(
+                    delivery,
+                    command.client_id,
+                    message.receipt.clone(),
+                    dedup_key.to_owned(),
+                );
+                outcome.held.push(message.receipt);
+            } else {
+                outcome.acknowledged.push(message.receipt);
+            }
             return;
         }
         // Not handed off: a later copy must not be taken for a duplicate.
@@ -187,6 +245,7 @@ impl Downlink {
         }
         if !outcome.released.is_empty() {
             let delay = match self.settings.undeliverable {
+                _ if self.draining.load(Ordering::Relaxed) => Duration::ZERO,
                 Undeliverable::Retry { delay, .. } => delay,
                 Undeliverable::Drop => Duration::ZERO,
             };

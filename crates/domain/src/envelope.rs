@@ -2,6 +2,7 @@
 //! topic to an SQS queue with raw message delivery off.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,9 +53,116 @@ impl SnsEnvelope {
     }
 }
 
+/// Reads an SNS `Timestamp` (RFC 3339, e.g. `2012-05-02T00:54:06.655Z`, or
+/// with a `±HH:MM` offset); `None` when it is not one.
+pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = text.get(range)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut nanos = 0u32;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        if end == 0 {
+            return None;
+        }
+        let digits = &fraction[..end.min(9)];
+        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
+        rest = &fraction[end..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            sign * (number(text.len() - 5..text.len() - 3)? * 3600
+                + number(text.len() - 2..text.len())? * 60)
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn sns_timestamps_are_read() {
+        let at =
+            |s: &str| parse_timestamp(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default());
+        // date -u -d 2012-05-02T00:54:06Z +%s
+        assert_eq!(
+            at("2012-05-02T00:54:06.655Z"),
+            Some(Duration::new(1_335_920_046, 655_000_000))
+        );
+        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        assert_eq!(
+            at("2000-02-29T12:00:00Z"),
+            Some(Duration::from_secs(951_825_600))
+        );
+        assert_eq!(
+            at("2012-05-02T02:54:06.655+02:00"),
+            Some(Duration::new(1_335_920_046, 655_000_000))
+        );
+        assert_eq!(
+            at("2024-01-01T00:00:00.123456789123Z"),
+            Some(Duration::new(1_704_067_200, 123_456_789))
+        );
+        for bad in [
+            "",
+            "2012-05-02",
+            "2012-05-02T00:54:06",
+            "2012-13-02T00:54:06Z",
+            "2012-05-02T24:54:06Z",
+            "2012-05-02T00:54:06.Z",
+            "2012-05-02T00:54:06+0200",
+            "1969-12-31T23:59:59Z",
+            "x012-05-02T00:54:06Z",
+            "2012-05-02T00:54:06Zjunk",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad:?}");
+        }
+    }
 
     /// The example notification from the AWS documentation ("Amazon SNS
     /// message and JSON formats"), with an attribute added.

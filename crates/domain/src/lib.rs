@@ -9,6 +9,8 @@
 //! Nothing here knows about AWS, AMQP, actix or HTTP; the adapters implement
 //! the ports and the `app` crate wires them together.
 
+pub mod acks;
+pub mod client_frame;
 pub mod client_id;
 pub mod client_message;
 pub mod command;
@@ -19,14 +21,16 @@ pub mod ports;
 pub mod stats;
 pub mod uplink;
 
+pub use acks::{ConfirmError, DeliveryId, PendingAcks};
+pub use client_frame::ClientFrame;
 pub use client_id::{ClientId, ClientIdError};
 pub use client_message::{ClientMessage, FrameError, OutboundEvent, Reply};
 pub use command::{decode_sqs_body, Command, DecodeError, DecodedCommand};
 pub use downlink::{BatchOutcome, Downlink, DownlinkSettings, Undeliverable};
 pub use envelope::SnsEnvelope;
 pub use ports::{
-    ClientRegistry, CommandSource, EventSink, Frame, InboundMessage, PublishError, Receipt,
-    SourceError,
+    ClientRegistry, CommandSource, EventSink, Frame, Handoff, InboundMessage, PublishError,
+    Receipt, SourceError,
 };
 pub use stats::Stats;
 pub use uplink::Uplink;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+use crate::acks::DeliveryId;
 use crate::client_id::ClientId;
 use crate::client_message::OutboundEvent;
 
@@ -103,14 +104,33 @@ pub trait EventSink: Send + Sync {
 /// A text frame shared by every connection it is written to.
 pub type Frame = Arc<str>;
 
+/// How many connections took a delivered Command.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Handoff {
+    /// Connections that took it with no acknowledgement to come (at-most-once
+    /// from here on).
+    pub immediate: usize,
+    /// Connections that took it and will acknowledge it (`ack=true`).
+    pub awaiting_ack: usize,
+}
+
+impl Handoff {
+    /// Connections that took it, of either kind.
+    pub fn taken(&self) -> usize {
+        self.immediate + self.awaiting_ack
+    }
+}
+
 /// The live WebSocket connections, by client id.
 ///
 /// Deliberately synchronous: handing a frame to a connection is a `try_send`
 /// into its bounded queue, so the downlink never waits on a slow client.
 #[cfg_attr(feature = "mock", mockall::automock)]
 pub trait ClientRegistry: Send + Sync {
-    /// Queues `frame` on every connection of `client_id`; returns how many took it.
-    fn deliver(&self, client_id: &ClientId, frame: &Frame) -> usize;
+    /// Queues `frame` on every connection of `client_id`; says how many
+    /// took it. A connection that acknowledges deliveries gets the frame
+    /// wrapped with `delivery` ([`crate::acks::ack_frame`]).
+    fn deliver(&self, client_id: &ClientId, frame: &Frame, delivery: DeliveryId) -> Handoff;
 
     /// How many connections are open.
     fn connection_count(&self) -> usize;

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
+use crate::acks::{ConfirmError, PendingAcks};
+use crate::client_frame::ClientFrame;
 use crate::client_id::ClientId;
-use crate::client_message::{ClientMessage, Reply, PUBLISH_FAILED, PUBLISH_REJECTED};
+use crate::client_message::{Reply, PUBLISH_FAILED, PUBLISH_REJECTED};
 use crate::ports::{EventSink, PublishError};
 use crate::stats::{bump, Stats};
 
@@ -14,12 +16,41 @@ use crate::stats::{bump, Stats};
 pub struct Uplink {
     sink: Arc<dyn EventSink>,
     stats: Arc<Stats>,
+    acks: Option<Arc<PendingAcks>>,
 }
+
+/// Error code for an acknowledgement of a delivery nobody waits for.
+pub const UNKNOWN_DELIVERY: &str = "unknown_delivery";
+/// Error code for an acknowledgement the source could not record.
+pub const ACK_FAILED: &str = "ack_failed";
 
 impl Uplink {
     /// Wires the use case to its sink.
     pub fn new(sink: Arc<dyn EventSink>, stats: Arc<Stats>) -> Self {
-        Self { sink, stats }
+        Self {
+            sink,
+            stats,
+            acks: None,
+        }
+    }
+
+    /// The counters this use case shares with the sessions that drive it
+    /// (they count close codes into it).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Counts one client message refused unread for being over its
+    /// connection's rate.
+    pub fn count_rate_limited(&self) {
+        bump(&self.stats.uplink.rate_limited, 1);
+    }
+
+    /// Also takes clients' `{"ack_delivery": …}` frames, confirming deliveries
+    /// made to connections opened with `ack=true`.
+    pub fn with_acks(mut self, acks: Arc<PendingAcks>) -> Self {
+        self.acks = Some(acks);
+        self
     }
 
     /// Handles one text frame from `sender`; returns the frame to answer with.
@@ -28,8 +59,11 @@ impl Uplink {
     /// it; any failure is answered with an error (carrying the `id` when there
     /// is one), so no message is ever lost without the client being told.
     pub async fn handle_text(&self, sender: &ClientId, text: &str) -> Option<Reply> {
-        let message = match ClientMessage::parse(text) {
-            Ok(message) => message,
+        let message = match ClientFrame::parse(text) {
+            Ok(ClientFrame::Message(message)) => message,
+            Ok(ClientFrame::AckDelivery(delivery_id)) => {
+                return self.confirm(sender, &delivery_id).await;
+            }
             Err(error) => {
                 debug!(%error, "invalid client frame");
                 bump(&self.stats.uplink.invalid, 1);
@@ -60,6 +94,32 @@ impl Uplink {
                     code,
                     message: message.to_owned(),
                     id,
+                })
+            }
+        }
+    }
+
+    async fn confirm(&self, sender: &ClientId, delivery_id: &str) -> Option<Reply> {
+        let Some(acks) = &self.acks else {
+            bump(&self.stats.uplink.invalid, 1);
+            return Some(Reply::invalid("acknowledged delivery is not enabled"));
+        };
+        match acks.confirm(sender, delivery_id).await {
+            Ok(()) => None,
+            Err(error) => {
+                debug!(%error, "acknowledgement not taken");
+                let (code, message) = match error {
+                    ConfirmError::Unknown(_) => (UNKNOWN_DELIVERY, error.to_string()),
+                    ConfirmError::Source(_) => (
+                        ACK_FAILED,
+                        "the acknowledgement could not be recorded; the Command will be delivered again"
+                            .to_owned(),
+                    ),
+                };
+                Some(Reply::Error {
+                    code,
+                    message,
+                    id: None,
                 })
             }
         }

@@ -24,6 +24,12 @@
 //! test that made them: plain `#[tokio::test]`, multi-threaded runtimes and
 //! actix runtimes all work.
 //!
+//! # Fault injection
+//!
+//! [`FaultProxy`] sits between the code under test and moto and refuses,
+//! resets, black-holes, delays or answers with errors on demand, per request;
+//! see the [`fault_proxy`] module.
+//!
 //! # Isolation
 //!
 //! Tests share one moto and run in parallel: every topic and queue must have a
@@ -43,9 +49,13 @@
 //! ```
 
 mod aws;
+pub mod fault_proxy;
 mod names;
 mod server;
 
 pub use aws::{Aws, Received, TestQueue};
+/// The SDK configuration type, for crates that do not depend on `aws-config`.
+pub use aws_config::SdkConfig;
+pub use fault_proxy::{CannedResponse, Fault, FaultProxy, Limit, Outcome, ProxyStats, Seen};
 pub use names::unique_name;
-pub use server::{http_client, moto, Moto, TEST_REGION};
+pub use server::{env_vars_at, http_client, moto, sdk_config_at, Moto, TEST_REGION};

@@ -84,26 +84,14 @@ impl Moto {
     /// Environment for a child process (e.g. the `wsbridge` binary) that must
     /// talk to this moto: `AWS_ENDPOINT_URL`, `AWS_REGION` and static credentials.
     pub fn env_vars(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_REGION", TEST_REGION.to_owned()),
-            ("AWS_DEFAULT_REGION", TEST_REGION.to_owned()),
-            ("AWS_ACCESS_KEY_ID", "test".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
-        ]
+        env_vars_at(&self.endpoint)
     }
 
     /// An SDK configuration for this server: region `us-east-1`, static test
     /// credentials, the endpoint URL, and an explicit rustls (ring) HTTP client
     /// (the workspace builds the SDK without its default client).
     pub async fn sdk_config(&self) -> SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(TEST_REGION))
-            .credentials_provider(Credentials::new("test", "test", None, None, "testkit"))
-            .endpoint_url(self.endpoint.clone())
-            .http_client(http_client())
-            .load()
-            .await
+        sdk_config_at(&self.endpoint).await
     }
 
     /// A new SQS client for this server.
@@ -198,6 +186,31 @@ impl Moto {
             failures.join("\n")
         );
     }
+}
+
+/// An SDK configuration for the endpoint `endpoint` (moto, or a
+/// [`FaultProxy`](crate::FaultProxy) in front of it): region `us-east-1`,
+/// static test credentials, and the workspace's HTTP client ([`http_client`]).
+pub async fn sdk_config_at(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(TEST_REGION))
+        .credentials_provider(Credentials::new("test", "test", None, None, "testkit"))
+        .endpoint_url(endpoint)
+        .http_client(http_client())
+        .load()
+        .await
+}
+
+/// Environment for a child process whose AWS calls go to `endpoint`:
+/// `AWS_ENDPOINT_URL`, `AWS_REGION` and static credentials.
+pub fn env_vars_at(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", TEST_REGION.to_owned()),
+        ("AWS_DEFAULT_REGION", TEST_REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+    ]
 }
 
 /// The HTTP client every test SDK config uses: hyper 1 with rustls and the ring

@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod bootstrap;
+mod fanout;
+mod faults;
 mod sns_sink;
 mod sqs_source;
 mod support;

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod limits;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +16,11 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use adapters_ws::{start_session, SessionSettings, WsClientRegistry};
+use adapters_ws::{start_session, Peer, SessionMode, SessionSettings, WsClientRegistry};
 use async_trait::async_trait;
 use domain::{
-    ClientId, ClientRegistry, EventSink, Frame, OutboundEvent, PublishError, Stats, Uplink,
+    ClientId, ClientRegistry, DeliveryId, EventSink, Frame, OutboundEvent, PublishError, Stats,
+    Uplink,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -81,17 +84,42 @@ async fn ws_route(
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let client_id =
-        ClientId::parse(path.into_inner()).map_err(actix_web::error::ErrorBadRequest)?;
+    session_route(req, body, path.into_inner(), SessionMode::Bridge, state)
+}
+
+async fn echo_route(
+    req: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, actix_web::Error> {
+    session_route(req, body, path.into_inner(), SessionMode::Echo, state)
+}
+
+fn session_route(
+    req: HttpRequest,
+    body: web::Payload,
+    client_id: String,
+    mode: SessionMode,
+    state: web::Data<State>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let client_id = ClientId::parse(client_id).map_err(actix_web::error::ErrorBadRequest)?;
+    let peer = Peer {
+        ip: req.peer_addr().map(|addr| addr.ip()),
+        protocol: Some("bearer"),
+        mode,
+        ..Peer::new(client_id)
+    };
     start_session(
         &req,
         body,
-        client_id,
+        peer,
         Arc::clone(&state.registry),
         Arc::clone(&state.uplink),
         state.settings.clone(),
         state.shutdown.clone(),
     )
+    .map_err(Into::into)
 }
 
 struct TestServer {
@@ -121,6 +149,7 @@ impl TestServer {
             App::new()
                 .app_data(web::Data::new(state.clone()))
                 .route("/ws/{client_id}", web::get().to(ws_route))
+                .route("/echo/{client_id}", web::get().to(echo_route))
         })
         .workers(1)
         .disable_signals()
@@ -149,7 +178,9 @@ impl TestServer {
 
     fn deliver(&self, client_id: &str, text: &str) -> usize {
         let frame: Frame = Arc::from(text);
-        self.registry.deliver(&id(client_id), &frame)
+        self.registry
+            .deliver(&id(client_id), &frame, DeliveryId::from(1))
+            .taken()
     }
 
     async fn stop(self) {
@@ -406,25 +437,23 @@ async fn invalid_json_gets_an_error_and_the_connection_stays_usable() {
 }
 
 #[actix_web::test]
-async fn a_binary_frame_gets_an_error_and_the_connection_stays_usable() {
+async fn a_binary_frame_closes_with_1003_and_nothing_is_published() {
     let server = TestServer::start(small_settings()).await;
     let mut ws = server.connect("alice").await;
 
-    within(ws.send(Message::binary(vec![1u8, 2, 3])))
+    send_text(&mut ws, r#"{"action":"go","id":"before"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "before"}));
+    within(ws.send(Message::binary(b"{\"action\":\"bin\"}".to_vec())))
         .await
         .unwrap();
-    assert_eq!(
-        next_json(&mut ws).await,
-        json!({"error": {"code": "invalid_message", "message": "binary frames are not supported"}})
-    );
-
-    send_text(&mut ws, r#"{"action":"go","id":"after"}"#).await;
-    assert_eq!(next_json(&mut ws).await, json!({"ack": "after"}));
-    assert_eq!(
-        server.sink.events().len(),
-        1,
-        "only the text message is published"
-    );
+    assert_eq!(read_until_close(&mut ws).await, (1003, 0));
+    let events = server.sink.events();
+    assert_eq!(events.len(), 1, "only the text message is published");
+    assert_eq!(events[0].action, "go");
+    wait_until("the connection is unregistered", || {
+        server.registry.connection_count() == 0
+    })
+    .await;
     server.stop().await;
 }
 

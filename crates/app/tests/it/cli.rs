@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 
 use crate::support::{wait_until, TempDir, PATIENCE, SHUTDOWN_SECS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsbridge");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_wsbridge");
 
 /// The binary, run in `cwd`, with no `BRIDGE_*` or `AWS_*` variable of the
 /// test process (those the test passes are the only ones it sees).
-fn wsbridge(cwd: &Path) -> Command {
+pub(crate) fn wsbridge(cwd: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .current_dir(cwd)
@@ -39,7 +39,7 @@ fn wsbridge(cwd: &Path) -> Command {
 }
 
 /// Runs to completion (bounded); returns the output.
-async fn run(mut command: Command) -> Output {
+pub(crate) async fn run(mut command: Command) -> Output {
     let child = command.spawn().expect("spawning wsbridge");
     tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
@@ -47,11 +47,11 @@ async fn run(mut command: Command) -> Output {
         .expect("waiting for wsbridge")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn describe(output: &Output) -> String {
+pub(crate) fn describe(output: &Output) -> String {
     format!(
         "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
         output.status,
@@ -60,7 +60,7 @@ fn describe(output: &Output) -> String {
     )
 }
 
-fn with_moto(command: &mut Command) {
+pub(crate) fn with_moto(command: &mut Command) {
     for (name, value) in testkit::moto().env_vars() {
         command.env(name, value);
     }
@@ -415,7 +415,7 @@ async fn monitor_cleans_up_on_ctrl_c() {
 }
 
 /// Sends `kill <sig> <pid>` to the child.
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let pid = child.id().expect("child pid").to_string();
     let status = std::process::Command::new("kill")
         .args([sig, &pid])
@@ -425,7 +425,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Waits (bounded) for a stderr line containing `needle`; returns it.
-async fn wait_for_line(
+pub(crate) async fn wait_for_line(
     lines: &mut mpsc::UnboundedReceiver<String>,
     seen: &mut Vec<String>,
     needle: &str,
@@ -445,7 +445,10 @@ async fn wait_for_line(
 }
 
 /// Collects what is left of the child's stderr (bounded).
-async fn drain_lines(lines: &mut mpsc::UnboundedReceiver<String>, seen: &mut Vec<String>) {
+pub(crate) async fn drain_lines(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    seen: &mut Vec<String>,
+) {
     while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(500), lines.recv()).await
     {
         seen.push(line);
@@ -453,7 +456,7 @@ async fn drain_lines(lines: &mut mpsc::UnboundedReceiver<String>, seen: &mut Vec
 }
 
 /// Forwards the child's stderr lines to a channel (and keeps them for messages).
-fn stderr_lines(child: &mut Child) -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn stderr_lines(child: &mut Child) -> mpsc::UnboundedReceiver<String> {
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -469,7 +472,10 @@ fn stderr_lines(child: &mut Child) -> mpsc::UnboundedReceiver<String> {
 
 /// The port of the demo page URL (`http://127.0.0.1:PORT/`) the binary logs
 /// once it serves (other lines hold moto's URL).
-async fn served_port(lines: &mut mpsc::UnboundedReceiver<String>, seen: &mut Vec<String>) -> u16 {
+pub(crate) async fn served_port(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    seen: &mut Vec<String>,
+) -> u16 {
     let line = wait_for_line(lines, seen, "demo page").await;
     let rest = line
         .split("http://127.0.0.1:")

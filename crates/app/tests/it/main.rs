@@ -7,9 +7,15 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod acks;
+mod browser;
 mod cli;
 mod config;
 mod downlink;
+mod faults;
 mod http;
+mod ops;
+mod scaleout;
+mod security;
 mod support;
 mod uplink;

@@ -186,8 +186,13 @@ pub struct Bridge {
 impl Bridge {
     /// Builds the application with clients for the test moto and runs it.
     pub async fn start(settings: Settings) -> Self {
-        let config = testkit::moto().sdk_config().await;
-        let app = Application::build(settings, Clients::from_config(&config))
+        Self::start_with(settings, &testkit::moto().sdk_config().await).await
+    }
+
+    /// Builds the application with clients made from `config` (e.g. one
+    /// pointing at a `testkit::FaultProxy`) and runs it.
+    pub async fn start_with(settings: Settings, config: &testkit::SdkConfig) -> Self {
+        let app = Application::build(settings, Clients::from_config(config))
             .await
             .unwrap_or_else(|e| panic!("Application::build failed: {e:#}"));
         let port = app.port();

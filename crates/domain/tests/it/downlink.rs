@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime};
 use domain::ports::{MockClientRegistry, MockCommandSource};
 use domain::stats::DownlinkSnapshot;
 use domain::{
-    BatchOutcome, Downlink, DownlinkSettings, InboundMessage, Receipt, SourceError, Stats,
-    Undeliverable,
+    BatchOutcome, ConfirmError, DeliveryId, Downlink, DownlinkSettings, Handoff, InboundMessage,
+    Receipt, SourceError, Stats, Undeliverable,
 };
 use serde_json::json;
 
 const RETRY_DELAY: Duration = Duration::from_secs(7);
+const ACK_TIMEOUT: Duration = Duration::from_millis(200);
 const RETRY_WINDOW: Duration = Duration::from_secs(60);
 const RETRY: Undeliverable = Undeliverable::Retry {
     delay: RETRY_DELAY,
@@ -28,6 +29,8 @@ type Log<T> = Arc<Mutex<Vec<T>>>;
 struct Calls {
     /// `(client id, frame text)` per `deliver` call.
     delivered: Log<(String, String)>,
+    /// The delivery id of each `deliver` call.
+    delivery_ids: Log<DeliveryId>,
     acknowledged: Log<Vec<Receipt>>,
     released: Log<(Vec<Receipt>, Duration)>,
     rejected: Log<Vec<Receipt>>,
@@ -36,6 +39,9 @@ struct Calls {
 impl Calls {
     fn delivered(&self) -> Vec<(String, String)> {
         self.delivered.lock().unwrap().clone()
+    }
+    fn delivery_ids(&self) -> Vec<DeliveryId> {
+        self.delivery_ids.lock().unwrap().clone()
     }
     fn acknowledged(&self) -> Vec<Vec<Receipt>> {
         self.acknowledged.lock().unwrap().clone()
@@ -55,7 +61,7 @@ struct Harness {
     downlink: Downlink,
     stats: Arc<Stats>,
     calls: Calls,
-    connections: Arc<Mutex<HashMap<String, usize>>>,
+    connections: Arc<Mutex<HashMap<String, Handoff>>>,
 }
 
 impl Harness {
@@ -74,7 +80,7 @@ impl Harness {
         settle: Result<(), SourceError>,
     ) -> Self {
         let calls = Calls::default();
-        let connections = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let connections = Arc::new(Mutex::new(HashMap::<String, Handoff>::new()));
 
         let mut source = MockCommandSource::new();
         let expected_receives = batches.len();
@@ -101,18 +107,20 @@ impl Harness {
 
         let mut registry = MockClientRegistry::new();
         let (log, connected) = (calls.delivered.clone(), connections.clone());
+        let delivery_ids = calls.delivery_ids.clone();
         registry
             .expect_deliver()
-            .returning(move |client_id, frame| {
+            .returning(move |client_id, frame, delivery| {
                 log.lock()
                     .unwrap()
                     .push((client_id.as_str().to_owned(), frame.to_string()));
+                delivery_ids.lock().unwrap().push(delivery);
                 connected
                     .lock()
                     .unwrap()
                     .get(client_id.as_str())
                     .copied()
-                    .unwrap_or(0)
+                    .unwrap_or_default()
             });
 
         let stats = Arc::new(Stats::default());
@@ -132,10 +140,19 @@ impl Harness {
 
     /// From now on `client_id` has `count` connections.
     fn connect(&self, client_id: &str, count: usize) -> &Self {
-        self.connections
-            .lock()
-            .unwrap()
-            .insert(client_id.to_owned(), count);
+        self.connect_with(client_id, count, 0)
+    }
+
+    /// From now on `client_id` has `immediate` plain connections and
+    /// `awaiting_ack` acknowledging ones.
+    fn connect_with(&self, client_id: &str, immediate: usize, awaiting_ack: usize) -> &Self {
+        self.connections.lock().unwrap().insert(
+            client_id.to_owned(),
+            Handoff {
+                immediate,
+                awaiting_ack,
+            },
+        );
         self
     }
 
@@ -153,6 +170,7 @@ fn settings(undeliverable: Undeliverable) -> DownlinkSettings {
         undeliverable,
         dedup_capacity: 1_000,
         dedup_ttl: Duration::from_secs(300),
+        ack_timeout: ACK_TIMEOUT,
     }
 }
 
@@ -592,6 +610,36 @@ async fn absent_client_with_retry_is_released_with_the_configured_delay() {
 }
 
 #[tokio::test]
+async fn once_draining_an_absent_clients_command_is_released_at_once() {
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![message("before", bare("ghost", "a"))]),
+            Ok(vec![
+                message("after", bare("ghost", "b")),
+                message("present", bare("here", "c")),
+            ]),
+        ],
+    );
+    h.connect("here", 1);
+
+    h.poll().await;
+    // Shutting down: another instance may hold the client, so it must not
+    // wait out the retry delay. Handed-off Commands are settled as before.
+    h.downlink.drain();
+    h.poll().await;
+
+    assert_eq!(
+        h.calls.released(),
+        vec![
+            (receipts(&["rcpt-before"]), RETRY_DELAY),
+            (receipts(&["rcpt-after"]), Duration::ZERO),
+        ]
+    );
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-present"])]);
+}
+
+#[tokio::test]
 async fn absent_client_past_the_retry_window_is_acknowledged_and_counted_undeliverable() {
     let old = SystemTime::now() - RETRY_WINDOW - Duration::from_secs(60);
     let body = bare("gone", "stale");
@@ -721,6 +769,7 @@ async fn failing_settle_calls_are_counted_and_a_redelivery_is_not_forwarded_twic
             acknowledged: receipts(&["rcpt-sqs-1"]),
             released: receipts(&["rcpt-absent"]),
             rejected: receipts(&["rcpt-bad"]),
+            held: Vec::new(),
         }
     );
     assert_eq!(
@@ -787,4 +836,125 @@ async fn an_empty_batch_makes_no_settle_calls() {
 
     assert_eq!(stats.downlink.snapshot(), DownlinkSnapshot::default());
     assert!(stats.consumer_healthy());
+}
+
+// --- Acknowledged delivery (`ack=true` connections) ---
+
+#[tokio::test]
+async fn a_delivery_awaiting_ack_is_held_then_deleted_when_the_client_acknowledges() {
+    let h = Harness::new(RETRY, vec![Ok(vec![message("sqs-1", bare("alice", "go"))])]);
+    h.connect_with("alice", 0, 1);
+
+    let outcome = h.poll().await;
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            held: receipts(&["rcpt-sqs-1"]),
+            ..BatchOutcome::default()
+        }
+    );
+    assert!(h.calls.acknowledged().is_empty(), "deleted before the ack");
+    let acks = h.downlink.acks();
+    assert_eq!(acks.len(), 1);
+
+    let id = h.calls.delivery_ids()[0].to_string();
+    // Another client cannot acknowledge alice's delivery.
+    let bob = domain::ClientId::parse("bob").unwrap();
+    assert_eq!(
+        acks.confirm(&bob, &id).await,
+        Err(ConfirmError::Unknown(id.clone()))
+    );
+    assert!(h.calls.acknowledged().is_empty());
+
+    let alice = domain::ClientId::parse("alice").unwrap();
+    acks.confirm(&alice, &id).await.unwrap();
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
+    assert!(acks.is_empty());
+    // A second acknowledgement of the same delivery is refused.
+    assert_eq!(
+        acks.confirm(&alice, &id).await,
+        Err(ConfirmError::Unknown(id.clone()))
+    );
+    let counters = h.counters();
+    assert_eq!(counters.forwarded, 1);
+    assert_eq!(counters.acknowledged_by_client, 1);
+    assert_eq!(counters.ack_released, 0);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_is_released_after_the_timeout_and_delivered_again() {
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![message("sqs-1", bare("alice", "go"))]),
+            Ok(vec![message("sqs-1", bare("alice", "go"))]),
+        ],
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+
+    assert_eq!(
+        acks.release_expired().await,
+        0,
+        "released before the timeout"
+    );
+    assert!(h.calls.released().is_empty());
+    tokio::time::sleep(ACK_TIMEOUT + Duration::from_millis(50)).await;
+    assert_eq!(acks.release_expired().await, 1);
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-sqs-1"]), Duration::ZERO)]
+    );
+
+    // The same message comes back: delivered again, not taken for a duplicate.
+    let outcome = h.poll().await;
+    assert_eq!(outcome.held, receipts(&["rcpt-sqs-1"]));
+    assert_eq!(h.calls.delivered().len(), 2);
+    let ids = h.calls.delivery_ids();
+    assert_ne!(ids[0], ids[1], "each hand-off has its own delivery id");
+    let counters = h.counters();
+    assert_eq!(counters.duplicate, 0);
+    assert_eq!(counters.ack_released, 1);
+}
+
+#[tokio::test]
+async fn release_all_gives_back_every_waiting_delivery_at_once() {
+    let h = Harness::new(
+        RETRY,
+        vec![Ok(vec![
+            message("sqs-1", bare("alice", "a")),
+            message("sqs-2", bare("alice", "b")),
+        ])],
+    );
+    h.connect_with("alice", 1, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+    assert_eq!(acks.len(), 2);
+
+    assert_eq!(acks.release_all().await, 2);
+    let released = h.calls.released();
+    assert_eq!(released.len(), 1);
+    let (mut got, delay) = released[0].clone();
+    got.sort_by(|a, b| a.token().cmp(b.token()));
+    assert_eq!(got, receipts(&["rcpt-sqs-1", "rcpt-sqs-2"]));
+    assert_eq!(delay, Duration::ZERO);
+    assert!(acks.is_empty());
+    assert!(h.calls.acknowledged().is_empty());
+}
+
+#[test]
+fn delivery_ids_round_trip_through_their_text() {
+    let id = DeliveryId::parse("12").unwrap();
+    assert_eq!(id.to_string(), "12");
+    assert_eq!(DeliveryId::parse("-1"), None);
+}
+
+#[test]
+fn handoff_counts_both_kinds() {
+    let handoff = Handoff {
+        immediate: 2,
+        awaiting_ack: 3,
+    };
+    assert_eq!(handoff.taken(), 5);
 }

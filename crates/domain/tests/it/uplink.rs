@@ -256,6 +256,7 @@ async fn counters_move_by_exactly_one_per_frame() {
         published,
         failed,
         invalid,
+        rate_limited: 0,
     };
     assert_eq!(
         seen,

@@ -1,0 +1,430 @@
+//! Authentication of WebSocket upgrades (SPEC §6).
+//!
+//! `auth = "none"` (development): the client id is the one in the URL.
+//! `auth = "jwt"`: the request carries a signed JWT — HS256 with the shared
+//! `jwt_secret`, or RS256 with the public key(s) of `jwt_public_key_file`
+//! (PEM, or a JWKS document) — and the client id is its `sub` claim. `exp` is
+//! required; `aud` and `iss` are checked when configured; `nbf` when present.
+//! Only the configured algorithm is accepted (never `none`, never HS256
+//! against an RSA key).
+//!
+//! The token is read, in this order, from `Authorization: Bearer <token>`,
+//! from `Sec-WebSocket-Protocol: bearer, <token>` (what a browser can send;
+//! the server then answers with the `bearer` subprotocol) and from the
+//! `token` query parameter. A token is never logged: failures are logged by
+//! reason only.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use domain::ClientId;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthMode, ConfigError, Secret, Settings};
+use crate::jwt_crypto;
+
+/// The subprotocol a browser offers, followed by the token, to authenticate:
+/// `new WebSocket(url, ["bearer", token])`.
+pub const BEARER_PROTOCOL: &str = "bearer";
+
+/// How upgrades are authenticated.
+pub enum Authenticator {
+    /// The URL names the client; nothing is checked.
+    None,
+    /// A JWT names the client.
+    Jwt(Box<JwtVerifier>),
+}
+
+/// Where a request's token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer`.
+    AuthorizationHeader,
+    /// `Sec-WebSocket-Protocol: bearer, <token>`.
+    Subprotocol,
+    /// `?token=`.
+    QueryParameter,
+}
+
+/// A verified token's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The `sub` claim.
+    pub client_id: ClientId,
+    /// Where the token was.
+    pub source: TokenSource,
+}
+
+/// Why a request is not authenticated (HTTP 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token anywhere.
+    #[error("a token is required: Authorization: Bearer <token>, Sec-WebSocket-Protocol: bearer, <token>, or ?token=<token>")]
+    Missing,
+    /// A token that does not verify; the text says why, never what it held.
+    #[error("invalid token: {0}")]
+    Invalid(&'static str),
+}
+
+impl AuthError {
+    /// The machine-readable code of the JSON error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::Invalid(_) => "invalid_token",
+        }
+    }
+}
+
+impl Authenticator {
+    /// The authenticator the settings ask for; a key that cannot be read is
+    /// a [`ConfigError`] naming `jwt_public_key_file`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        match settings.auth {
+            AuthMode::None => Ok(Self::None),
+            AuthMode::Jwt => JwtVerifier::from_settings(settings).map(|v| Self::Jwt(Box::new(v))),
+        }
+    }
+}
+
+/// A verifier of the configured JWTs.
+pub struct JwtVerifier {
+    keys: Vec<VerifyingKey>,
+    validation: Validation,
+}
+
+struct VerifyingKey {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// The claims the bridge reads; the others are ignored.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl JwtVerifier {
+    /// Builds the verifier of `settings` (which must be valid, with `auth = "jwt"`).
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        jwt_crypto::install();
+        let problem = |field: &str, what: String| ConfigError {
+            problems: vec![format!("{field}: {what}")],
+        };
+        let (algorithm, keys) = match (&settings.jwt_secret, &settings.jwt_public_key_file) {
+            (Some(secret), None) => (
+                Algorithm::HS256,
+                vec![VerifyingKey {
+                    kid: None,
+                    key: DecodingKey::from_secret(secret.expose().as_bytes()),
+                }],
+            ),
+            (None, Some(path)) => (
+                Algorithm::RS256,
+                load_public_keys(path).map_err(|e| problem("jwt_public_key_file", e))?,
+            ),
+            _ => {
+                return Err(problem(
+                    "jwt_secret",
+                    "auth = \"jwt\" needs exactly one of jwt_secret (HS256) and jwt_public_key_file (RS256)".into(),
+                ))
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = settings.jwt_leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &settings.jwt_audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &settings.jwt_issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self { keys, validation })
+    }
+
+    /// Verifies `token`; returns its `sub` as a client id.
+    pub fn verify(&self, token: &str) -> Result<ClientId, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.kind()))?;
+        let mut last = AuthError::Invalid("no key matches the token's kid");
+        for candidate in self.candidates(header.kid.as_deref()) {
+            match jsonwebtoken::decode::<Claims>(token, &candidate.key, &self.validation) {
+                Ok(data) => {
+                    return ClientId::parse(data.claims.sub)
+                        .map_err(|_| AuthError::Invalid("sub is not a valid client id"))
+                }
+                // Another key of the set may have signed it.
+                Err(e) if *e.kind() == ErrorKind::InvalidSignature => last = invalid(e.kind()),
+                Err(e) => return Err(invalid(e.kind())),
+            }
+        }
+        Err(last)
+    }
+
+    /// The keys to try: the one named by `kid`, else every key.
+    fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a VerifyingKey> {
+        let named = kid.filter(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+        self.keys
+            .iter()
+            .filter(move |k| named.is_none() || k.kid.as_deref() == named)
+    }
+}
+
+/// A client-facing reason for a verification failure (never token content).
+fn invalid(kind: &ErrorKind) -> AuthError {
+    AuthError::Invalid(match kind {
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
+        ErrorKind::InvalidSignature => "the signature does not verify",
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            "the token's algorithm is not accepted"
+        }
+        ErrorKind::InvalidAudience => "the token's audience (aud) is not accepted",
+        ErrorKind::InvalidIssuer => "the token's issuer (iss) is not accepted",
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "exp" => "the token has no exp claim",
+            "sub" => "the token has no sub claim",
+            "aud" => "the token has no aud claim",
+            "iss" => "the token has no iss claim",
+            _ => "the token lacks a required claim",
+        },
+        ErrorKind::InvalidClaimFormat(_) => "a claim of the token has the wrong type",
+        ErrorKind::InvalidToken
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "the token is malformed",
+        _ => "the token was refused",
+    })
+}
+
+/// Reads the RS256 public key(s) of `path`: a PEM public key, or a JWKS
+/// document (`{"keys": [...]}`) or a single JWK, of which the RSA signing
+/// keys are kept.
+fn load_public_keys(path: &Path) -> Result<Vec<VerifyingKey>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let jwks: JwkSet = match serde_json::from_str::<JwkSet>(trimmed) {
+            Ok(set) => set,
+            Err(_) => serde_json::from_str::<Jwk>(trimmed)
+                .map(|jwk| JwkSet { keys: vec![jwk] })
+                .map_err(|e| format!("{} is neither a JWKS nor a JWK: {e}", path.display()))?,
+        };
+        let keys: Vec<VerifyingKey> = jwks
+            .keys
+            .iter()
+            .filter(|jwk| usable_for_rs256(jwk))
+            .map(|jwk| {
+                DecodingKey::from_jwk(jwk)
+                    .map(|key| VerifyingKey {
+                        kid: jwk.common.key_id.clone(),
+                        key,
+                    })
+                    .map_err(|e| format!("a key of {} is not usable: {e}", path.display()))
+            })
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
+            return Err(format!(
+                "{} holds no RSA signing key for RS256",
+                path.display()
+            ));
+        }
+        Ok(keys)
+    } else {
+        let key = DecodingKey::from_rsa_pem(text.as_bytes()).map_err(|e| {
+            format!(
+                "{} is not an RSA public key in PEM (or a JWKS): {e}",
+                path.display()
+            )
+        })?;
+        Ok(vec![VerifyingKey { kid: None, key }])
+    }
+}
+
+fn usable_for_rs256(jwk: &Jwk) -> bool {
+    matches!(jwk.algorithm, AlgorithmParameters::RSA(_))
+        && !matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+        )
+        && matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256))
+}
+
+/// The token a request carries, and where it was.
+pub fn find_token<'a>(
+    headers: &'a HeaderMap,
+    query_token: Option<&'a str>,
+) -> Option<(&'a str, TokenSource)> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    if let Some(token) = bearer {
+        return Some((token, TokenSource::AuthorizationHeader));
+    }
+    if let Some(token) = subprotocol_token(headers) {
+        return Some((token, TokenSource::Subprotocol));
+    }
+    query_token
+        .filter(|t| !t.is_empty())
+        .map(|t| (t, TokenSource::QueryParameter))
+}
+
+/// The entry after `bearer` in `Sec-WebSocket-Protocol`.
+fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
+    let mut offered = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    offered.find(|p| p.eq_ignore_ascii_case(BEARER_PROTOCOL))?;
+    offered.next().filter(|t| !t.is_empty())
+}
+
+impl Authenticator {
+    /// Authenticates a request by its headers and `?token=`; `Ok(None)` when
+    /// authentication is off.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Option<Authenticated>, AuthError> {
+        let Self::Jwt(verifier) = self else {
+            return Ok(None);
+        };
+        let (token, source) = find_token(headers, query_token).ok_or(AuthError::Missing)?;
+        let client_id = verifier.verify(token)?;
+        Ok(Some(Authenticated { client_id, source }))
+    }
+}
+
+/// The claims of a development token.
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+}
+
+/// Signs an HS256 token for `sub`, valid for `ttl`, with the audience and
+/// issuer the bridge checks (`wsbridge token`).
+pub fn mint(
+    secret: &Secret,
+    sub: &ClientId,
+    ttl: Duration,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    jwt_crypto::install();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = MintedClaims {
+        sub: sub.as_str(),
+        iat: now,
+        exp: now.saturating_add(ttl.as_secs()),
+        aud: audience,
+        iss: issuer,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn the_token_is_found_in_header_then_subprotocol_then_query() {
+        let all = headers(&[
+            ("authorization", "Bearer h.h.h"),
+            ("sec-websocket-protocol", "bearer, p.p.p"),
+        ]);
+        assert_eq!(
+            find_token(&all, Some("q.q.q")),
+            Some(("h.h.h", TokenSource::AuthorizationHeader))
+        );
+        let protocol = headers(&[("sec-websocket-protocol", "chat, Bearer,p.p.p")]);
+        assert_eq!(
+            find_token(&protocol, Some("q.q.q")),
+            Some(("p.p.p", TokenSource::Subprotocol))
+        );
+        let other_scheme = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(
+            find_token(&other_scheme, Some("q.q.q")),
+            Some(("q.q.q", TokenSource::QueryParameter))
+        );
+        assert_eq!(find_token(&other_scheme, None), None);
+        assert_eq!(find_token(&HeaderMap::new(), Some("")), None);
+        let bearer_only = headers(&[("sec-websocket-protocol", "bearer")]);
+        assert_eq!(find_token(&bearer_only, None), None);
+    }
+
+    fn jwt_settings(secret: &str) -> Settings {
+        Settings {
+            auth: AuthMode::Jwt,
+            jwt_secret: Some(Secret::new(secret)),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_and_names_its_sub() {
+        let secret = "s".repeat(32);
+        let settings = jwt_settings(&secret);
+        let verifier = JwtVerifier::from_settings(&settings).unwrap();
+        let alice = ClientId::parse("alice").unwrap();
+        let token = mint(
+            settings.jwt_secret.as_ref().unwrap(),
+            &alice,
+            Duration::from_secs(60),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(verifier.verify(&token), Ok(alice));
+        assert_eq!(
+            verifier.verify("not.a.token"),
+            Err(AuthError::Invalid("the token is malformed"))
+        );
+    }
+}
