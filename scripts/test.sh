@@ -30,7 +30,7 @@ coverage=1
 for arg in "$@"; do
     case "$arg" in
         --no-coverage) coverage=0 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done

@@ -18,7 +18,7 @@ use domain::{EventSink, OutboundEvent, PublishError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::classify::describe;
 
@@ -245,8 +245,9 @@ impl Publisher {
                 Ok(output) => output,
                 Err(error) => {
                     // The SDK already retried throttling and transient errors.
+                    // Each event's publisher logs the error where it handles it.
                     let error = PublishError::Unavailable(describe("PublishBatch", &error));
-                    warn!(%error, entries = batch.len(), "publishing client events failed");
+                    debug!(%error, entries = batch.len(), "publishing client events failed");
                     for (_, answer) in batch {
                         let _ = answer.send(Err(error.clone()));
                     }

@@ -14,8 +14,10 @@ use figment::value::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::amqp_cli;
 use crate::auth;
-use crate::config::{ConfigError, Mode, Settings, Sources, ENV_PREFIX};
+use crate::broker::Connection;
+use crate::config::{Broker, ConfigError, Mode, Settings, Sources, ENV_PREFIX};
 use crate::effective_config::{self, ShowFormat};
 use crate::fanout;
 use crate::startup::Application;
@@ -203,7 +205,7 @@ fn config_failure(error: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Usage(String),
     Runtime(anyhow::Error),
 }
@@ -239,6 +241,12 @@ fn serve_overrides(args: &ServeArgs) -> Vec<(String, Value)> {
 async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
+    if settings.broker == Broker::Amqp {
+        if dev {
+            amqp_cli::bootstrap(&settings).await?;
+        }
+        return run_app(settings, Connection::Amqp, None, stop).await;
+    }
     let clients = Clients::from_env().await;
     if dev {
         if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
@@ -268,7 +276,18 @@ async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
         }
         Mode::Shared => None,
     };
-    let app = match Application::build(settings.clone(), clients).await {
+    run_app(settings, Connection::Aws(clients), instance, stop).await
+}
+
+/// Builds and runs the bridge until `stop`; a fanout instance's queue is
+/// removed afterwards.
+async fn run_app(
+    settings: Settings,
+    connection: Connection,
+    instance: Option<fanout::Instance>,
+    stop: CancellationToken,
+) -> Result<(), Failure> {
+    let app = match Application::build(settings.clone(), connection).await {
         Ok(app) => app,
         Err(e) => {
             if let Some(instance) = instance {
@@ -376,6 +395,9 @@ async fn send_command(
 ) -> Result<(), Failure> {
     let command: Command =
         serde_json::from_str(json).map_err(|e| Failure::Usage(format!("not a Command: {e}")))?;
+    if settings.broker == Broker::Amqp {
+        return amqp_cli::send_command(settings, json, raw, via_topic).await;
+    }
     let clients = Clients::from_env().await;
     let id = if via_topic {
         let topic = settings.required("commands_topic_arn", &settings.commands_topic_arn)?;
@@ -424,9 +446,12 @@ fn token(settings: &Settings, sub: &str, ttl: Duration) -> Result<(), Failure> {
 }
 
 async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failure> {
-    let topic = settings.required("events_topic_arn", &settings.events_topic_arn)?;
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
+    if settings.broker == Broker::Amqp {
+        return amqp_cli::monitor(settings, count, stop).await;
+    }
+    let topic = settings.required("events_topic_arn", &settings.events_topic_arn)?;
     let clients = Clients::from_env().await;
     let monitor = Monitor::start(clients.sqs, clients.sns, topic)
         .await
@@ -447,14 +472,7 @@ async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failur
         match events {
             Ok(events) => {
                 for event in events {
-                    let message = serde_json::from_str::<serde_json::Value>(&event.message)
-                        .unwrap_or(serde_json::Value::String(event.message));
-                    let line = serde_json::json!({
-                        "message_id": event.message_id,
-                        "attributes": event.attributes,
-                        "message": message,
-                    });
-                    println!("{line}");
+                    print_event(&event.message_id, &event.message, &event.attributes);
                     seen += 1;
                 }
             }
@@ -517,4 +535,20 @@ mod tests {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+/// One line of `wsbridge monitor`: the event with its attributes, as JSON.
+pub(crate) fn print_event(
+    message_id: &str,
+    message: &str,
+    attributes: &std::collections::BTreeMap<String, String>,
+) {
+    let message = serde_json::from_str::<serde_json::Value>(message)
+        .unwrap_or_else(|_| serde_json::Value::String(message.to_owned()));
+    let line = serde_json::json!({
+        "message_id": message_id,
+        "attributes": attributes,
+        "message": message,
+    });
+    println!("{line}");
 }

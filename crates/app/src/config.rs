@@ -255,6 +255,12 @@ pub struct Settings {
     pub broker: Broker,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// RabbitMQ URL (`amqp://user:password@host:5672/vhost`) with broker = "amqp".
+    pub amqp_url: Option<String>,
+    /// The durable queue Commands arrive on (broker = "amqp").
+    pub amqp_command_queue: String,
+    /// The topic exchange client messages are published to (broker = "amqp").
+    pub amqp_events_exchange: String,
     /// Name of this bridge: prefix of the per-instance queues in fanout mode
     /// and the tag `wsbridge gc` looks for.
     pub bridge_name: String,
@@ -310,6 +316,9 @@ impl Default for Settings {
             echo_route: false,
             broker: Broker::Aws,
             log_format: LogFormat::Text,
+            amqp_url: None,
+            amqp_command_queue: "wsbridge.commands".into(),
+            amqp_events_exchange: "wsbridge.events".into(),
             bridge_name: "wsbridge".into(),
             instance_id: None,
             instance_heartbeat_secs: 60,
@@ -424,10 +433,30 @@ impl Settings {
             ),
         );
         self.validate_security(&mut check);
-        check(
-            self.broker == Broker::Aws,
-            "broker: \"amqp\" is not available in this version; use \"aws\"".into(),
-        );
+        if self.broker == Broker::Amqp {
+            match &self.amqp_url {
+                None => check(
+                    false,
+                    "amqp_url: required with broker = \"amqp\" (BRIDGE_AMQP_URL)".into(),
+                ),
+                Some(url) => {
+                    if let Err(e) = adapters_amqp::AmqpUrl::parse(url) {
+                        check(false, format!("amqp_url: {e}"));
+                    }
+                }
+            }
+            check(
+                self.mode == Mode::Shared,
+                "mode: fanout needs SNS; with broker = \"amqp\" bind one queue per instance instead"
+                    .into(),
+            );
+        }
+        for (field, value) in [
+            ("amqp_command_queue", &self.amqp_command_queue),
+            ("amqp_events_exchange", &self.amqp_events_exchange),
+        ] {
+            check(!value.is_empty(), format!("{field}: must not be empty"));
+        }
         check(
             self.mode == Mode::Shared || self.commands_topic_arn.is_some(),
             "commands_topic_arn: required in fanout mode (each instance subscribes its queue to it)"

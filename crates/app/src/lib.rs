@@ -8,7 +8,9 @@
 //! (on the ring-backed [`jwt_crypto`] provider). `main.rs` only parses
 //! arguments and calls [`cli::run`].
 
+mod amqp_cli;
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;

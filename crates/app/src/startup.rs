@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
-use adapters_aws::sdk::Clients;
-use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
 use adapters_ws::WsClientRegistry;
 use anyhow::Context;
 use domain::{Downlink, Stats, Uplink};
@@ -16,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::broker::{self, Adapters, Closer, Connection};
 use crate::config::Settings;
 use crate::consumer;
 use crate::routes::{self, AppState};
@@ -27,7 +26,7 @@ pub struct Application {
     shutdown: CancellationToken,
     settings: Settings,
     downlink: Arc<Downlink>,
-    sink: SnsEventSink,
+    closer: Closer,
     registry: Arc<WsClientRegistry>,
     stats: Arc<Stats>,
     closing: CancellationToken,
@@ -36,42 +35,24 @@ pub struct Application {
 impl Application {
     /// Binds the listener and wires everything; nothing runs until
     /// [`Application::run_until_stopped`].
-    pub async fn build(settings: Settings, clients: Clients) -> anyhow::Result<Self> {
-        let queue_url = settings
-            .required("command_queue_url", &settings.command_queue_url)?
-            .to_owned();
-        let topic_arn = settings
-            .required("events_topic_arn", &settings.events_topic_arn)?
-            .to_owned();
-
+    pub async fn build(
+        settings: Settings,
+        connection: impl Into<Connection>,
+    ) -> anyhow::Result<Self> {
         let stats = Arc::new(Stats::default());
         let registry = Arc::new(WsClientRegistry::new());
-        let source = SqsCommandSource::new(
-            clients.sqs,
-            queue_url,
-            SqsSourceSettings {
-                wait_time: Duration::from_secs(settings.receive_wait_secs),
-                ..SqsSourceSettings::default()
-            },
-        )
-        .with_stats(stats.clone());
-        let sink = SnsEventSink::spawn_with_stats(
-            clients.sns,
-            topic_arn,
-            SnsSinkSettings {
-                linger: Duration::from_millis(settings.publish_linger_ms),
-                ..SnsSinkSettings::default()
-            },
-            &stats.calls,
-        );
+        let Adapters {
+            source,
+            sink,
+            closer,
+        } = broker::connect(&settings, connection.into(), &stats)?;
         let downlink = Arc::new(Downlink::new(
-            Arc::new(source),
+            source,
             registry.clone(),
             settings.downlink(),
             stats.clone(),
         ));
-        let uplink =
-            Arc::new(Uplink::new(Arc::new(sink.clone()), stats.clone()).with_acks(downlink.acks()));
+        let uplink = Arc::new(Uplink::new(sink, stats.clone()).with_acks(downlink.acks()));
         let closing = CancellationToken::new();
 
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
@@ -102,7 +83,7 @@ impl Application {
             shutdown: CancellationToken::new(),
             settings,
             downlink,
-            sink,
+            closer,
             registry,
             stats,
             closing,
@@ -167,7 +148,7 @@ impl Application {
             if released > 0 {
                 info!(released, "unacknowledged deliveries released");
             }
-            self.sink.flush().await;
+            self.closer.close().await;
             handle.stop(true).await;
         };
         if tokio::time::timeout(deadline, drain).await.is_err() {

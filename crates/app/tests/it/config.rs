@@ -290,3 +290,89 @@ fn environment_variables_unknown_to_the_settings_are_ignored() {
     .unwrap();
     assert_eq!(settings, Settings::default());
 }
+
+#[test]
+fn unreadable_and_invalid_values_are_all_reported_at_once() {
+    // Serde stops at the first value it cannot read; every one is named,
+    // each with where it came from, together with the out-of-range ones.
+    let dir = TempDir::new("cfg-all-at-once");
+    dir.write(
+        "default.toml",
+        "pollers = \"many\"\nreceive_wait_secs = 21\nbogus_setting = 1\n",
+    );
+    let error = load_err(&sources(
+        &dir,
+        &[
+            ("BRIDGE_PORT", "abc"),
+            ("BRIDGE_MODE", "sideways"),
+            ("BRIDGE_ECHO_ROUTE", "maybe"),
+            ("BRIDGE_MAX_MESSAGE_BYTES", "300000"),
+        ],
+    ));
+    let expected = [
+        ("port", "BRIDGE_PORT"),
+        ("mode", "sideways"),
+        ("echo_route", "BRIDGE_ECHO_ROUTE"),
+        ("pollers", "default.toml"),
+        ("bogus_setting", "bogus_setting"),
+        ("receive_wait_secs", "21"),
+        ("max_message_bytes", "300000"),
+    ];
+    assert_eq!(error.problems.len(), expected.len(), "{error}");
+    for (field, detail) in expected {
+        let problem = error
+            .problems
+            .iter()
+            .find(|p| p.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("{field} not named: {error}"));
+        assert!(problem.contains(detail), "{problem}");
+    }
+    // One line.
+    assert!(!error.to_string().contains('\n'), "{error}");
+}
+
+#[test]
+fn default_toml_documents_every_setting() {
+    // Set to its default (checked by the_shipped_default_toml_matches_the_built_in_defaults),
+    // or shown commented out when the default is "unset".
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml");
+    let file = std::fs::read_to_string(&path).unwrap();
+    let serde_json::Value::Object(defaults) = serde_json::to_value(Settings::default()).unwrap()
+    else {
+        panic!("Settings serializes to an object");
+    };
+    for (name, default) in &defaults {
+        let set = file.lines().any(|l| l.starts_with(&format!("{name} = ")));
+        let commented = file.lines().any(|l| l.starts_with(&format!("# {name} = ")));
+        assert!(
+            set || commented,
+            "config/default.toml does not document {name}"
+        );
+        if !set {
+            assert!(
+                default.is_null(),
+                "{name} is only commented out in config/default.toml but defaults to {default}"
+            );
+        }
+        // It has a comment: the block of settings it stands in (no blank
+        // line between) starts with one.
+        let lines: Vec<&str> = file.lines().collect();
+        let index = lines
+            .iter()
+            .position(|l| {
+                l.starts_with(&format!("{name} = ")) || l.starts_with(&format!("# {name} = "))
+            })
+            .unwrap();
+        let is_setting = |l: &str| {
+            let l = l.strip_prefix("# ").unwrap_or(l);
+            l.split_once(" = ")
+                .is_some_and(|(key, _)| defaults.contains_key(key.trim()))
+        };
+        let explained = lines[..index]
+            .iter()
+            .rev()
+            .find(|l| !is_setting(l))
+            .is_some_and(|l| l.starts_with('#'));
+        assert!(explained, "{name} has no comment in config/default.toml");
+    }
+}

@@ -296,8 +296,29 @@ async fn exactly(ws: &mut Ws, n: usize) -> Vec<Value> {
         got.push(next_json(ws).await);
     }
     assert_silent(ws, QUIET).await;
-    got.sort_by_key(|c| c["command"].as_str().unwrap_or_default().to_owned());
-    got
+    sorted(got)
+}
+
+/// Up to `n` Commands from a connection within one deadline for all `n`,
+/// sorted (fewer when the deadline passes; the caller checks). In shared
+/// mode a Command may bounce between replicas for a while, each bounce a
+/// retry delay, so the wait is as long as the odds of a long run of wrong
+/// replicas demand.
+async fn collect_within(ws: &mut Ws, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_frame(ws, left).await {
+            Some(Next::Text(text)) => got.push(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")),
+            ),
+            None => break,
+            Some(other) => panic!("expected a Command, got {other:?}"),
+        }
+    }
+    sorted(got)
 }
 
 fn sorted(mut commands: Vec<Value>) -> Vec<Value> {
@@ -563,6 +584,12 @@ async fn a_sigtermed_replica_leaves_no_queue_or_subscription_behind() {
 // ---------------------------------------------------------------------------
 // shared
 
+/// How long the clients of a shared-mode fleet wait for all their Commands.
+/// With 3 replicas and a 1 s retry delay, 40 s is about 30 attempts: the odds
+/// that one of a test's 12 Commands meets the wrong replica every time are
+/// about 12 × (2/3)^30 ≈ 6e-5.
+const SHARED_PATIENCE: Duration = Duration::from_secs(40);
+
 /// What a shared-mode fleet did with one run of Commands.
 struct SharedRun {
     commands: u64,
@@ -603,7 +630,7 @@ impl SharedRun {
 /// each, `per_client` Commands for every client published to the commands
 /// topic; checks each client gets exactly its Commands and every receive
 /// was either a forward or a release; returns the counters.
-async fn run_shared_fleet(replicas: usize, per_client: usize) -> SharedRun {
+async fn run_shared_fleet(replicas: usize, per_client: usize, patience: Duration) -> SharedRun {
     // Releases count as receives: keep the dead-letter queue out of the way.
     let env = Env::new(1000).await;
     let mut bridges = Vec::new();
@@ -611,7 +638,12 @@ async fn run_shared_fleet(replicas: usize, per_client: usize) -> SharedRun {
         let bridge = env
             .bridge(|s| {
                 s.retry_delay_secs = 1;
-                s.retry_window_secs = 60;
+                // Never given up while the clients still wait.
+                s.retry_window_secs = patience.as_secs() + 30;
+                // A client that has all its Commands stops reading (and
+                // answering pings) while the others wait for theirs.
+                s.heartbeat_secs = patience.as_secs() + 60;
+                s.client_timeout_secs = 2 * s.heartbeat_secs;
             })
             .await;
         bridge.wait_until_polling().await;
@@ -641,11 +673,29 @@ async fn run_shared_fleet(replicas: usize, per_client: usize) -> SharedRun {
     }
 
     // Each client gets its Commands once, wherever they were received first.
-    let got =
-        futures_util::future::join_all(sockets.iter_mut().map(|ws| exactly(ws, per_client))).await;
+    let got = futures_util::future::join_all(
+        sockets
+            .iter_mut()
+            .map(|ws| collect_within(ws, per_client, patience)),
+    )
+    .await;
+    if got.iter().any(|g| g.len() < per_client) {
+        let snapshots: Vec<_> = bridges
+            .iter()
+            .map(|b| b.stats.downlink.snapshot())
+            .collect();
+        let counts = env.aws.queue_counts(&env.infra.command_queue_url).await;
+        let short: Vec<(usize, usize)> = got.iter().map(Vec::len).enumerate().collect();
+        panic!(
+            "(replica, Commands its client got of {per_client}): {short:?} within {patience:?}; \
+             queue (visible, in flight) {counts:?}; counters {snapshots:#?}"
+        );
+    }
     for (i, got) in got.into_iter().enumerate() {
         assert_eq!(got, sorted(sent[i].clone()), "client of r{i}");
     }
+    // Exactly once: nothing more arrives.
+    futures_util::future::join_all(sockets.iter_mut().map(|ws| assert_silent(ws, QUIET))).await;
     assert_eq!(env.wait_for_queue_counts((0, 0)).await, (0, 0));
 
     // Every receive ended one way: forwarded here, or released for another
@@ -678,7 +728,7 @@ async fn run_shared_fleet(replicas: usize, per_client: usize) -> SharedRun {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_mode_releases_commands_for_clients_held_by_other_replicas() {
-    let run = run_shared_fleet(3, 4).await;
+    let run = run_shared_fleet(3, 4, SHARED_PATIENCE).await;
     run.report();
     // With 3 replicas a Command lands first at the wrong one 2 times in 3, so
     // among 12 at least one is released (all 12 landing right the first
@@ -697,9 +747,15 @@ async fn measure_shared_mode_receives_against_fleet_size() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let sizes: Vec<usize> = std::env::var("SCALEOUT_REPLICAS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| (1..=6).collect());
     let mut rows = Vec::new();
-    for replicas in 1..=6 {
-        let run = run_shared_fleet(replicas, per_client).await;
+    for replicas in sizes {
+        // About 30 attempts per Command (1 s retry delay) and more.
+        let patience = Duration::from_secs(30 * replicas as u64);
+        let run = run_shared_fleet(replicas, per_client, patience).await;
         run.report();
         let busiest = run.snapshots.iter().map(|s| s.received).max().unwrap_or(0);
         rows.push(format!(
