@@ -485,6 +485,22 @@ async fn monitor(settings: &Settings, count: Option<usize>) -> Result<(), Failur
     outcome
 }
 
+/// One line of `wsbridge monitor`: the event with its attributes, as JSON.
+pub(crate) fn print_event(
+    message_id: &str,
+    message: &str,
+    attributes: &std::collections::BTreeMap<String, String>,
+) {
+    let message = serde_json::from_str::<serde_json::Value>(message)
+        .unwrap_or_else(|_| serde_json::Value::String(message.to_owned()));
+    let line = serde_json::json!({
+        "message_id": message_id,
+        "attributes": attributes,
+        "message": message,
+    });
+    println!("{line}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,20 +551,4 @@ mod tests {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
         }
     }
-}
-
-/// One line of `wsbridge monitor`: the event with its attributes, as JSON.
-pub(crate) fn print_event(
-    message_id: &str,
-    message: &str,
-    attributes: &std::collections::BTreeMap<String, String>,
-) {
-    let message = serde_json::from_str::<serde_json::Value>(message)
-        .unwrap_or_else(|_| serde_json::Value::String(message.to_owned()));
-    let line = serde_json::json!({
-        "message_id": message_id,
-        "attributes": attributes,
-        "message": message,
-    });
-    println!("{line}");
 }
