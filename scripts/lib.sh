@@ -200,3 +200,37 @@ ensure_compose_venv() {
     "${pip[@]}" "$COMPOSE_PIP_SPEC" || die "pip install $COMPOSE_PIP_SPEC failed"
     [[ -x "$COMPOSE_VENV/bin/docker-compose" ]] || die "docker-compose missing after pip install"
 }
+
+# --- Added for the broker suite (crates/app/tests/it/brokers) ----------------
+
+# ensure_rabbitmq [SECONDS]: make sure RabbitMQ accepts AMQP on 127.0.0.1:5672
+# (guest/guest), for the RabbitMQ half of the tests. When nothing listens there
+# it is started with `rabbitmq-server -detached` (as root or with sudo; Debian's
+# rabbitmq-server is installed with apt-get first when missing) and waited for,
+# at most SECONDS (default 60). It is left running, like a system service. The
+# tests also read queue counts with `rabbitmqctl`, so that must reach the node.
+ensure_rabbitmq() {
+    local deadline=$((SECONDS + ${1:-60}))
+    amqp_port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+    if ! amqp_port_open; then
+        if ! command -v rabbitmq-server >/dev/null; then
+            command -v apt-get >/dev/null \
+                || die "nothing listens on 127.0.0.1:5672 and rabbitmq-server is not installed"
+            log "installing Debian's rabbitmq-server (apt-get, once)"
+            as_root apt-get update -qq || die "apt-get update failed: installing RabbitMQ needs root or sudo"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server \
+                || die "apt-get install rabbitmq-server failed"
+        fi
+        if ! amqp_port_open; then
+            log "starting RabbitMQ (rabbitmq-server -detached)"
+            as_root rabbitmq-server -detached || die "rabbitmq-server -detached failed"
+        fi
+        until amqp_port_open; do
+            ((SECONDS < deadline)) || die "RabbitMQ did not accept connections on 127.0.0.1:5672 within ${1:-60} s"
+            sleep 0.5
+        done
+    fi
+    rabbitmqctl -q status >/dev/null 2>&1 \
+        || die "RabbitMQ listens on 127.0.0.1:5672 but 'rabbitmqctl status' fails (the tests use rabbitmqctl)"
+    log "rabbitmq: $(rabbitmqctl -q version 2>/dev/null || echo '?') on 127.0.0.1:5672"
+}

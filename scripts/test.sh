@@ -7,6 +7,8 @@
 # 1. makes sure .venv has moto[server] (scripts/moto-venv.sh), starts ONE moto on a
 #    free loopback port for the whole run and exports WSBRIDGE_TEST_MOTO_URL and
 #    MOTO_SERVER (the testkit crate uses them); moto is stopped on exit;
+#    makes sure RabbitMQ runs on 127.0.0.1:5672 (started if not, and left
+#    running) and exports WSBRIDGE_TEST_AMQP_URL;
 # 2. cargo fmt --check, cargo clippy -D warnings (also of the app's optional
 #    `otlp` feature);
 #    the packaging files (scripts/check-packaging.sh: docker-compose.yml through
@@ -30,7 +32,7 @@ coverage=1
 for arg in "$@"; do
     case "$arg" in
         --no-coverage) coverage=0 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -88,6 +90,8 @@ on_exit() {
 trap on_exit EXIT
 step "start moto" start_moto "$(free_port)"
 export WSBRIDGE_TEST_MOTO_URL="$MOTO_URL"
+step "rabbitmq" ensure_rabbitmq
+export WSBRIDGE_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings

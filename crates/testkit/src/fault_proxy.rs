@@ -83,7 +83,7 @@ pub enum Fault {
     /// Answer `400` with a throttling error without forwarding: SQS JSON
     /// (`x-amzn-query-error: Throttling;Sender`, `__type`
     /// `com.amazonaws.sqs#ThrottlingException`) or SNS query
-    /// (`<Type>Sender</Type><Code>Throttling</Code>`), after the request.
+    /// (`<Type>Sender</Type><Code>Throttling</Code>`), by the request's protocol.
     Throttle,
     /// Answer with this response without forwarding.
     Respond(CannedResponse),

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod acks;
+mod brokers;
 mod browser;
 mod cli;
 mod config;

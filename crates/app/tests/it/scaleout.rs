@@ -638,6 +638,14 @@ async fn run_shared_fleet(replicas: usize, per_client: usize, patience: Duration
         let bridge = env
             .bridge(|s| {
                 s.retry_delay_secs = 1;
+                // Short polls. moto wakes a waiting long poll only for a new
+                // message or on its 1 s timer, so a released message goes
+                // back, almost every time, to the poller that released it
+                // (it asks again at once and is the first to look after
+                // the 1 s delay): a Command can bounce on the wrong replica
+                // for minutes. Polling without a wait spreads it the way a
+                // queue that does not favour anyone would.
+                s.receive_wait_secs = 0;
                 // Never given up while the clients still wait.
                 s.retry_window_secs = patience.as_secs() + 30;
                 // A client that has all its Commands stops reading (and
@@ -737,9 +745,13 @@ async fn shared_mode_releases_commands_for_clients_held_by_other_replicas() {
     assert_eq!(run.received(), run.commands + run.released());
 }
 
-/// On demand (`cargo nextest run -p app --run-ignored only measure_shared`):
-/// the receives per Command of shared mode for 1 to 6 replicas, for
-/// docs/scaling.md. Prints a table; asserts only what the test above does.
+/// On demand, for docs/scaling.md: the receives per Command of shared mode
+/// for 1 to 6 replicas (`SCALEOUT_REPLICAS=1,2,3`, `SCALEOUT_PER_CLIENT=10`
+/// change that). Prints a table; asserts only what the test above does.
+///
+/// ```sh
+/// cargo nextest run -p app --run-ignored only measure_shared --no-capture
+/// ```
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run on demand"]
 async fn measure_shared_mode_receives_against_fleet_size() {

@@ -1,0 +1,113 @@
+//! Client-acknowledged delivery (`?ack=true`, SPEC §3) and shutdown without
+//! loss (SPEC §9) on both brokers: a Command leaves the queue only when the
+//! client acknowledges it; one received but not delivered (not
+//! acknowledged) when the bridge stops is back in the queue at once, and
+//! the next bridge delivers it.
+
+use serde_json::json;
+
+use super::{Broker, Pending};
+use crate::support::{assert_silent, client_id, command, connect, next_json, send_text, QUIET};
+
+both_brokers!(
+    a_command_is_removed_only_after_the_client_acknowledges_it,
+    an_unacknowledged_command_is_delivered_again_to_another_connection,
+    a_command_received_but_not_delivered_comes_back_after_shutdown,
+);
+
+async fn a_command_is_removed_only_after_the_client_acknowledges_it(broker: Broker) {
+    let env = broker.env().await;
+    let bridge = env.bridge(|s| s.ack_timeout_secs = 20).await;
+    let alice = client_id("alice");
+    let mut ws = connect(&bridge.ws_url(&format!("/ws?client_id={alice}&ack=true"))).await;
+
+    let sent = command(&alice, "reboot");
+    env.send_command(&sent.to_string(), false).await;
+    let frame = next_json(&mut ws).await;
+    assert_eq!(frame["command"], sent, "{frame}");
+    let delivery_id = frame["delivery_id"]
+        .as_str()
+        .expect("a delivery id")
+        .to_owned();
+
+    // Handed to the socket but not acknowledged: still held by the bridge.
+    assert_silent(&mut ws, QUIET).await;
+    assert_eq!(env.pending_commands().await, Pending::new(0, 1));
+
+    // Another delivery id is refused, and changes nothing.
+    send_text(&mut ws, &json!({"ack_delivery": "999999"}).to_string()).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["error"]["code"], "unknown_delivery", "{reply}");
+    assert_eq!(env.pending_commands().await, Pending::new(0, 1));
+
+    send_text(&mut ws, &json!({"ack_delivery": delivery_id}).to_string()).await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    let stats = bridge.stats.downlink.snapshot();
+    assert_eq!(
+        (stats.acknowledged_by_client, stats.ack_released),
+        (1, 0),
+        "{stats:?}"
+    );
+    bridge.stop().await;
+}
+
+async fn an_unacknowledged_command_is_delivered_again_to_another_connection(broker: Broker) {
+    let env = broker.env().await;
+    let bridge = env.bridge(|s| s.ack_timeout_secs = 1).await;
+    let alice = client_id("alice");
+    let url = bridge.ws_url(&format!("/ws/{alice}?ack=true"));
+    let mut forgetful = connect(&url).await;
+
+    let sent = command(&alice, "update");
+    env.send_command(&sent.to_string(), true).await;
+    let first = next_json(&mut forgetful).await;
+    assert_eq!(first["command"], sent, "{first}");
+    // The client goes away without acknowledging.
+    drop(forgetful);
+
+    // A new connection of the same client gets it again after the timeout.
+    let mut second = connect(&url).await;
+    let again = next_json(&mut second).await;
+    assert_eq!(again["command"], sent, "{again}");
+    assert_ne!(again["delivery_id"], first["delivery_id"]);
+    send_text(
+        &mut second,
+        &json!({"ack_delivery": again["delivery_id"]}).to_string(),
+    )
+    .await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    assert_silent(&mut second, QUIET).await;
+    let stats = bridge.stats.downlink.snapshot();
+    assert!(stats.ack_released >= 1, "{stats:?}");
+    assert_eq!(stats.acknowledged_by_client, 1, "{stats:?}");
+    bridge.stop().await;
+}
+
+async fn a_command_received_but_not_delivered_comes_back_after_shutdown(broker: Broker) {
+    let env = broker.env().await;
+    let bridge = env.bridge(|s| s.ack_timeout_secs = 60).await;
+    let alice = client_id("alice");
+    let mut ws = connect(&bridge.ws_url(&format!("/ws?client_id={alice}&ack=true"))).await;
+    let sent = command(&alice, "keep");
+    env.send_command(&sent.to_string(), false).await;
+    assert_eq!(next_json(&mut ws).await["command"], sent);
+    assert_eq!(env.pending_commands().await, Pending::new(0, 1));
+
+    bridge.stop().await;
+    // Back in the queue right away, not after the ack timeout or the
+    // queue's visibility timeout.
+    assert_eq!(
+        env.wait_for_pending(Pending::new(1, 0)).await,
+        Pending::new(1, 0)
+    );
+
+    // The next bridge delivers it.
+    let next = env.bridge(|_| {}).await;
+    let mut ws = next.connect(&alice).await;
+    assert_eq!(next_json(&mut ws).await, sent);
+    assert_silent(&mut ws, QUIET).await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    let stats = next.stats.downlink.snapshot();
+    assert_eq!(stats.forwarded, 1, "{stats:?}");
+    next.stop().await;
+}

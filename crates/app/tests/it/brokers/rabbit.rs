@@ -1,0 +1,295 @@
+//! The suite's broker on RabbitMQ: a topology under a unique prefix made by
+//! `adapters_amqp::bootstrap::ensure` (command queue, its dead-letter
+//! exchange and queue `<queue>.dlq`, delay queue `<queue>.delay`, commands
+//! exchange `<queue>`, events exchange), deleted when the test ends, passed
+//! or not. Commands go in with `adapters_amqp::tools::send_command`, events
+//! are watched with `tools::Monitor`, dead letters read with lapin, and the
+//! queue counts come from `rabbitmqctl` (AMQP itself does not tell how many
+//! messages are unacknowledged).
+
+use std::time::Duration;
+
+use adapters_amqp::bootstrap::{self, Topology};
+use adapters_amqp::tools::{self, Monitor, SeenEvent, Target};
+use adapters_amqp::AmqpUrl;
+use app::config::{Broker, Settings};
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::time::Instant;
+
+use super::{json, Event, Pending};
+use crate::support::{envelope, test_settings, PATIENCE};
+
+/// The broker under test: `WSBRIDGE_TEST_AMQP_URL`, or the local RabbitMQ.
+fn broker_url() -> String {
+    std::env::var("WSBRIDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// How long [`RabbitEnv::dead_letters`] keeps looking for more.
+const LINGER: Duration = Duration::from_millis(300);
+
+/// One test's topology on RabbitMQ.
+pub struct RabbitEnv {
+    raw_url: String,
+    url: AmqpUrl,
+    topology: Topology,
+    /// For reading the dead-letter queue.
+    channel: Channel,
+    _connection: Connection,
+}
+
+impl RabbitEnv {
+    pub async fn new() -> Self {
+        let raw_url = broker_url();
+        let url = AmqpUrl::parse(&raw_url)
+            .unwrap_or_else(|e| panic!("WSBRIDGE_TEST_AMQP_URL {raw_url:?}: {e}"));
+        let base = testkit::unique_name("wsbt-app");
+        let topology = Topology::new(&format!("{base}.commands"), &format!("{base}.events"));
+        let connection = Connection::connect(
+            &raw_url,
+            ConnectionProperties::default().with_connection_name(format!("{base}.test").into()),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is not reachable at {} ({e}); start it with `rabbitmq-server -detached`",
+                url.redacted()
+            )
+        });
+        let channel = connection.create_channel().await.unwrap();
+        // Registered for deletion before it exists: a half-made topology goes too.
+        let env = Self {
+            raw_url,
+            url,
+            topology,
+            channel,
+            _connection: connection,
+        };
+        bootstrap::ensure(&env.url, &env.topology)
+            .await
+            .unwrap_or_else(|e| panic!("AMQP bootstrap failed: {e}"));
+        env
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            broker: Broker::Amqp,
+            amqp_url: Some(self.raw_url.clone()),
+            amqp_command_queue: self.topology.command_queue.clone(),
+            amqp_events_exchange: self.topology.events_exchange.clone(),
+            command_queue_url: None,
+            events_topic_arn: None,
+            ..test_settings("", "", None)
+        }
+    }
+
+    pub async fn send_command(&self, body: &str, enveloped: bool) {
+        let (target, body) = if enveloped {
+            let exchange = self
+                .topology
+                .commands_exchange
+                .clone()
+                .expect("the topology has a commands exchange");
+            let id = testkit::unique_name("m");
+            (
+                Target::Exchange {
+                    name: exchange,
+                    routing_key: String::new(),
+                },
+                envelope(id.trim_start_matches("m-"), body),
+            )
+        } else {
+            (
+                Target::Queue(self.topology.command_queue.clone()),
+                body.to_owned(),
+            )
+        };
+        tools::send_command(&self.url, &target, &body)
+            .await
+            .unwrap_or_else(|e| panic!("send_command to {target:?}: {e}"));
+    }
+
+    pub async fn events_observer(&self) -> RabbitObserver {
+        let monitor = Monitor::start(&self.url, &self.topology.events_exchange, "#")
+            .await
+            .unwrap_or_else(|e| panic!("monitoring {}: {e}", self.topology.events_exchange));
+        RabbitObserver { monitor }
+    }
+
+    /// Ready messages of the command queue; unacknowledged ones plus those
+    /// waiting in the delay queue, as held.
+    pub async fn pending_commands(&self) -> Pending {
+        let queue = &self.topology.command_queue;
+        let delay = self.topology.delay_queue();
+        let listed = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "-p",
+                self.url.vhost(),
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .await
+            .expect("rabbitmqctl runs (it comes with RabbitMQ)");
+        assert!(
+            listed.status.success(),
+            "rabbitmqctl list_queues: {listed:?}"
+        );
+        let text = String::from_utf8_lossy(&listed.stdout);
+        let counts = |name: &str| -> Option<(u64, u64)> {
+            text.lines().find_map(|line| {
+                let mut fields = line.split('\t');
+                if fields.next()? != name {
+                    return None;
+                }
+                let ready = fields.next()?.trim().parse().ok()?;
+                let unacked = fields.next()?.trim().parse().ok()?;
+                Some((ready, unacked))
+            })
+        };
+        let (ready, unacked) =
+            counts(queue).unwrap_or_else(|| panic!("queue {queue:?} not listed:\n{text}"));
+        let (delayed, delayed_unacked) = counts(&delay).unwrap_or((0, 0));
+        Pending::new(ready, unacked + delayed + delayed_unacked)
+    }
+
+    pub async fn dead_letters(&self, at_least: usize) -> Vec<String> {
+        let queue = self.topology.dead_letter_queue.as_str();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        let mut linger_until = None;
+        loop {
+            let taken = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
+            if let Some(message) = taken {
+                got.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+                continue;
+            }
+            let now = Instant::now();
+            if got.len() >= at_least {
+                let until = *linger_until.get_or_insert(now + LINGER);
+                if now >= until {
+                    return got;
+                }
+            } else if now >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RabbitEnv {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let url = self.raw_url.clone();
+        // Async work in a drop: on a thread of its own with its own
+        // runtime, waited for, but not for long.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(delete_topology(&url, &topology));
+            let _ = done.send(());
+        });
+        let _ = finished.recv_timeout(Duration::from_secs(5));
+    }
+}
+
+async fn delete_topology(url: &str, topology: &Topology) {
+    let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let queues = [
+        topology.command_queue.clone(),
+        topology.dead_letter_queue.clone(),
+        topology.delay_queue(),
+    ];
+    for queue in queues {
+        // A failed deletion closes its channel: one channel each.
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let exchanges = [
+        Some(topology.events_exchange.clone()),
+        Some(topology.dead_letter_exchange.clone()),
+        topology.commands_exchange.clone(),
+    ];
+    for exchange in exchanges.into_iter().flatten() {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = connection.close(200, "test done".into()).await;
+}
+
+/// A temporary, exclusive queue bound to the events exchange with `#`
+/// (removed by the broker when the observer's connection ends).
+pub struct RabbitObserver {
+    monitor: Monitor,
+}
+
+impl RabbitObserver {
+    pub async fn events(&mut self, at_least: usize, within: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < at_least {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            got.extend(self.next_events(left).await);
+        }
+        got
+    }
+
+    pub async fn all_within(&mut self, within: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return got;
+            }
+            got.extend(self.next_events(left).await);
+        }
+    }
+
+    async fn next_events(&mut self, wait: Duration) -> Vec<Event> {
+        let seen = self
+            .monitor
+            .next_events(wait)
+            .await
+            .unwrap_or_else(|e| panic!("monitor: {e}"));
+        seen.iter().map(event).collect()
+    }
+}
+
+fn event(seen: &SeenEvent) -> Event {
+    // Published with the action as the routing key, so topic bindings can
+    // select actions.
+    assert_eq!(
+        Some(&seen.routing_key),
+        seen.attributes.get("action"),
+        "routing key and action header of {seen:?}"
+    );
+    Event {
+        body: json(&seen.message),
+        attributes: seen.attributes.clone(),
+    }
+}
