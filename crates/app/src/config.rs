@@ -471,6 +471,10 @@ impl Settings {
         );
         if let Some(instance) = &self.instance_id {
             check(
+                instance != "dlq",
+                "instance_id: \"dlq\" would name the bridge's dead-letter queue".into(),
+            );
+            check(
                 is_name_part(instance, 36),
                 format!("instance_id: {instance:?} must be 1..=36 letters, digits, '-' or '_'"),
             );

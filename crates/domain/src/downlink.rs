@@ -229,6 +229,13 @@ impl Downlink {
                 bump(&stats.released, 1);
                 outcome.released.push(message.receipt);
             }
+            Undeliverable::Drop => {
+                // In fanout mode this is the normal fate of other replicas'
+                // Commands: counted, not worth a warning each.
+                debug!("client not connected here, command dropped");
+                bump(&stats.undeliverable, 1);
+                outcome.acknowledged.push(message.receipt);
+            }
             policy => {
                 warn!(?policy, "client not connected, command undeliverable");
                 bump(&stats.undeliverable, 1);

@@ -639,9 +639,17 @@ async fn connections_over_the_limits_are_refused_and_never_registered() {
         .send(&env.infra.command_queue_url, &sent.to_string())
         .await;
     assert_eq!(next_json(&mut first).await, sent);
+    // The counter moves just after the hand-off the client already saw.
+    let stats = bridge.stats.clone();
+    wait_until("the hand-off to be counted", || {
+        let queued = stats.downlink.snapshot().frames_queued;
+        async move { queued > queued_before }
+    })
+    .await;
     assert_eq!(
         bridge.stats.downlink.snapshot().frames_queued,
-        queued_before + 1
+        queued_before + 1,
+        "one connection, one frame"
     );
     bridge.stop().await;
 
