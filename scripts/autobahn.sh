@@ -64,7 +64,7 @@ start_bridge() {
             BRIDGE_COMMAND_QUEUE_URL="$MOTO_URL/123456789012/$name-commands" \
             BRIDGE_EVENTS_TOPIC_ARN="arn:aws:sns:us-east-1:123456789012:$name-events" \
             BRIDGE_COMMANDS_TOPIC_ARN="arn:aws:sns:us-east-1:123456789012:$name-commands" \
-            "$ROOT/target/debug/wsbridge" --config-dir "$OUT/run/config" dev
+            "${CARGO_TARGET_DIR:-$ROOT/target}/debug/wsbridge" --config-dir "$OUT/run/config" dev
     ) >"$OUT/wsbridge.log" 2>&1 &
     BRIDGE_PID=$!
     wait_for_http "http://127.0.0.1:$port/health" 60 "$BRIDGE_PID"

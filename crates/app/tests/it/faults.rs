@@ -482,7 +482,10 @@ async fn commands_of_connected_clients_are_not_slowed_while_an_absent_clients_ar
     })
     .await;
     assert_eq!(env.wait_for_queue_counts((0, 0)).await, (0, 0));
-    assert_eq!(bridge.stats.downlink.snapshot().undeliverable, 40);
+    // SQS delivers at least once, and a dropped Command is not remembered
+    // (it was never forwarded): a rare second copy is dropped and counted too.
+    let undeliverable = bridge.stats.downlink.snapshot().undeliverable;
+    assert!((40..=42).contains(&undeliverable), "{undeliverable}");
     eprintln!("measured: connected client's Commands while 40 for an absent client are dropped: worst {worst:?}");
     bridge.stop().await;
 }
