@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName, QueueAttributeName,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
 use domain::stats::{CallLatencies, Histogram};
@@ -176,17 +176,7 @@ impl SqsCommandSource {
             let out = timed(&self.calls.delete, call)
                 .await
                 .map_err(|e| source_error("DeleteMessageBatch", e))?;
-            Ok(out
-                .failed()
-                .iter()
-                .map(|f| {
-                    (
-                        f.id().to_owned(),
-                        f.sender_fault(),
-                        describe_entry(f.code(), f.message()),
-                    )
-                })
-                .collect())
+            Ok(failed_entries(out.failed()))
         })
         .await
     }
@@ -222,17 +212,7 @@ impl SqsCommandSource {
                 let out = timed(&self.calls.change_visibility, call)
                     .await
                     .map_err(|e| source_error("ChangeMessageVisibilityBatch", e))?;
-                Ok(out
-                    .failed()
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.id().to_owned(),
-                            f.sender_fault(),
-                            describe_entry(f.code(), f.message()),
-                        )
-                    })
-                    .collect())
+                Ok(failed_entries(out.failed()))
             },
         )
         .await
@@ -312,6 +292,20 @@ impl SqsCommandSource {
 }
 
 type FailedEntry = (String, bool, String);
+
+/// The failed entries of a batch answer, as (entry id, sender's fault, reason).
+fn failed_entries(failed: &[BatchResultErrorEntry]) -> Vec<FailedEntry> {
+    failed
+        .iter()
+        .map(|f| {
+            (
+                f.id().to_owned(),
+                f.sender_fault(),
+                describe_entry(f.code(), f.message()),
+            )
+        })
+        .collect()
+}
 
 fn describe_entry(code: &str, message: Option<&str>) -> String {
     match message {
