@@ -425,7 +425,7 @@ impl RateGate {
             };
             debug!("message over the rate limit, refused");
             return Ok(match mode {
-                SessionMode::Bridge => Handling::Uplink(Inbound::Refused(reply)),
+                SessionMode::Bridge => Handling::Uplink(Inbound::Refused(Box::new(reply))),
                 SessionMode::Echo => Handling::Reply(reply),
             });
         }

@@ -70,6 +70,10 @@ impl Application {
                 .app_data(state.clone())
                 .configure(routes::configure)
         })
+        // Commands are small frames pushed as they come: without this, a
+        // frame written while the previous one is unacknowledged waits for
+        // the client's delayed ACK (up to 40 ms on Linux).
+        .tcp_nodelay(true)
         .client_request_timeout(settings.handshake_timeout())
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout_secs)

@@ -7,6 +7,7 @@
 //! Command's JSON text exactly as the backend wrote it, so the client gets
 //! every field — known or not — without a re-serialization.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -138,7 +139,7 @@ const NOTIFICATION: &str = "Notification";
 /// Decodes an SQS message body (SNS envelope or bare Command).
 pub fn decode_sqs_body(body: &str) -> Result<DecodedCommand, DecodeError> {
     let probe = probe_object(body, DecodeError::NotJson, DecodeError::NotAnObject)?;
-    let kind = probe.kind.and_then(as_string);
+    let kind = probe.kind.and_then(as_text);
     match kind.as_deref() {
         // A Command may carry a field named `Type` of its own; only a body
         // without a `client_id`, or with a `Message`, is read as an envelope.
@@ -206,12 +207,23 @@ fn validate_command(probe: &Probe<'_>) -> Result<ClientId, DecodeError> {
     let id = as_string(raw).ok_or(DecodeError::ClientIdNotString)?;
     let client_id = ClientId::parse(id).map_err(DecodeError::InvalidClientId)?;
     let command = probe.command.ok_or(DecodeError::MissingCommand)?;
-    as_string(command).ok_or(DecodeError::CommandNotString)?;
+    as_text(command).ok_or(DecodeError::CommandNotString)?;
     Ok(client_id)
 }
 
 fn as_string(raw: &RawValue) -> Option<String> {
     serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// A JSON string's text, borrowed when it has no escapes (the common case:
+/// no allocation), decoded otherwise; `None` when `raw` is not a string.
+fn as_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        // A valid JSON string without a backslash is its own text.
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        _ => as_string(raw).map(Cow::Owned),
+    }
 }
 
 #[cfg(test)]
@@ -338,5 +350,15 @@ mod tests {
         assert_eq!(cmd.extra.get("trace"), Some(&json!("t-1")));
         let back: Value = serde_json::to_value(&cmd).unwrap();
         assert_eq!(back, serde_json::from_str::<Value>(text).unwrap());
+    }
+
+    #[test]
+    fn escaped_type_and_command_strings_are_decoded() {
+        let inner = r#"{"client_id":"c1","command":"g\u006f"}"#;
+        let body = envelope_around(inner).replace(r#""Notification""#, r#""Notific\u0061tion""#);
+        assert!(body.contains(r"Notific\u0061tion"), "{body}");
+        let decoded = decode_sqs_body(&body).unwrap();
+        assert_eq!(&*decoded.json, inner);
+        assert_eq!(decoded.sns_message_id.as_deref(), Some("m-1"));
     }
 }
