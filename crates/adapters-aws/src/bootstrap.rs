@@ -196,12 +196,28 @@ pub async fn subscribe_queue(
     queue_arn: &str,
     raw_delivery: bool,
 ) -> Result<String, BootstrapError> {
-    let out = sns
+    subscribe_queue_filtered(sns, topic_arn, queue_arn, raw_delivery, None).await
+}
+
+/// [`subscribe_queue`] with a filter policy on message attributes: the queue
+/// gets only the messages the policy matches.
+pub async fn subscribe_queue_filtered(
+    sns: &aws_sdk_sns::Client,
+    topic_arn: &str,
+    queue_arn: &str,
+    raw_delivery: bool,
+    filter_policy: Option<&str>,
+) -> Result<String, BootstrapError> {
+    let mut request = sns
         .subscribe()
         .topic_arn(topic_arn)
         .protocol("sqs")
         .endpoint(queue_arn)
-        .attributes("RawMessageDelivery", raw_delivery.to_string())
+        .attributes("RawMessageDelivery", raw_delivery.to_string());
+    if let Some(policy) = filter_policy {
+        request = request.attributes("FilterPolicy", policy);
+    }
+    let out = request
         .return_subscription_arn(true)
         .send()
         .await

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::bootstrap::{self, BootstrapError};
 use crate::classify::describe;
+use crate::sharded::TAG_SHARDS;
 
 /// Tag naming the bridge a queue belongs to.
 pub const TAG_BRIDGE: &str = "wsbridge:bridge";
@@ -71,44 +72,90 @@ pub async fn create_instance_queue(
     sns: &aws_sdk_sns::Client,
     plan: &FanoutPlan,
 ) -> Result<InstanceQueue, BootstrapError> {
-    let name = queue_name(plan);
+    let queue = provision(
+        sqs,
+        sns,
+        &ReplicaQueue {
+            name: queue_name(plan),
+            bridge: &plan.bridge,
+            tags: vec![(TAG_INSTANCE, plan.instance.clone())],
+            commands_topic_arn: &plan.commands_topic_arn,
+            max_receive_count: plan.max_receive_count,
+            filter_policy: None,
+        },
+    )
+    .await?;
+    info!(queue = %queue.queue_url, instance = %plan.instance, "instance queue ready");
+    Ok(queue)
+}
+
+/// A queue of one replica (fanout) or one shard range (sharded), fed by the
+/// commands topic.
+pub(crate) struct ReplicaQueue<'a> {
+    pub name: String,
+    pub bridge: &'a str,
+    /// Tags besides the bridge and the heartbeat.
+    pub tags: Vec<(&'static str, String)>,
+    pub commands_topic_arn: &'a str,
+    pub max_receive_count: u32,
+    /// The subscription's filter policy; `None`: every Command.
+    pub filter_policy: Option<String>,
+}
+
+/// Creates (or finds) the queue, the bridge's shared dead-letter queue, the
+/// redrive and access policies, the tags and the subscription. Every step is
+/// idempotent, so a replica restarting on an existing queue finds it as it left it.
+pub(crate) async fn provision(
+    sqs: &aws_sdk_sqs::Client,
+    sns: &aws_sdk_sns::Client,
+    queue: &ReplicaQueue<'_>,
+) -> Result<InstanceQueue, BootstrapError> {
+    let fifo = if queue.name.ends_with(".fifo") {
+        ".fifo"
+    } else {
+        ""
+    };
     let dead_letter_url = bootstrap::create_queue(
         sqs,
-        &bootstrap::dead_letter_name(&format!(
-            "{}{}",
-            plan.bridge,
-            if name.ends_with(".fifo") { ".fifo" } else { "" }
-        )),
+        &bootstrap::dead_letter_name(&format!("{}{fifo}", queue.bridge)),
     )
     .await?;
     let dead_letter_arn = bootstrap::queue_arn(sqs, &dead_letter_url).await?;
-    let queue_url = bootstrap::create_queue(sqs, &name).await?;
+    let queue_url = bootstrap::create_queue(sqs, &queue.name).await?;
     let queue_arn = bootstrap::queue_arn(sqs, &queue_url).await?;
     let redrive = json!({
         "deadLetterTargetArn": dead_letter_arn,
-        "maxReceiveCount": plan.max_receive_count.to_string(),
+        "maxReceiveCount": queue.max_receive_count.to_string(),
     });
     sqs.set_queue_attributes()
         .queue_url(&queue_url)
         .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
         .attributes(
             QueueAttributeName::Policy,
-            bootstrap::allow_topic_policy(&queue_arn, &plan.commands_topic_arn),
+            bootstrap::allow_topic_policy(&queue_arn, queue.commands_topic_arn),
         )
         .send()
         .await
         .map_err(|e| BootstrapError::new(describe("SetQueueAttributes", &e)))?;
-    sqs.tag_queue()
+    let mut tag = sqs
+        .tag_queue()
         .queue_url(&queue_url)
-        .tags(TAG_BRIDGE, &plan.bridge)
-        .tags(TAG_INSTANCE, &plan.instance)
-        .tags(TAG_HEARTBEAT, now_secs().to_string())
-        .send()
+        .tags(TAG_BRIDGE, queue.bridge)
+        .tags(TAG_HEARTBEAT, now_secs().to_string());
+    for (key, value) in &queue.tags {
+        tag = tag.tags(*key, value);
+    }
+    tag.send()
         .await
         .map_err(|e| BootstrapError::new(describe("TagQueue", &e)))?;
-    let subscription_arn =
-        bootstrap::subscribe_queue(sns, &plan.commands_topic_arn, &queue_arn, false).await?;
-    info!(queue = %queue_url, instance = %plan.instance, "instance queue ready");
+    let subscription_arn = bootstrap::subscribe_queue_filtered(
+        sns,
+        queue.commands_topic_arn,
+        &queue_arn,
+        false,
+        queue.filter_policy.as_deref(),
+    )
+    .await?;
     Ok(InstanceQueue {
         queue_url,
         subscription_arn,
@@ -152,10 +199,22 @@ pub async fn remove_instance_queue(
 pub struct Collected {
     /// The removed queue's URL.
     pub queue_url: String,
-    /// The instance it belonged to.
+    /// The instance it belonged to (`shards START..END/COUNT` for a shard-range queue).
     pub instance: String,
     /// Subscriptions removed with it.
     pub subscriptions: usize,
+}
+
+/// Which queues [`collect_garbage`] may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcScope {
+    /// Fanout instance queues only. Shard-range queues outlive their
+    /// replica on purpose (the next owner of the range finds the Commands
+    /// published meanwhile), so they are left alone.
+    Instances,
+    /// Instance queues and shard-range queues: for a sharded fleet that
+    /// shrank or was re-split, whose old ranges have no owner any more.
+    InstancesAndShards,
 }
 
 /// Removes the queues (and their subscriptions to the commands topic) of
@@ -166,6 +225,7 @@ pub async fn collect_garbage(
     bridge: &str,
     commands_topic_arn: &str,
     stale_after: Duration,
+    scope: GcScope,
 ) -> Result<Vec<Collected>, BootstrapError> {
     let now = now_secs();
     let mut collected = Vec::new();
@@ -181,6 +241,10 @@ pub async fn collect_garbage(
             .unwrap_or_default();
         if tags.get(TAG_BRIDGE).map(String::as_str) != Some(bridge) {
             continue; // not an instance queue of this bridge (e.g. its dead-letter queue)
+        }
+        let shards = tags.get(TAG_SHARDS);
+        if shards.is_some() && scope == GcScope::Instances {
+            continue;
         }
         let heartbeat = tags
             .get(TAG_HEARTBEAT)
@@ -207,7 +271,10 @@ pub async fn collect_garbage(
         }
         collected.push(Collected {
             queue_url,
-            instance: tags.get(TAG_INSTANCE).cloned().unwrap_or_default(),
+            instance: match shards {
+                Some(range) => format!("shards {range}"),
+                None => tags.get(TAG_INSTANCE).cloned().unwrap_or_default(),
+            },
             subscriptions: removed,
         });
     }

@@ -6,7 +6,8 @@
 //!   (`PublishBatch` after a short linger, `client_id`/`action` attributes).
 //! - [`bootstrap`] creates topics, queues, the subscription and the
 //!   dead-letter queue, idempotently.
-//! - [`fanout`] manages the per-instance queues of `fanout` mode.
+//! - [`fanout`] manages the per-instance queues of `fanout` mode, and
+//!   [`sharded`] the shard-range queues of `sharded` mode.
 //! - [`tools`] backs the `send-command` and `monitor` commands.
 //!
 //! Everything is built from one `aws_config::SdkConfig` ([`sdk::load`]), so
@@ -16,6 +17,7 @@ pub mod bootstrap;
 mod classify;
 pub mod fanout;
 pub mod sdk;
+pub mod sharded;
 mod sns_sink;
 mod sqs_source;
 pub mod tools;

@@ -9,11 +9,12 @@ use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
-use domain::{ClientId, SnsEnvelope};
+use domain::{shard_of, ClientId, SnsEnvelope};
 use serde_json::json;
 
 use crate::bootstrap::{self, BootstrapError};
 use crate::classify::describe;
+use crate::sharded::SHARD_ATTRIBUTE;
 
 /// A tool's call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,23 +79,33 @@ pub async fn send_to_queue(
 }
 
 /// Publishes a Command to the commands topic, with a `client_id` attribute
-/// for subscriptions that filter on it; returns the SNS message id.
+/// for subscriptions that filter on it and, given the fleet's number of
+/// shards, the Number attribute `shard` that sharded replicas' subscriptions
+/// filter on; returns the SNS message id.
 pub async fn publish_to_topic(
     sns: &aws_sdk_sns::Client,
     topic_arn: &str,
     command_json: &str,
     client_id: &ClientId,
+    shards: Option<u32>,
 ) -> Result<String, ToolError> {
-    let attribute = MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(client_id.as_str())
-        .build()
-        .map_err(|e| ToolError(e.to_string()))?;
+    let attribute = |data_type: &str, value: String| {
+        MessageAttributeValue::builder()
+            .data_type(data_type)
+            .string_value(value)
+            .build()
+            .map_err(|e| ToolError(e.to_string()))
+    };
     let mut request = sns
         .publish()
         .topic_arn(topic_arn)
         .message(command_json)
-        .message_attributes("client_id", attribute);
+        .message_attributes("client_id", attribute("String", client_id.to_string())?);
+    if let Some(shards) = shards {
+        let shard = shard_of(client_id, shards);
+        request =
+            request.message_attributes(SHARD_ATTRIBUTE, attribute("Number", shard.to_string())?);
+    }
     if topic_arn.ends_with(".fifo") {
         request = request
             .message_group_id(client_id.as_str())

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use adapters_aws::bootstrap::{self, Plan};
+use adapters_aws::fanout::GcScope;
 use adapters_aws::sdk::Clients;
 use adapters_aws::tools::{self, Monitor};
 use clap::{Args, Parser, Subcommand};
@@ -17,9 +18,10 @@ use tracing::{info, warn};
 use crate::amqp_cli;
 use crate::auth;
 use crate::broker::Connection;
-use crate::config::{Broker, ConfigError, Mode, Settings, Sources, ENV_PREFIX};
+use crate::config::{Broker, ConfigError, Settings, Sources, ENV_PREFIX};
 use crate::effective_config::{self, ShowFormat};
-use crate::fanout;
+use crate::replica;
+use crate::shards;
 use crate::startup::Application;
 use crate::telemetry;
 
@@ -105,6 +107,29 @@ enum CliCommand {
         /// Override gc_stale_after_secs.
         #[arg(long)]
         stale_after_secs: Option<u64>,
+        /// Also remove stale shard-range queues (sharded mode), which are
+        /// otherwise kept for their range's next owner: for a fleet that
+        /// shrank or was split differently. Commands still in them are lost.
+        #[arg(long)]
+        shard_queues: bool,
+    },
+    /// Print how the configured number of shards splits among REPLICAS
+    /// replicas (each one's shard_owner and range) as an nginx configuration
+    /// that routes every client to its shard's owner; with --client-id, that
+    /// client's shard and owner instead.
+    ///
+    /// Example: wsbridge shards --replicas 3 --servers 10.0.1.10:8000,10.0.1.11:8000,10.0.1.12:8000
+    Shards {
+        /// The number of replicas.
+        #[arg(long)]
+        replicas: u32,
+        /// The replicas' addresses (host:port), in shard_owner order,
+        /// comma-separated; default wsbridge-INDEX:8000.
+        #[arg(long, value_delimiter = ',')]
+        servers: Vec<String>,
+        /// Print this client id's shard and owner.
+        #[arg(long)]
+        client_id: Option<String>,
     },
     /// Print the effective configuration (built-in defaults, config files,
     /// .env, environment, flags), secrets redacted; exit 2 naming every
@@ -185,7 +210,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         CliCommand::Monitor { count } => monitor(&settings, count).await,
         CliCommand::Token { sub, ttl } => token(&settings, &sub, ttl),
         CliCommand::Config { .. } => Ok(()),
-        CliCommand::Gc { stale_after_secs } => gc(&settings, stale_after_secs).await,
+        CliCommand::Gc {
+            stale_after_secs,
+            shard_queues,
+        } => gc(&settings, stale_after_secs, shard_queues).await,
+        CliCommand::Shards {
+            replicas,
+            servers,
+            client_id,
+        } => shards::print(settings.shards, replicas, &servers, client_id.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -267,15 +300,11 @@ async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
         settings.events_topic_arn = Some(infra.events_topic_arn);
         settings.commands_topic_arn = Some(infra.commands_topic_arn);
     }
-    let instance = match settings.mode {
-        Mode::Fanout => {
-            let instance = fanout::join(&clients, &settings).await?;
-            info!(queue = %instance.queue_url(), "consuming this instance's own queue");
-            settings.command_queue_url = Some(instance.queue_url().to_owned());
-            Some(instance)
-        }
-        Mode::Shared => None,
-    };
+    let instance = replica::join(&clients, &settings).await?;
+    if let Some(instance) = &instance {
+        info!(queue = %instance.queue_url(), mode = ?settings.mode, "consuming this replica's own queue");
+        settings.command_queue_url = Some(instance.queue_url().to_owned());
+    }
     run_app(settings, Connection::Aws(clients), instance, stop).await
 }
 
@@ -284,7 +313,7 @@ async fn serve(mut settings: Settings, dev: bool) -> Result<(), Failure> {
 async fn run_app(
     settings: Settings,
     connection: Connection,
-    instance: Option<fanout::Instance>,
+    instance: Option<replica::Instance>,
     stop: CancellationToken,
 ) -> Result<(), Failure> {
     let app = match Application::build(settings.clone(), connection).await {
@@ -363,7 +392,11 @@ pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn gc(settings: &Settings, stale_after_secs: Option<u64>) -> Result<(), Failure> {
+async fn gc(
+    settings: &Settings,
+    stale_after_secs: Option<u64>,
+    shard_queues: bool,
+) -> Result<(), Failure> {
     let topic = settings.required("commands_topic_arn", &settings.commands_topic_arn)?;
     let stale_after =
         std::time::Duration::from_secs(stale_after_secs.unwrap_or(settings.gc_stale_after_secs));
@@ -374,6 +407,11 @@ async fn gc(settings: &Settings, stale_after_secs: Option<u64>) -> Result<(), Fa
         &settings.bridge_name,
         topic,
         stale_after,
+        if shard_queues {
+            GcScope::InstancesAndShards
+        } else {
+            GcScope::Instances
+        },
     )
     .await
     .map_err(|e| Failure::Runtime(anyhow::anyhow!("gc failed: {e}")))?;
@@ -401,7 +439,16 @@ async fn send_command(
     let clients = Clients::from_env().await;
     let id = if via_topic {
         let topic = settings.required("commands_topic_arn", &settings.commands_topic_arn)?;
-        tools::publish_to_topic(&clients.sns, topic, json, &command.client_id).await
+        // The `shard` attribute is what sharded replicas' subscriptions
+        // filter on; other modes ignore it.
+        tools::publish_to_topic(
+            &clients.sns,
+            topic,
+            json,
+            &command.client_id,
+            Some(settings.shards),
+        )
+        .await
     } else {
         let queue = settings.required("command_queue_url", &settings.command_queue_url)?;
         let body = if raw {

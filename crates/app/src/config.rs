@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use adapters_ws::{AbusePolicy, ConnectionLimits, MessageRate, SessionSettings};
-use domain::{DownlinkSettings, Undeliverable};
+use domain::{DownlinkSettings, ShardAssignment, ShardRange, Undeliverable, MAX_SHARDS};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -31,6 +31,9 @@ pub enum Mode {
     Shared,
     /// Every instance consumes a queue of its own, subscribed to the commands topic.
     Fanout,
+    /// Every instance owns a range of shards of the client-id space and
+    /// consumes the range's queue, subscribed with a filter on `shard`.
+    Sharded,
 }
 
 /// What happens to a Command whose client is not connected here.
@@ -177,9 +180,19 @@ pub struct Settings {
     pub events_topic_arn: Option<String>,
     /// ARN of the SNS topic backends publish Commands to.
     pub commands_topic_arn: Option<String>,
-    /// `shared` or `fanout`.
+    /// `shared`, `fanout` or `sharded`.
     pub mode: Mode,
-    /// `retry` or `drop`; unset: `retry` in shared mode, `drop` in fanout mode.
+    /// Sharded mode: the fleet's number of shards (1..=32768), the same for
+    /// every replica and every publisher (they set `shard` from it).
+    pub shards: u32,
+    /// Sharded mode: this replica as `INDEX/REPLICAS` (0-based, e.g. a
+    /// StatefulSet ordinal): it owns the INDEX-th of REPLICAS near-equal
+    /// contiguous ranges of shards.
+    pub shard_owner: Option<String>,
+    /// Sharded mode: the shards this replica owns as `START..END` (end
+    /// excluded), instead of `shard_owner` (for uneven splits and resizes).
+    pub shard_range: Option<String>,
+    /// `retry` or `drop`; unset: `drop` in fanout mode, else `retry`.
     pub undeliverable: Option<UndeliverablePolicy>,
     /// Delay before a Command for an absent client is received again.
     pub retry_delay_secs: u64,
@@ -282,6 +295,9 @@ impl Default for Settings {
             events_topic_arn: None,
             commands_topic_arn: None,
             mode: Mode::Shared,
+            shards: 4096,
+            shard_owner: None,
+            shard_range: None,
             undeliverable: None,
             retry_delay_secs: 5,
             retry_window_secs: 60,
@@ -447,7 +463,8 @@ impl Settings {
             }
             check(
                 self.mode == Mode::Shared,
-                "mode: fanout needs SNS; with broker = \"amqp\" bind one queue per instance instead"
+                "mode: fanout and sharded need SNS; with broker = \"amqp\" bind one queue per \
+                 instance instead"
                     .into(),
             );
         }
@@ -459,9 +476,11 @@ impl Settings {
         }
         check(
             self.mode == Mode::Shared || self.commands_topic_arn.is_some(),
-            "commands_topic_arn: required in fanout mode (each instance subscribes its queue to it)"
+            "commands_topic_arn: required in fanout and sharded mode (each instance subscribes \
+             its queue to it)"
                 .into(),
         );
+        self.validate_shards(&mut check);
         check(
             is_name_part(&self.bridge_name, 40),
             format!(
@@ -527,6 +546,69 @@ impl Settings {
         } else {
             Err(ConfigError { problems })
         }
+    }
+
+    fn validate_shards(&self, check: &mut impl FnMut(bool, String)) {
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            check(
+                false,
+                format!("shards: {} is outside 1..={MAX_SHARDS}", self.shards),
+            );
+            return;
+        }
+        match (&self.shard_owner, &self.shard_range) {
+            (Some(_), Some(_)) => check(
+                false,
+                "shard_range: set either shard_owner or shard_range, not both".into(),
+            ),
+            (None, None) if self.mode == Mode::Sharded => check(
+                false,
+                "shard_owner: sharded mode needs this replica's share, as shard_owner = \
+                 \"INDEX/REPLICAS\" (BRIDGE_SHARD_OWNER) or shard_range = \"START..END\""
+                    .into(),
+            ),
+            _ => {
+                if let Err(problem) = self.owned_shards() {
+                    check(false, problem);
+                }
+            }
+        }
+    }
+
+    /// The range named by `shard_owner` or `shard_range` (`None` when
+    /// neither is set), or the problem with it, naming the field.
+    fn owned_shards(&self) -> Result<Option<ShardRange>, String> {
+        if let Some(range) = &self.shard_range {
+            return ShardRange::parse(range, self.shards)
+                .map(Some)
+                .map_err(|e| format!("shard_range: {e}"));
+        }
+        let Some(owner) = &self.shard_owner else {
+            return Ok(None);
+        };
+        let parsed = owner
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        let Some((index, replicas)) = parsed else {
+            return Err(format!(
+                "shard_owner: {owner:?} is not INDEX/REPLICAS (e.g. \"0/3\")"
+            ));
+        };
+        ShardRange::of_replica(index, replicas, self.shards)
+            .map(Some)
+            .map_err(|e| format!("shard_owner: {e}"))
+    }
+
+    /// In sharded mode, the shards this replica serves.
+    pub fn shard_assignment(&self) -> Option<ShardAssignment> {
+        if self.mode != Mode::Sharded {
+            return None;
+        }
+        let owned = self.owned_shards().ok().flatten()?;
+        Some(ShardAssignment {
+            shards: self.shards,
+            owned,
+        })
     }
 
     fn validate_security(&self, check: &mut impl FnMut(bool, String)) {
@@ -656,7 +738,10 @@ impl Settings {
     /// The downlink's settings derived from these.
     pub fn downlink(&self) -> DownlinkSettings {
         let policy = self.undeliverable.unwrap_or(match self.mode {
-            Mode::Shared => UndeliverablePolicy::Retry,
+            // Only fanout has another copy of each Command elsewhere; in
+            // sharded mode a Command for an absent client waits for it to
+            // reconnect (to this replica: the load balancer sends it here).
+            Mode::Shared | Mode::Sharded => UndeliverablePolicy::Retry,
             Mode::Fanout => UndeliverablePolicy::Drop,
         });
         DownlinkSettings {

@@ -5,7 +5,9 @@
 //! line, [`startup::Application`] wires SQS/SNS and WebSocket adapters into
 //! the use cases and runs them with the HTTP [`routes`], and [`consumer`]
 //! drives the command pollers, [`auth`] verifies the tokens of `auth = "jwt"`
-//! (on the ring-backed [`jwt_crypto`] provider). `main.rs` only parses
+//! (on the ring-backed [`jwt_crypto`] provider), [`replica`] owns the queue
+//! of a `fanout` or `sharded` replica and [`shards`] prints a sharded fleet's
+//! load-balancer configuration. `main.rs` only parses
 //! arguments and calls [`cli::run`].
 
 mod amqp_cli;
@@ -15,9 +17,10 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod effective_config;
-pub mod fanout;
 pub mod jwt_crypto;
 pub mod metrics;
+pub mod replica;
 pub mod routes;
+pub mod shards;
 pub mod startup;
 pub mod telemetry;

@@ -17,7 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use adapters_ws::{
     LimitExceeded, Peer, SessionMode, SessionSettings, StartError, WsClientRegistry,
 };
-use domain::{ClientId, Stats, Uplink};
+use domain::{ClientId, ShardAssignment, Stats, Uplink};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,9 @@ pub struct AppState {
     pub refused: Refusals,
     /// Cancelled when the bridge shuts down: sessions close with 1001.
     pub closing: CancellationToken,
+    /// In sharded mode, the shards served here: clients of other shards are
+    /// refused (421), since their Commands never reach this replica.
+    pub shards: Option<ShardAssignment>,
 }
 
 /// Why upgrades were refused, counted.
@@ -65,16 +68,19 @@ pub enum Refusal {
     PerAddress,
     /// The instance has too many connections.
     AtCapacity,
+    /// Sharded mode: the client's shard is owned by another replica.
+    Misdirected,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 7] = [
         Refusal::Origin,
         Refusal::Unauthenticated,
         Refusal::ClientIdMismatch,
         Refusal::PerClient,
         Refusal::PerAddress,
         Refusal::AtCapacity,
+        Refusal::Misdirected,
     ];
 
     fn label(self) -> &'static str {
@@ -85,6 +91,7 @@ impl Refusal {
             Refusal::PerClient => "too_many_connections",
             Refusal::PerAddress => "too_many_connections_from_address",
             Refusal::AtCapacity => "server_at_capacity",
+            Refusal::Misdirected => "misdirected_client",
         }
     }
 }
@@ -121,6 +128,7 @@ impl AppState {
             access: Access::from_settings(settings)?,
             refused: Refusals::default(),
             closing,
+            shards: settings.shard_assignment(),
         })
     }
 }
@@ -378,6 +386,24 @@ fn upgrade(
             (authenticated.client_id, protocol)
         }
     };
+    if let (SessionMode::Bridge, Some(shards)) = (mode.session, state.shards) {
+        let (shard, owned) = shards.locate(&client_id);
+        if !owned {
+            // A routing mistake (or a load balancer that re-hashed around a
+            // replica that is down) is loud: such a client would never
+            // receive a Command here.
+            debug!(%client_id, shard, owned = %shards.owned, "upgrade refused: shard owned elsewhere");
+            state.refused.count(Refusal::Misdirected);
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                Refusal::Misdirected.label(),
+                &format!(
+                    "client id {client_id} is in shard {shard} of {}; this replica serves shards {}",
+                    shards.shards, shards.owned
+                ),
+            );
+        }
+    }
     if state.closing.is_cancelled() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@ pub mod dedup;
 pub mod downlink;
 pub mod envelope;
 pub mod ports;
+pub mod shard;
 pub mod stats;
 pub mod uplink;
 
@@ -32,5 +33,6 @@ pub use ports::{
     ClientRegistry, CommandSource, EventSink, Frame, Handoff, InboundMessage, PublishError,
     Receipt, SourceError,
 };
+pub use shard::{shard_of, ShardAssignment, ShardRange, ShardRangeError, MAX_SHARDS};
 pub use stats::Stats;
 pub use uplink::Uplink;

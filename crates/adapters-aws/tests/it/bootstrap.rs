@@ -229,9 +229,15 @@ async fn ensure_works_with_a_fifo_plan() {
     .is_some());
 
     let command = r#"{"client_id":"f1","command":"go"}"#;
-    tools::publish_to_topic(&aws.sns, &infra.commands_topic_arn, command, &client("f1"))
-        .await
-        .unwrap();
+    tools::publish_to_topic(
+        &aws.sns,
+        &infra.commands_topic_arn,
+        command,
+        &client("f1"),
+        None,
+    )
+    .await
+    .unwrap();
     let got = aws
         .receive_at_least(&infra.command_queue_url, 1, WAIT)
         .await;

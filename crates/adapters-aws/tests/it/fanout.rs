@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use adapters_aws::bootstrap::{dead_letter_name, queue_name_from_url};
 use adapters_aws::fanout::{
     collect_garbage, create_instance_queue, heartbeat, queue_tags, remove_instance_queue,
-    FanoutPlan, InstanceQueue, TAG_BRIDGE, TAG_HEARTBEAT, TAG_INSTANCE,
+    FanoutPlan, GcScope, InstanceQueue, TAG_BRIDGE, TAG_HEARTBEAT, TAG_INSTANCE,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
@@ -323,9 +323,16 @@ async fn garbage_collection_removes_only_stale_instances_of_its_bridge() {
         .unwrap();
     let other = bystander(&aws, &topic).await;
 
-    let mut removed = collect_garbage(&aws.sqs, &aws.sns, &bridge, &topic, STALE_AFTER)
-        .await
-        .unwrap();
+    let mut removed = collect_garbage(
+        &aws.sqs,
+        &aws.sns,
+        &bridge,
+        &topic,
+        STALE_AFTER,
+        GcScope::Instances,
+    )
+    .await
+    .unwrap();
     removed.sort_by(|a, b| a.instance.cmp(&b.instance));
     let summary: Vec<(String, String, usize)> = removed
         .iter()
@@ -365,12 +372,17 @@ async fn garbage_collection_removes_only_stale_instances_of_its_bridge() {
     assert_eq!(endpoints, expected);
 
     // A second pass finds nothing; the topic still delivers to the live queues.
-    assert!(
-        collect_garbage(&aws.sqs, &aws.sns, &bridge, &topic, STALE_AFTER)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(collect_garbage(
+        &aws.sqs,
+        &aws.sns,
+        &bridge,
+        &topic,
+        STALE_AFTER,
+        GcScope::Instances
+    )
+    .await
+    .unwrap()
+    .is_empty());
     aws.publish(&topic, r#"{"client_id":"c","command":"after-gc"}"#, &[])
         .await;
     assert_eq!(
@@ -397,15 +409,27 @@ async fn garbage_collection_treats_a_missing_heartbeat_as_stale_and_honours_the_
         .send()
         .await
         .unwrap();
-    assert!(
-        collect_garbage(&aws.sqs, &aws.sns, &bridge, &topic, STALE_AFTER)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let removed = collect_garbage(&aws.sqs, &aws.sns, &bridge, &topic, Duration::from_secs(60))
-        .await
-        .unwrap();
+    assert!(collect_garbage(
+        &aws.sqs,
+        &aws.sns,
+        &bridge,
+        &topic,
+        STALE_AFTER,
+        GcScope::Instances
+    )
+    .await
+    .unwrap()
+    .is_empty());
+    let removed = collect_garbage(
+        &aws.sqs,
+        &aws.sns,
+        &bridge,
+        &topic,
+        Duration::from_secs(60),
+        GcScope::Instances,
+    )
+    .await
+    .unwrap();
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert!(!exists(&aws, &queue.queue_url).await);
 
@@ -419,9 +443,16 @@ async fn garbage_collection_treats_a_missing_heartbeat_as_stale_and_honours_the_
         .send()
         .await
         .unwrap();
-    let removed = collect_garbage(&aws.sqs, &aws.sns, &bridge, &topic, STALE_AFTER)
-        .await
-        .unwrap();
+    let removed = collect_garbage(
+        &aws.sqs,
+        &aws.sns,
+        &bridge,
+        &topic,
+        STALE_AFTER,
+        GcScope::Instances,
+    )
+    .await
+    .unwrap();
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(removed[0].instance, "i-2");
     assert!(subscriptions(&aws, &topic).await.is_empty());

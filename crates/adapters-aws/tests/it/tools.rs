@@ -102,7 +102,7 @@ async fn publish_to_topic_delivers_the_command_with_a_client_id_attribute() {
     aws.subscribe_queue(&topic, &queue, false).await;
     let command = r#"{"client_id":"p1","command":"ping"}"#;
 
-    let id = tools::publish_to_topic(&aws.sns, &topic, command, &client("p1"))
+    let id = tools::publish_to_topic(&aws.sns, &topic, command, &client("p1"), None)
         .await
         .unwrap();
 
@@ -124,7 +124,7 @@ async fn publish_to_a_missing_topic_fails() {
         .create_topic(&name)
         .await
         .replace(&name, &unique_name("tools-missing"));
-    let result = tools::publish_to_topic(&aws.sns, &missing, "{}", &client("p1")).await;
+    let result = tools::publish_to_topic(&aws.sns, &missing, "{}", &client("p1"), None).await;
     let error = result.unwrap_err().to_string();
     assert!(error.contains("Publish"), "{error}");
 }

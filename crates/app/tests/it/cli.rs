@@ -262,6 +262,12 @@ async fn send_command_via_topic_publishes_to_the_commands_topic() {
             .map(String::as_str),
         Some("c-topic")
     );
+    // …and the shard sharded replicas filter on (of the default 4096).
+    let shard = domain::shard_of(&domain::ClientId::parse("c-topic").unwrap(), 4096);
+    assert_eq!(
+        got[0].published_attributes().get("shard"),
+        Some(&shard.to_string())
+    );
     // It prints the SNS message id.
     assert_eq!(
         got[0].json()["MessageId"].as_str(),

@@ -376,3 +376,105 @@ fn default_toml_documents_every_setting() {
         assert!(explained, "{name} has no comment in config/default.toml");
     }
 }
+
+#[test]
+fn sharded_mode_takes_its_share_from_shard_owner_or_shard_range() {
+    let dir = TempDir::new("cfg-sharded");
+    let topic = ("BRIDGE_COMMANDS_TOPIC_ARN", "arn:aws:sns:us-east-1:1:cmds");
+    let owner = Settings::load(&sources(
+        &dir,
+        &[
+            ("BRIDGE_MODE", "sharded"),
+            ("BRIDGE_SHARD_OWNER", "1/3"),
+            topic,
+        ],
+    ))
+    .unwrap();
+    let assignment = owner.shard_assignment().unwrap();
+    assert_eq!(
+        (assignment.shards, assignment.owned.to_string()),
+        (4096, "1366..2731".to_owned())
+    );
+    // Unset, `undeliverable` is retry: a client of this shard reconnects here.
+    assert!(matches!(
+        owner.downlink().undeliverable,
+        Undeliverable::Retry { .. }
+    ));
+    let range = Settings::load(&sources(
+        &dir,
+        &[
+            ("BRIDGE_MODE", "sharded"),
+            ("BRIDGE_SHARDS", "16"),
+            ("BRIDGE_SHARD_RANGE", "4..9"),
+            topic,
+        ],
+    ))
+    .unwrap();
+    assert_eq!(range.shard_assignment().unwrap().owned.to_string(), "4..9");
+    // Outside sharded mode there is no assignment, whatever is set.
+    let shared = Settings::load(&sources(&dir, &[("BRIDGE_SHARD_OWNER", "0/2")])).unwrap();
+    assert_eq!(shared.shard_assignment(), None);
+}
+
+#[test]
+fn sharded_mode_without_a_valid_share_is_refused_naming_the_field() {
+    let dir = TempDir::new("cfg-sharded-bad");
+    let topic = ("BRIDGE_COMMANDS_TOPIC_ARN", "arn:aws:sns:us-east-1:1:cmds");
+    // (environment, field named, text the problem holds)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 7] = [
+        (
+            &[("BRIDGE_MODE", "sharded"), topic],
+            "shard_owner",
+            "INDEX/REPLICAS",
+        ),
+        (
+            &[
+                ("BRIDGE_MODE", "sharded"),
+                ("BRIDGE_SHARD_OWNER", "3/3"),
+                topic,
+            ],
+            "shard_owner",
+            "replica 3 of 3",
+        ),
+        (
+            &[
+                ("BRIDGE_MODE", "sharded"),
+                ("BRIDGE_SHARD_OWNER", "two"),
+                topic,
+            ],
+            "shard_owner",
+            "\"two\"",
+        ),
+        (
+            &[
+                ("BRIDGE_MODE", "sharded"),
+                ("BRIDGE_SHARD_RANGE", "10..5000"),
+                topic,
+            ],
+            "shard_range",
+            "4096",
+        ),
+        (
+            &[
+                ("BRIDGE_MODE", "sharded"),
+                ("BRIDGE_SHARD_RANGE", "0..5"),
+                ("BRIDGE_SHARD_OWNER", "0/2"),
+                topic,
+            ],
+            "shard_range",
+            "not both",
+        ),
+        (
+            &[("BRIDGE_MODE", "sharded"), ("BRIDGE_SHARD_OWNER", "0/2")],
+            "commands_topic_arn",
+            "sharded",
+        ),
+        (&[("BRIDGE_SHARDS", "40000")], "shards", "32768"),
+    ];
+    for (pairs, field, says) in cases {
+        let error = load_err(&sources(&dir, pairs));
+        assert_one_problem_naming(&error, field);
+        assert!(error.to_string().contains(says), "{pairs:?}: {error}");
+    }
+}

@@ -17,5 +17,6 @@ mod http;
 mod ops;
 mod scaleout;
 mod security;
+mod sharded;
 mod support;
 mod uplink;

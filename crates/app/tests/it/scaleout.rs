@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use adapters_aws::fanout::{queue_tags, TAG_HEARTBEAT};
 use adapters_aws::sdk::Clients;
 use app::config::{Mode, Settings};
-use app::fanout::Instance;
+use app::replica::Instance;
 use futures_util::StreamExt;
 use serde_json::Value;
 use testkit::{Aws, Fault, FaultProxy};
@@ -53,15 +53,15 @@ fn now_secs() -> u64 {
 
 /// The topics of one fleet and its bridge name; no command queue: in fanout
 /// mode each replica makes its own.
-struct Fleet {
-    aws: Aws,
-    events: String,
-    commands: String,
-    bridge: String,
+pub(crate) struct Fleet {
+    pub aws: Aws,
+    pub events: String,
+    pub commands: String,
+    pub bridge: String,
 }
 
 impl Fleet {
-    async fn new(prefix: &str) -> Self {
+    pub async fn new(prefix: &str) -> Self {
         let aws = testkit::moto().aws().await;
         let events = aws
             .create_topic(&testkit::unique_name(&format!("{prefix}-events")))
@@ -79,7 +79,7 @@ impl Fleet {
     }
 
     /// Settings of an in-process fanout replica.
-    fn settings(&self, instance: &str) -> Settings {
+    pub fn settings(&self, instance: &str) -> Settings {
         let mut settings = test_settings("", &self.events, Some(&self.commands));
         settings.command_queue_url = None;
         settings.mode = Mode::Fanout;
@@ -112,7 +112,7 @@ impl Fleet {
     }
 
     /// Names of this bridge's queues (ListQueues by prefix).
-    async fn queue_names(&self) -> Vec<String> {
+    pub async fn queue_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .aws
             .sqs
@@ -131,7 +131,7 @@ impl Fleet {
     }
 
     /// Queue names (from the endpoint ARNs) of the commands topic's subscriptions.
-    async fn subscribed(&self) -> Vec<String> {
+    pub async fn subscribed(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .aws
             .sns
@@ -159,7 +159,7 @@ impl Fleet {
         format!("{}-{instance}", self.bridge)
     }
 
-    fn dead_letter_name(&self) -> String {
+    pub fn dead_letter_name(&self) -> String {
         format!("{}-dlq", self.bridge)
     }
 }
@@ -167,33 +167,37 @@ impl Fleet {
 // ---------------------------------------------------------------------------
 // Replicas
 
-/// An in-process fanout replica: its instance queue and a bridge consuming it.
-struct InProcess {
-    bridge: Bridge,
-    instance: Instance,
+/// An in-process replica (fanout or sharded): its queue and a bridge consuming it.
+pub(crate) struct InProcess {
+    pub bridge: Bridge,
+    pub instance: Instance,
 }
 
 impl InProcess {
     async fn start(fleet: &Fleet, instance: &str) -> Self {
-        let mut settings = fleet.settings(instance);
+        Self::start_with(fleet.settings(instance)).await
+    }
+
+    pub async fn start_with(mut settings: Settings) -> Self {
         let clients = Clients::from_config(&testkit::moto().sdk_config().await);
-        let instance = app::fanout::join(&clients, &settings)
+        let instance = app::replica::join(&clients, &settings)
             .await
-            .unwrap_or_else(|e| panic!("fanout::join failed: {e:#}"));
+            .unwrap_or_else(|e| panic!("replica::join failed: {e:#}"))
+            .expect("a replica of this mode has a queue of its own");
         settings.command_queue_url = Some(instance.queue_url().to_owned());
         let bridge = Bridge::start(settings).await;
         bridge.wait_until_polling().await;
         Self { bridge, instance }
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.bridge.stop().await;
         self.instance.leave().await;
     }
 }
 
-/// A replica running the `wsbridge` binary in fanout mode.
-struct Replica {
+/// A replica running the `wsbridge` binary (in fanout mode unless told otherwise).
+pub(crate) struct Replica {
     instance: String,
     child: Child,
     port: u16,
@@ -204,6 +208,11 @@ struct Replica {
 
 impl Replica {
     async fn spawn(fleet: &Fleet, instance: &str) -> Self {
+        Self::spawn_with(fleet, instance, &[]).await
+    }
+
+    /// A replica with `env` over the fanout settings (later values win).
+    pub async fn spawn_with(fleet: &Fleet, instance: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("scaleout");
         let mut command = wsbridge(dir.path());
         for (name, value) in testkit::moto().env_vars() {
@@ -220,6 +229,7 @@ impl Replica {
             .env("BRIDGE_WORKERS", "1")
             .env("BRIDGE_RECEIVE_WAIT_SECS", "1")
             .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
+            .envs(env.iter().copied())
             .arg("serve");
         let mut child = command.spawn().expect("spawning wsbridge serve");
         let mut lines = stderr_lines(&mut child);
@@ -247,7 +257,7 @@ impl Replica {
         replica
     }
 
-    async fn connect(&self, client: &str) -> Ws {
+    pub async fn connect(&self, client: &str) -> Ws {
         connect(&format!(
             "ws://127.0.0.1:{}/ws?client_id={client}",
             self.port
@@ -273,7 +283,7 @@ impl Replica {
     }
 
     /// SIGTERM; fails the test unless it exits 0 within the shutdown deadline.
-    async fn terminate(mut self) {
+    pub async fn terminate(mut self) {
         signal(&self.child, "-TERM");
         let limit = Duration::from_secs(SHUTDOWN_SECS + 3);
         let status = tokio::time::timeout(limit, self.child.wait())
@@ -290,7 +300,7 @@ impl Replica {
 
 /// Reads exactly `n` Commands from a connection (any order: a standard queue
 /// does not keep one), sorted, then checks nothing more arrives.
-async fn exactly(ws: &mut Ws, n: usize) -> Vec<Value> {
+pub(crate) async fn exactly(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut got = Vec::with_capacity(n);
     for _ in 0..n {
         got.push(next_json(ws).await);
@@ -321,7 +331,7 @@ async fn collect_within(ws: &mut Ws, n: usize, within: Duration) -> Vec<Value> {
     sorted(got)
 }
 
-fn sorted(mut commands: Vec<Value>) -> Vec<Value> {
+pub(crate) fn sorted(mut commands: Vec<Value>) -> Vec<Value> {
     commands.sort_by_key(|c| c["command"].as_str().unwrap_or_default().to_owned());
     commands
 }

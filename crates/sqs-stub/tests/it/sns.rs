@@ -162,6 +162,7 @@ async fn the_bridge_bootstrap_and_fanout_tools_run_against_the_stub() {
         "wsbridge",
         &infra.commands_topic_arn,
         std::time::Duration::ZERO,
+        adapters_aws::fanout::GcScope::Instances,
     )
     .await
     .unwrap();

@@ -1,0 +1,237 @@
+//! Sharded mode on one moto (SPEC §5, docs/scaling.md): each replica owns a
+//! range of shards, its queue's subscription takes exactly that range's
+//! Commands, clients of other ranges are refused with 421, and the range's
+//! queue outlives a stop so that the next owner gets what was published
+//! meanwhile.
+
+use std::collections::BTreeMap;
+
+use adapters_aws::tools;
+use app::config::{Mode, Settings};
+use domain::{shard_of, ClientId, ShardRange};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+use crate::scaleout::{exactly, sorted, Fleet, InProcess, Replica};
+use crate::support::{assert_silent, client_id, command, wait_until, Ws, PATIENCE, QUIET};
+
+/// Few shards, so that test client ids land in every range.
+const SHARDS: u32 = 8;
+
+fn settings(fleet: &Fleet, owner: &str) -> Settings {
+    let mut settings = fleet.settings("unused");
+    settings.mode = Mode::Sharded;
+    settings.instance_id = None;
+    settings.shards = SHARDS;
+    settings.shard_owner = Some(owner.to_owned());
+    settings.retry_delay_secs = 1;
+    settings
+}
+
+/// A fresh client id whose shard is in `range`.
+fn client_in(range: &ShardRange) -> String {
+    loop {
+        let id = client_id("sh");
+        if range.contains(shard_of(&ClientId::parse(id.as_str()).unwrap(), SHARDS)) {
+            return id;
+        }
+    }
+}
+
+fn owned(index: u32, replicas: u32) -> ShardRange {
+    ShardRange::of_replica(index, replicas, SHARDS).unwrap()
+}
+
+/// Publishes a Command as a sharded fleet's publishers do: with its `shard`.
+async fn publish(fleet: &Fleet, client: &str, name: &str) -> Value {
+    let sent = command(client, name);
+    tools::publish_to_topic(
+        &fleet.aws.sns,
+        &fleet.commands,
+        &sent.to_string(),
+        &ClientId::parse(client).unwrap(),
+        Some(SHARDS),
+    )
+    .await
+    .unwrap();
+    sent
+}
+
+/// The status and error code of a refused upgrade; fails if it is accepted.
+async fn refusal(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => panic!("{url}: upgraded, expected a refusal"),
+        Err(WsError::Http(response)) => {
+            let body: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            (
+                response.status().as_u16(),
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sharded_replica_receives_only_its_ranges_commands() {
+    let fleet = Fleet::new("shard-fleet").await;
+    let mut replicas = Vec::new();
+    for index in 0..3 {
+        replicas.push(InProcess::start_with(settings(&fleet, &format!("{index}/3"))).await);
+    }
+    // One queue per range, each subscribed once.
+    let mut expected: Vec<String> = (0..3)
+        .map(|i| {
+            let range = owned(i, 3);
+            format!(
+                "{}-s{SHARDS}-{}-{}",
+                fleet.bridge,
+                range.start(),
+                range.end()
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(fleet.subscribed().await, expected);
+
+    // Two clients on each replica, the first of replica 1 with two connections.
+    let mut clients: Vec<(usize, String)> = Vec::new();
+    for index in 0..3 {
+        for _ in 0..2 {
+            clients.push((index, client_in(&owned(index as u32, 3))));
+        }
+    }
+    let mut sockets: Vec<(String, Ws)> = Vec::new();
+    for (index, client) in &clients {
+        sockets.push((
+            client.clone(),
+            replicas[*index].bridge.connect(client).await,
+        ));
+    }
+    let twice = clients[2].1.clone();
+    sockets.push((twice.clone(), replicas[1].bridge.connect_path(&twice).await));
+
+    // A client of replica 0's range is refused by the others, by both URL forms.
+    let stray = &clients[0].1;
+    for replica in &replicas[1..] {
+        for path in [format!("/ws?client_id={stray}"), format!("/ws/{stray}")] {
+            assert_eq!(
+                refusal(&replica.bridge.ws_url(&path)).await,
+                (421, "misdirected_client".to_owned()),
+                "{path}"
+            );
+        }
+    }
+    let metrics = reqwest::get(replicas[1].bridge.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("misdirected_client") && l.ends_with(" 2")),
+        "{metrics}"
+    );
+
+    // Two Commands per client; and one without a shard, which no range takes.
+    let mut sent: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for round in 0..2 {
+        for (_, client) in &clients {
+            let command = publish(&fleet, client, &format!("cmd-{round}")).await;
+            sent.entry(client.clone()).or_default().push(command);
+        }
+    }
+    let unsharded = command(stray, "no-shard").to_string();
+    fleet
+        .aws
+        .publish(&fleet.commands, &unsharded, &[("client_id", stray)])
+        .await;
+
+    let got = futures_util::future::join_all(
+        sockets
+            .iter_mut()
+            .map(|(client, ws)| async move { (client.clone(), exactly(ws, 2).await) }),
+    )
+    .await;
+    for (client, commands) in got {
+        assert_eq!(commands, sorted(sent[&client].clone()), "{client}");
+    }
+
+    // No replica received another range's Command, nor the unsharded one:
+    // 2 clients × 2 Commands each, all forwarded.
+    for (i, replica) in replicas.iter().enumerate() {
+        let stats = replica.bridge.stats.clone();
+        wait_until(&format!("r{i} forwarded its 4 Commands"), || {
+            let s = stats.downlink.snapshot();
+            async move { s.forwarded == 4 }
+        })
+        .await;
+    }
+    tokio::time::sleep(QUIET).await;
+    for (i, replica) in replicas.iter().enumerate() {
+        let s = replica.bridge.stats.downlink.snapshot();
+        assert_eq!(
+            (s.received, s.forwarded, s.undeliverable, s.released),
+            (4, 4, 0, 0),
+            "r{i}: {s:?}"
+        );
+    }
+
+    for replica in replicas {
+        replica.stop().await;
+    }
+    // Stopping keeps the range queues and their subscriptions.
+    assert_eq!(fleet.subscribed().await, expected);
+    let mut names = expected.clone();
+    names.push(fleet.dead_letter_name());
+    names.sort();
+    assert_eq!(fleet.queue_names().await, names);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_owner_delivers_what_was_published_while_it_was_down() {
+    let fleet = Fleet::new("shard-restart").await;
+    let env = [
+        ("BRIDGE_MODE", "sharded"),
+        ("BRIDGE_SHARDS", "8"),
+        ("BRIDGE_SHARD_OWNER", "0/1"),
+        ("BRIDGE_RETRY_DELAY_SECS", "1"),
+    ];
+    let queue = format!("{}-s8-0-8", fleet.bridge);
+    let client = client_id("restart");
+
+    let first = Replica::spawn_with(&fleet, "first", &env).await;
+    let mut ws = first.connect(&client).await;
+    let before = publish(&fleet, &client, "before").await;
+    assert_eq!(exactly(&mut ws, 1).await, vec![before]);
+
+    first.terminate().await;
+    // SIGTERM leaves the range's queue and subscription in place…
+    assert_eq!(fleet.subscribed().await, vec![queue.clone()]);
+    assert_eq!(
+        fleet.queue_names().await,
+        vec![fleet.dead_letter_name(), queue.clone()]
+    );
+    // …so what is published while no replica runs waits in it.
+    let meanwhile = publish(&fleet, &client, "meanwhile").await;
+
+    let second = Replica::spawn_with(&fleet, "second", &env).await;
+    let mut ws = second.connect(&client).await;
+    // Received before the client was back, it is retried until it is.
+    let got = crate::support::next_frame(&mut ws, PATIENCE).await;
+    match got {
+        Some(crate::support::Next::Text(text)) => {
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), meanwhile)
+        }
+        other => panic!("expected the Command published meanwhile, got {other:?}"),
+    }
+    assert_silent(&mut ws, QUIET).await;
+    drop(ws);
+    second.terminate().await;
+}
