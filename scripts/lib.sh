@@ -180,6 +180,34 @@ ensure_chromium() {
     log "browser: $("$chrome" --version 2>/dev/null | head -1); $("$driver" --version 2>/dev/null | head -1)"
 }
 
+# ensure_nginx: make sure the sharded-routing test (crates/app/tests/it/sharded.rs)
+# finds nginx (WSBRIDGE_NGINX, else nginx on PATH or in /usr/sbin); else
+# Debian's `nginx-light` is installed with apt-get, with service starts
+# blocked (policy-rc.d) so that the package does not start a server on port 80.
+ensure_nginx() {
+    local nginx="${WSBRIDGE_NGINX:-$(command -v nginx || true)}"
+    if [[ -z "$nginx" && -x /usr/sbin/nginx ]]; then
+        nginx=/usr/sbin/nginx
+    fi
+    if [[ -z "$nginx" ]]; then
+        command -v apt-get >/dev/null \
+            || die "the sharded-routing test needs nginx: install it, or set WSBRIDGE_NGINX"
+        log "installing Debian's nginx-light (apt-get, once; its service is not started)"
+        local policy=/usr/sbin/policy-rc.d
+        local placed=0
+        if [[ ! -e "$policy" ]]; then
+            printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod +x "$policy" && placed=1
+        fi
+        local rc=0
+        as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light || rc=$?
+        if ((placed)); then as_root rm -f "$policy"; fi
+        ((rc == 0)) || die "apt-get install nginx-light failed"
+        nginx=/usr/sbin/nginx
+    fi
+    [[ -x "$nginx" ]] || die "no nginx at '${nginx}' (WSBRIDGE_NGINX)"
+    log "nginx: $("$nginx" -v 2>&1 | head -1)"
+}
+
 # The pinned docker-compose (v1, from PyPI) that validates docker-compose.yml
 # where no Docker engine or compose plugin is installed, in its own venv.
 COMPOSE_VENV="$ROOT/.venv-compose"

@@ -39,7 +39,7 @@ const CHROME_FLAGS: [&str; 9] = [
 ];
 
 /// An executable named by `variable`, else the first of `names` on PATH.
-fn find_executable(variable: &str, names: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_executable(variable: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(variable).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
     }
@@ -68,7 +68,7 @@ fn browser_and_driver() -> (PathBuf, PathBuf) {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -44,13 +44,21 @@ fn owned(index: u32, replicas: u32) -> ShardRange {
 
 /// Publishes a Command as a sharded fleet's publishers do: with its `shard`.
 async fn publish(fleet: &Fleet, client: &str, name: &str) -> Value {
+    publish_as(fleet, client, name, SHARDS).await
+}
+
+async fn publish_sharded(fleet: &Fleet, client: &str, shards: u32) -> Value {
+    publish_as(fleet, client, "routed", shards).await
+}
+
+async fn publish_as(fleet: &Fleet, client: &str, name: &str, shards: u32) -> Value {
     let sent = command(client, name);
     tools::publish_to_topic(
         &fleet.aws.sns,
         &fleet.commands,
         &sent.to_string(),
         &ClientId::parse(client).unwrap(),
-        Some(SHARDS),
+        Some(shards),
     )
     .await
     .unwrap();
@@ -234,4 +242,149 @@ async fn a_restarted_owner_delivers_what_was_published_while_it_was_down() {
     assert_silent(&mut ws, QUIET).await;
     drop(ws);
     second.terminate().await;
+}
+
+/// nginx, as scripts/test.sh installs it (Debian's nginx-light), or WSBRIDGE_NGINX.
+fn nginx_binary() -> std::path::PathBuf {
+    crate::browser::find_executable("WSBRIDGE_NGINX", &["nginx"])
+        .or_else(|| Some(std::path::PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "the sharded-routing test needs nginx: `apt-get install nginx-light` \
+                 (scripts/test.sh does it when it can), or set WSBRIDGE_NGINX"
+            )
+        })
+}
+
+/// nginx in the foreground on `port`, routing `/ws` with the `upstream`
+/// block `wsbridge shards` prints; killed when dropped.
+struct Nginx {
+    child: tokio::process::Child,
+    dir: crate::support::TempDir,
+}
+
+impl Nginx {
+    async fn start(port: u16, routing: &str) -> Self {
+        let dir = crate::support::TempDir::new("nginx");
+        let root = dir.path().display().to_string();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {root}/body;\n    proxy_temp_path {root}/proxy;\n\
+             {routing}\n    server {{\n        listen 127.0.0.1:{port};\n        location /ws {{\n\
+             proxy_pass http://wsbridge;\n            proxy_http_version 1.1;\n\
+             proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";\n\
+             proxy_next_upstream off;\n        }}\n    }}\n}}\n"
+        );
+        dir.write("nginx.conf", &conf);
+        let child = tokio::process::Command::new(nginx_binary())
+            .args(["-p", &root, "-e", &format!("{root}/error.log"), "-c"])
+            .arg(dir.path().join("nginx.conf"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning nginx");
+        let nginx = Self { child, dir };
+        let address = format!("127.0.0.1:{port}");
+        wait_until("nginx listening", || {
+            let address = address.clone();
+            async move { tokio::net::TcpStream::connect(&address).await.is_ok() }
+        })
+        .await;
+        nginx
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Nginx {
+    async fn stop(mut self) {
+        self.terminate();
+        let _ = tokio::time::timeout(PATIENCE, self.child.wait()).await;
+    }
+
+    /// SIGTERM to the master, which stops its workers (SIGKILL would orphan them).
+    fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Nginx {
+    /// Also when a failing test unwinds past `stop`.
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_the_printed_upstream_routes_every_client_to_its_shards_owner() {
+    const FLEET_SHARDS: u32 = 4096;
+    let fleet = Fleet::new("shard-nginx").await;
+    let mut replicas = Vec::new();
+    for index in 0..3 {
+        let mut settings = settings(&fleet, &format!("{index}/3"));
+        settings.shards = FLEET_SHARDS;
+        replicas.push(InProcess::start_with(settings).await);
+    }
+    let servers: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("127.0.0.1:{}", r.bridge.port))
+        .collect();
+    let routing = app::shards::nginx(FLEET_SHARDS, 3, &servers).unwrap();
+    let port = crate::browser::free_port();
+    let nginx = Nginx::start(port, &routing).await;
+
+    // Random client ids, half by query and half by path: every one is
+    // upgraded (a non-owner would answer 421) and receives its Command.
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let client = client_id("ng");
+        let path = if i % 2 == 0 {
+            format!("/ws?client_id={client}")
+        } else {
+            format!("/ws/{client}")
+        };
+        let url = format!("ws://127.0.0.1:{port}{path}");
+        let ws = match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => ws,
+            Err(e) => panic!("{url}: {e}\nnginx: {}", nginx.error_log()),
+        };
+        clients.push((client, ws));
+    }
+    let mut expected = Vec::new();
+    for (client, _) in &clients {
+        expected.push(publish_sharded(&fleet, client, FLEET_SHARDS).await);
+    }
+    let got = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|(client, ws)| async move { (client.clone(), exactly(ws, 1).await) }),
+    )
+    .await;
+    for ((client, commands), sent) in got.into_iter().zip(expected) {
+        assert_eq!(commands, vec![sent], "{client}");
+    }
+    // Spread over the three owners, each receiving only its own.
+    let forwarded: Vec<u64> = replicas
+        .iter()
+        .map(|r| r.bridge.stats.downlink.snapshot().forwarded)
+        .collect();
+    assert_eq!(forwarded.iter().sum::<u64>(), 30, "{forwarded:?}");
+    assert!(forwarded.iter().all(|&n| n > 0), "{forwarded:?}");
+    for replica in &replicas {
+        let s = replica.bridge.stats.downlink.snapshot();
+        assert_eq!((s.received, s.released), (s.forwarded, 0), "{s:?}");
+    }
+    drop(clients);
+    nginx.stop().await;
+    for replica in replicas {
+        replica.stop().await;
+    }
 }
