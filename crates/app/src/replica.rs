@@ -19,6 +19,9 @@ use tracing::warn;
 
 use crate::config::{Mode, Settings};
 
+/// How long removing a fanout instance's queue at shutdown may take.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running instance's queue.
 pub struct Instance {
     clients: Clients,
@@ -104,10 +107,20 @@ impl Instance {
         if !self.owned_by_instance {
             return;
         }
-        if let Err(error) =
-            fanout::remove_instance_queue(&self.clients.sqs, &self.clients.sns, &self.queue).await
-        {
-            warn!(%error, queue = %self.queue.queue_url, "instance queue not removed; `wsbridge gc` will");
+        // Bounded: an unreachable SQS/SNS must not hold the process past its
+        // shutdown; what is left behind is what `wsbridge gc` is for.
+        let removal =
+            fanout::remove_instance_queue(&self.clients.sqs, &self.clients.sns, &self.queue);
+        match tokio::time::timeout(LEAVE_TIMEOUT, removal).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(%error, queue = %self.queue.queue_url, "instance queue not removed; `wsbridge gc` will")
+            }
+            Err(_elapsed) => warn!(
+                queue = %self.queue.queue_url,
+                timeout = ?LEAVE_TIMEOUT,
+                "instance queue removal timed out; `wsbridge gc` will remove it"
+            ),
         }
     }
 }

@@ -797,3 +797,25 @@ async fn shared_mode_releases_commands_for_clients_held_by_other_replicas() {
         eprintln!("{row}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_with_sqs_unreachable_gives_up_after_a_bound_and_leaves_the_queue_to_gc() {
+    let fleet = Fleet::new("scale-leave").await;
+    let proxy = FaultProxy::start(testkit::moto().endpoint());
+    let clients = Clients::from_config(&proxy.sdk_config().await);
+    let instance = app::replica::join(&clients, &fleet.settings("stuck"))
+        .await
+        .unwrap()
+        .expect("fanout mode has a queue of its own");
+
+    proxy.set(Fault::BlackHole);
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), instance.leave())
+        .await
+        .expect("leave() is bounded");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "gave up early: {took:?}");
+    // The queue is still there, for `wsbridge gc`.
+    proxy.heal();
+    assert!(fleet.queue_of("stuck").await.is_some());
+}
