@@ -16,11 +16,16 @@
 #    a headless Chromium and chromedriver for the demo page test: Debian's
 #    chromium and chromium-driver, installed with apt-get when missing (root or
 #    sudo), or the ones WSBRIDGE_CHROME / WSBRIDGE_CHROMEDRIVER name;
+#    nginx for the sharded-routing test: Debian's nginx-light, installed the
+#    same way (its service is not started), or the one WSBRIDGE_NGINX names;
 # 3. checks that the domain crate depends on no aws-, actix, tokio or lapin crate;
 # 4. the tests: cargo nextest (or cargo test where nextest is absent), then doc tests;
-# 5. RFC 6455 conformance: the Autobahn cases (kosoku) against the echo route
+# 5. a smoke run of the benchmark suite (crates/bench, every workload tiny, the
+#    debug binaries of step 4, W3 against the moto above): it prints figures
+#    and checks no thresholds, but fails when a workload fails;
+# 6. RFC 6455 conformance: the Autobahn cases (kosoku) against the echo route
 #    (scripts/autobahn.sh);
-# 6. line coverage with cargo-tarpaulin (installed if missing; its build goes to
+# 7. line coverage with cargo-tarpaulin (installed if missing; its build goes to
 #    target/tarpaulin), excluding the testkit crate; fails under COVERAGE_MIN
 #    percent (default 80).
 set -euo pipefail
@@ -32,7 +37,7 @@ coverage=1
 for arg in "$@"; do
     case "$arg" in
         --no-coverage) coverage=0 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -59,6 +64,15 @@ run_tests() {
         log "cargo-nextest not found; using cargo test"
         cargo test --workspace
     fi
+}
+
+run_bench_smoke() {
+    # Same targets and features as the tests step: only the bench binary is
+    # linked, nothing is rebuilt (and never in release). `timeout` bounds the
+    # run should a workload hang; the bench stops the bridges it started.
+    cargo build --workspace --all-targets
+    timeout --kill-after=10 300 \
+        "${CARGO_TARGET_DIR:-$ROOT/target}/debug/bench" --smoke --no-build all
 }
 
 run_coverage() {
@@ -106,7 +120,9 @@ step "cargo clippy (app --features otlp)" cargo clippy -p app --features otlp --
 step "domain dependency rule" check_domain_deps
 step "packaging (docker-compose config, CI workflow)" scripts/check-packaging.sh
 step "chromium + chromedriver (demo page test)" ensure_chromium
+step "nginx (sharded routing test)" ensure_nginx
 step "tests" run_tests
+step "benchmark smoke run" run_bench_smoke
 step "autobahn (kosoku)" scripts/autobahn.sh
 if ((coverage)); then
     step "coverage (cargo tarpaulin)" run_coverage

@@ -4,6 +4,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc instead of glibc's malloc: the AWS SDK's request path allocates
+/// heavily, and with jemalloc a delivered Command costs markedly less CPU at
+/// about the same memory per connection (BENCHMARKS.md, W1 and W4). Only the
+/// binary sets it; the library leaves the choice to whoever links it.
+/// `--no-default-features` builds the binary on the system allocator.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // `.env` fills in what the environment does not set (never overrides);
     // done before the runtime starts any thread.

@@ -136,7 +136,10 @@ fn workspace_root() -> PathBuf {
 /// up to date) by cargo.
 fn bridge_binary(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(bin) = &cli.bin {
-        return Ok(bin.clone());
+        // The bridge runs in another directory: a relative path would not hold.
+        return bin
+            .canonicalize()
+            .with_context(|| format!("--bin {}", bin.display()));
     }
     let exe = std::env::current_exe()?;
     let dir = exe

@@ -52,7 +52,7 @@ pub struct Check {
     pub target: String,
     /// What was measured.
     pub measured: String,
-    /// `met`, `missed` or `not measured`.
+    /// `met`, `missed`, `not measured`, or `smoke run, not judged`.
     pub verdict: String,
 }
 
@@ -137,6 +137,9 @@ fn columns(workload: &str) -> &'static [&'static str] {
             "max_ms",
             "added_p50_ms",
             "added_p99_ms",
+            "added_mean_ms",
+            "aa_noise_p50_ms",
+            "aa_noise_p99_ms",
         ],
         "W4" | "W4b" | "W4c" => &[
             "offered_per_s",

@@ -285,6 +285,29 @@ impl Baseline {
 // ---------------------------------------------------------------------------
 // The bridge
 
+/// Sends SIGTERM to `pid` within a second of this process going away
+/// while `pid` still runs, however this process goes (a `kill -9` of the
+/// bench runs no destructor). The bridge, unlike the bench's own workers,
+/// does not watch its stdin.
+fn watchdog(pid: u32) {
+    const SCRIPT: &str = r#"parent="$1"; child="$2"
+while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 1; done
+if kill -0 "$child" 2>/dev/null; then kill -TERM "$child"; fi"#;
+    let spawned = std::process::Command::new("sh")
+        .args(["-c", SCRIPT, "bench-watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!(
+            "bench: no watchdog for wsbridge pid {pid} (sh: {e}); it may outlive an interrupted run"
+        );
+    }
+}
+
 /// A `wsbridge serve` process.
 pub struct Bridge {
     child: Child,
@@ -339,6 +362,7 @@ impl Bridge {
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("wsbridge exited at once"))?;
+        watchdog(pid);
         let http = reqwest::Client::new();
         let patience = Duration::from_secs(if wrap.is_empty() { 30 } else { 300 });
         let deadline = Instant::now() + patience;

@@ -1,6 +1,7 @@
 //! The workloads W1–W6 of issue 5, each bounded in count and time, against
 //! the raw baseline and the real `wsbridge` binary.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -150,8 +151,24 @@ impl Sampler {
     }
 
     fn stop(self) -> u64 {
-        self.task.abort();
         self.max_kib.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Tasks aborted when this is dropped, on every path out of a workload.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -633,27 +650,133 @@ pub async fn w2(ctx: &mut Ctx) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // W3: latency through moto
 
-/// W3: end-to-end latency through moto at a low rate, bridge vs a consumer
-/// that reads the queue itself.
+/// W3: latency through moto at a low rate, paired: each Command is sent at
+/// the same moment to two queues, one read by the bridge (and delivered to
+/// a WebSocket client), one by a moto-only consumer (two long-poll loops
+/// like the bridge's: receive, decode, delete). The latency the bridge adds
+/// is the per-Command difference of the two arrivals, so moto's own jitter
+/// (milliseconds) cancels out.
 pub async fn w3(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let (count, rate) = if ctx.smoke { (5u64, 5.0) } else { (100, 5.0) };
+    let (count, rate) = if ctx.smoke { (5u64, 5.0) } else { (200, 5.0) };
     let endpoint = tokio::task::spawn_blocking(|| testkit::moto().endpoint().to_owned())
         .await
         .map_err(|_| anyhow!("moto is not available (scripts/moto-venv.sh, or MOTO_SERVER / WSBRIDGE_TEST_MOTO_URL)"))?;
     let aws = Aws::new(testkit::sdk_config_at(&endpoint).await);
+    let infra = ctx.infra(&aws, "w3").await?;
+    let direct_queue = aws.create_queue(&ctx.name("w3-direct")).await.url;
 
-    // The moto-only consumer: two long-poll loops like the bridge's, decode, delete.
-    let infra = ctx.infra(&aws, "w3-direct").await?;
-    let latency = Arc::new(std::sync::Mutex::new(Histogram::default()));
-    let received = Arc::new(AtomicU64::new(0));
+    // Arrival times (ns) by sequence number, on each side.
+    let direct: Arrivals = Arc::default();
+    let bridged: Arrivals = Arc::default();
+
+    let pollers = direct_consumer(&aws, &direct_queue, &direct);
+
+    let bridge = ctx.start_bridge_at(&endpoint, &infra, "w3", &[]).await?;
+    let target = Server::Bridge(bridge, infra.clone());
+    let mut ws = clients::open(
+        &target.url(),
+        "/ws?client_id=w3-0",
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        None,
+    )
+    .await?;
+    let reader = {
+        let arrivals = bridged.clone();
+        Tasks(vec![tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(message)) = ws.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                    let now = frames::now_nanos();
+                    if let (Some(seq), Ok(mut map)) = (seq_of(&text), arrivals.lock()) {
+                        map.entry(seq).or_insert(now);
+                    }
+                }
+            }
+        })])
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sent_at = send_pairs(
+        &aws,
+        &infra,
+        &infra.command_queue_url,
+        &direct_queue,
+        count,
+        rate,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let complete = |m: &Arrivals| m.lock().map(|m| m.len() as u64).unwrap_or(0) >= count;
+    while !(complete(&direct) && complete(&bridged)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(pollers);
+    drop(reader);
+    target.stop().await?;
+
+    let direct = direct.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let bridged = bridged.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let (added, mean_added) = pair_differences(&sent_at, &direct, &bridged, count);
+    let noise = aa_noise(ctx, &aws, &infra, count, rate).await?;
+    let mut direct_hist = Histogram::default();
+    let mut bridged_hist = Histogram::default();
+    for (seq, t) in &sent_at {
+        if let Some(a) = direct.get(seq) {
+            direct_hist.record(a.saturating_sub(*t) / 1000);
+        }
+        if let Some(a) = bridged.get(seq) {
+            bridged_hist.record(a.saturating_sub(*t) / 1000);
+        }
+    }
+    let pct = |p: f64| percentile_ms(&added, p);
+    let case = format!("{count} Commands at {rate}/s, paired");
+    let q = |h: &Histogram, p: f64| ms(h.quantile(p));
+    ctx.push_row(Row::new(
+        "W3",
+        "moto-only",
+        case.clone(),
+        &[
+            ("messages", json!(direct_hist.count())),
+            ("p50_ms", q(&direct_hist, 0.5)),
+            ("p99_ms", q(&direct_hist, 0.99)),
+            ("max_ms", q(&direct_hist, 1.0)),
+        ],
+    ));
+    ctx.push_row(Row::new(
+        "W3",
+        "wsbridge",
+        case,
+        &[
+            ("messages", json!(bridged_hist.count())),
+            ("p50_ms", q(&bridged_hist, 0.5)),
+            ("p99_ms", q(&bridged_hist, 0.99)),
+            ("max_ms", q(&bridged_hist, 1.0)),
+            ("pairs", json!(added.len())),
+            ("added_mean_ms", mean_added),
+            ("aa_noise_p50_ms", noise.0),
+            ("aa_noise_p99_ms", noise.1),
+            ("added_p50_ms", pct(0.5)),
+            ("added_p99_ms", pct(0.99)),
+            ("added_min_ms", pct(0.0)),
+        ],
+    ));
+    Ok(())
+}
+
+/// Arrival times (ns) by sequence number.
+type Arrivals = Arc<std::sync::Mutex<HashMap<u64, u64>>>;
+
+/// The sequence number of a W3 Command.
+fn seq_of(json: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(json).ok()?["data"]["seq"].as_u64()
+}
+
+/// The moto-only consumer: two long-poll loops like the bridge's (receive
+/// up to 10, decode, delete in a batch), recording arrivals.
+fn direct_consumer(aws: &Aws, queue_url: &str, arrivals: &Arrivals) -> Tasks {
     let mut pollers = Vec::new();
     for _ in 0..2 {
-        let (sqs, url, latency, received) = (
-            aws.sqs.clone(),
-            infra.command_queue_url.clone(),
-            latency.clone(),
-            received.clone(),
-        );
+        let (sqs, url, arrivals) = (aws.sqs.clone(), queue_url.to_owned(), arrivals.clone());
         pollers.push(tokio::spawn(async move {
             loop {
                 let Ok(out) = sqs
@@ -674,15 +797,12 @@ pub async fn w3(ctx: &mut Ctx) -> anyhow::Result<()> {
                 let now = frames::now_nanos();
                 let mut entries = Vec::new();
                 for (i, message) in out.messages().iter().enumerate() {
-                    if let Some(t) = message
+                    let seq = message
                         .body()
                         .and_then(|b| domain::decode_sqs_body(b).ok())
-                        .and_then(|c| frames::stamp(&c.json))
-                    {
-                        if let Ok(mut h) = latency.lock() {
-                            h.record(now.saturating_sub(t) / 1000);
-                        }
-                        received.fetch_add(1, Ordering::Relaxed);
+                        .and_then(|c| seq_of(&c.json));
+                    if let (Some(seq), Ok(mut map)) = (seq, arrivals.lock()) {
+                        map.entry(seq).or_insert(now);
                     }
                     if let Some(handle) = message.receipt_handle() {
                         if let Ok(entry) = DeleteMessageBatchRequestEntry::builder()
@@ -705,93 +825,124 @@ pub async fn w3(ctx: &mut Ctx) -> anyhow::Result<()> {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    send_through_moto(&aws, &infra, "w3-0", count, rate).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while received.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for poller in pollers {
-        poller.abort();
-    }
-    let direct = latency.lock().map_err(|_| anyhow!("poisoned"))?.clone();
 
-    // The bridge in front of the same moto, one client.
-    let infra = ctx.infra(&aws, "w3-bridge").await?;
-    let bridge = ctx.start_bridge_at(&endpoint, &infra, "w3", &[]).await?;
-    let target = Server::Bridge(bridge, infra.clone());
-    let specs = ctx.specs(&target, "w3-", 1, 1);
-    let (mut fleet, _) = Fleet::start(&specs).await?;
-    fleet.reset().await?;
-    send_through_moto(&aws, &infra, "w3-0", count, rate).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = fleet.report().await?;
-    while seen.frames < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = fleet.report().await?;
-    }
-    fleet.close().await?;
-    fleet.finish().await;
-    target.stop().await?;
-
-    let q = |h: &Histogram, p: f64| h.quantile(p);
-    let added = |p: f64| match (q(&seen.latency, p), q(&direct, p)) {
-        (Some(b), Some(d)) => round((b as f64 - d as f64) / 1000.0, 2),
-        _ => Value::Null,
-    };
-    let case = format!("{count} Commands at {rate}/s");
-    let direct_row = Row::new(
-        "W3",
-        "moto-only",
-        case.clone(),
-        &[
-            ("messages", json!(direct.count())),
-            ("p50_ms", ms(q(&direct, 0.5))),
-            ("p99_ms", ms(q(&direct, 0.99))),
-            ("max_ms", ms(q(&direct, 1.0))),
-        ],
-    );
-    ctx.push_row(direct_row);
-    let bridge_row = Row::new(
-        "W3",
-        "wsbridge",
-        case,
-        &[
-            ("messages", json!(seen.frames)),
-            ("p50_ms", ms(q(&seen.latency, 0.5))),
-            ("p99_ms", ms(q(&seen.latency, 0.99))),
-            ("max_ms", ms(q(&seen.latency, 1.0))),
-            ("added_p50_ms", added(0.5)),
-            ("added_p99_ms", added(0.99)),
-        ],
-    );
-    ctx.push_row(bridge_row);
-    Ok(())
+    Tasks(pollers)
 }
 
-/// Sends `count` Commands for `client_id` to the queue, each in an SNS
-/// envelope (as `wsbridge send-command` does), at `rate` per second.
-async fn send_through_moto(
+/// Sends each of `count` Commands (for client `w3-0`, in an SNS envelope)
+/// to both queues at the same moment, at `rate` per second; returns when
+/// each was sent (ns). Moto takes milliseconds per SendMessage, so
+/// whichever goes first arrives first: the order alternates, and pairs of
+/// Commands are averaged by [`pair_differences`].
+async fn send_pairs(
     aws: &Aws,
     infra: &Infrastructure,
-    client_id: &str,
+    queue_a: &str,
+    queue_b: &str,
     count: u64,
     rate: f64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<HashMap<u64, u64>> {
+    let mut sent_at = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     for seq in 0..count {
         tick.tick().await;
-        let command = frames::command(client_id, seq, frames::now_nanos(), 0);
-        let body = adapters_aws::tools::envelope(&command, &infra.commands_topic_arn);
-        aws.sqs
-            .send_message()
-            .queue_url(&infra.command_queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .context("SendMessage to moto")?;
+        let t = frames::now_nanos();
+        sent_at.insert(seq, t);
+        let body = adapters_aws::tools::envelope(
+            &frames::command("w3-0", seq, t, 0),
+            &infra.commands_topic_arn,
+        );
+        let send = |url: &str| {
+            aws.sqs
+                .send_message()
+                .queue_url(url)
+                .message_body(body.clone())
+                .send()
+        };
+        let (first, second) = if seq % 2 == 0 {
+            (queue_a, queue_b)
+        } else {
+            (queue_b, queue_a)
+        };
+        let (a, b) = tokio::join!(send(first), send(second));
+        a.context("SendMessage to moto")?;
+        b.context("SendMessage to moto")?;
     }
-    Ok(())
+    Ok(sent_at)
+}
+
+/// How much later side `b` got each pair of Commands than side `a` (µs,
+/// sorted; one sample per pair, so the send order cancels), and the mean
+/// difference over all Commands (ms).
+fn pair_differences(
+    sent_at: &HashMap<u64, u64>,
+    a: &HashMap<u64, u64>,
+    b: &HashMap<u64, u64>,
+    count: u64,
+) -> (Vec<i64>, Value) {
+    let diff = |seq: u64| -> Option<i64> {
+        let t = sent_at.get(&seq)?;
+        let a = a.get(&seq)?.saturating_sub(*t) as i64;
+        let b = b.get(&seq)?.saturating_sub(*t) as i64;
+        Some((b - a) / 1000)
+    };
+    let mut pairs: Vec<i64> = (0..count / 2)
+        .filter_map(|k| Some((diff(2 * k)? + diff(2 * k + 1)?) / 2))
+        .collect();
+    pairs.sort_unstable();
+    let all: Vec<i64> = (0..count).filter_map(diff).collect();
+    let mean = if all.is_empty() {
+        Value::Null
+    } else {
+        round(
+            all.iter().sum::<i64>() as f64 / all.len() as f64 / 1000.0,
+            2,
+        )
+    };
+    (pairs, mean)
+}
+
+/// The `p` quantile of sorted µs values, in ms.
+fn percentile_ms(sorted: &[i64], p: f64) -> Value {
+    if sorted.is_empty() {
+        return Value::Null;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    round(sorted[rank - 1] as f64 / 1000.0, 2)
+}
+
+/// The same paired measurement with two moto-only consumers (an A/A test):
+/// the p50 and p99 of the difference between two identical paths is what
+/// moto's own jitter contributes to the W3 figures.
+async fn aa_noise(
+    ctx: &mut Ctx,
+    aws: &Aws,
+    infra: &Infrastructure,
+    count: u64,
+    rate: f64,
+) -> anyhow::Result<(Value, Value)> {
+    let queue_a = aws.create_queue(&ctx.name("w3-aa-a")).await.url;
+    let queue_b = aws.create_queue(&ctx.name("w3-aa-b")).await.url;
+    let (a, b): (Arrivals, Arrivals) = (Arc::default(), Arc::default());
+    let pollers = (
+        direct_consumer(aws, &queue_a, &a),
+        direct_consumer(aws, &queue_b, &b),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent_at = send_pairs(aws, infra, &queue_a, &queue_b, count, rate).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let complete = |m: &Arrivals| m.lock().map(|m| m.len() as u64).unwrap_or(0) >= count;
+    while !(complete(&a) && complete(&b)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(pollers);
+    let a = a.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let b = b.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let (pairs, _) = pair_differences(&sent_at, &a, &b, count);
+    // The noise is symmetric: its size, not its sign, matters.
+    let mut sizes: Vec<i64> = pairs.iter().map(|d| d.abs()).collect();
+    sizes.sort_unstable();
+    Ok((percentile_ms(&sizes, 0.5), percentile_ms(&sizes, 0.99)))
 }
 
 // ---------------------------------------------------------------------------
@@ -1393,9 +1544,13 @@ pub fn targets(report: &mut Report) {
             Check {
                 target: "added latency over a moto-only consumer: p50 ≤ 1 ms, p99 ≤ 5 ms".into(),
                 measured: format!(
-                    "p50 +{} ms, p99 +{} ms",
-                    p50.map_or("?".into(), |v| format!("{v:.2}")),
-                    p99.map_or("?".into(), |v| format!("{v:.2}"))
+                    "p50 {} ms, p99 {} ms (moto's own jitter, A/A: p50 {} ms, p99 {} ms)",
+                    p50.map_or("?".into(), |v| format!("{v:+.2}")),
+                    p99.map_or("?".into(), |v| format!("{v:+.2}")),
+                    row.num("aa_noise_p50_ms")
+                        .map_or("?".into(), |v| format!("{v:.2}")),
+                    row.num("aa_noise_p99_ms")
+                        .map_or("?".into(), |v| format!("{v:.2}")),
                 ),
                 verdict: verdict(p50.is_some_and(|v| v <= 1.0) && p99.is_some_and(|v| v <= 5.0)),
             }
@@ -1438,6 +1593,15 @@ pub fn targets(report: &mut Report) {
         }
         None => not_measured("slow-client isolation"),
     });
+    if report.mode == "smoke" {
+        // Tiny workloads on whatever build: the figures show the code runs,
+        // they say nothing about the targets.
+        for check in &mut out {
+            if check.verdict != "not measured" {
+                check.verdict = "smoke run, not judged".into();
+            }
+        }
+    }
     report.targets = out;
 }
 

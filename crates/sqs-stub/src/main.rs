@@ -29,7 +29,8 @@ struct Args {
     /// Region used in ARNs.
     #[arg(long, default_value = "us-east-1")]
     region: String,
-    /// Delay before each SQS/SNS call is answered, in milliseconds.
+    /// Latency added to each SQS/SNS call, in milliseconds (half before it
+    /// is handled, half before it is answered).
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Fraction (0..=1) of calls answered with an error.

@@ -50,8 +50,10 @@ impl FaultKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// Delay before each call is handled, in milliseconds (AWS answers in
-    /// about 10–30 ms).
+    /// Added to each call, in milliseconds (AWS answers in about 10–30
+    /// ms): half before the call is handled, half before its answer is sent,
+    /// as a request and its response each cross the network. A long poll
+    /// that waits still answers half the latency after its message arrives.
     pub latency_ms: u64,
     /// Fraction (0..=1) of calls answered with `error` instead.
     pub error_rate: f64,
@@ -152,12 +154,12 @@ impl Shared {
         format!("00000000-0000-4000-8000-{n:012x}")
     }
 
-    /// Counts the call, waits the configured latency, and fails it when the
-    /// fault injection says so.
+    /// Counts the call, waits the first half of the configured latency,
+    /// and fails it when the fault injection says so.
     pub(crate) async fn enter(&self, operation: &str) -> Result<(), ApiError> {
         let faults = self.faults();
         if faults.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+            tokio::time::sleep(Duration::from_micros(faults.latency_ms * 500)).await;
         }
         let injected = faults.error_rate > 0.0
             && faults.applies_to(operation)
@@ -176,6 +178,15 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+
+    /// Waits the second half of the configured latency, before an answer.
+    pub(crate) async fn leave(&self) {
+        let latency_ms = self.faults().latency_ms;
+        if latency_ms > 0 {
+            let first = latency_ms * 500;
+            tokio::time::sleep(Duration::from_micros(latency_ms * 1000 - first)).await;
+        }
     }
 
     /// Whether fault injection fails this batch entry.

@@ -27,6 +27,7 @@ pub(crate) async fn handle(shared: &Shared, body: &[u8]) -> HttpResponse {
         Ok(()) => dispatch(shared, &action, &params),
         Err(injected) => Err(injected),
     };
+    shared.leave().await;
     match result {
         Ok((inner, entries)) => {
             shared.finish(&action, true, entries);

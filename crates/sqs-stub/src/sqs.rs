@@ -25,6 +25,7 @@ pub(crate) async fn handle(shared: &Shared, target: &str, body: &[u8]) -> HttpRe
         Ok(()) => dispatch(shared, operation, body).await,
         Err(injected) => Err(injected),
     };
+    shared.leave().await;
     match result {
         Ok((text, entries)) => {
             shared.finish(operation, true, entries);
