@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
@@ -56,8 +57,17 @@ impl Clients {
     ///
     /// SNS calls get a tighter budget than SQS long polls: a client waiting
     /// for its ack should hear about an outage within seconds, not minutes.
+    ///
+    /// Stalled-stream protection is off for both: it wraps every request and
+    /// response body in a throughput monitor with timers of its own, per call,
+    /// while the bodies here are a few KiB and every attempt is already bounded
+    /// by an attempt timeout ([`ATTEMPT_TIMEOUT`], [`PUBLISH_ATTEMPT_TIMEOUT`]).
     pub fn from_config(config: &SdkConfig) -> Self {
+        let sqs = aws_sdk_sqs::config::Builder::from(config)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .build();
         let sns = aws_sdk_sns::config::Builder::from(config)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
@@ -67,7 +77,7 @@ impl Clients {
             )
             .build();
         Self {
-            sqs: aws_sdk_sqs::Client::new(config),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
             sns: aws_sdk_sns::Client::from_conf(sns),
         }
     }

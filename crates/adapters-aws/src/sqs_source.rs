@@ -21,6 +21,8 @@ use crate::classify::source_error;
 
 /// SQS's limit on entries in one batch call.
 const BATCH_LIMIT: usize = 10;
+/// Entry ids of a batch call: the entry's position in its chunk.
+const ENTRY_IDS: [&str; BATCH_LIMIT] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 /// Longest visibility timeout SQS accepts (12 h).
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 
@@ -139,7 +141,8 @@ impl SqsCommandSource {
     }
 
     async fn delete(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-        let distinct = receipts.iter().collect::<HashSet<_>>().len() as u64;
+        let receipts = distinct(receipts);
+        let distinct = receipts.len() as u64;
         let result = self.delete_batches(receipts).await;
         let failed = match &result {
             Ok(()) => 0,
@@ -155,28 +158,30 @@ impl SqsCommandSource {
     }
 
     async fn delete_batches(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-        self.in_batches("DeleteMessageBatch", receipts, |chunk| async move {
+        self.in_batches("DeleteMessageBatch", receipts, |chunk| {
             let entries = chunk
                 .iter()
-                .enumerate()
-                .map(|(i, r)| {
+                .zip(ENTRY_IDS)
+                .map(|(r, id)| {
                     DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
+                        .id(id)
                         .receipt_handle(r.token())
                         .build()
                 })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SourceError::Unavailable(e.to_string()))?;
-            let call = self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send();
-            let out = timed(&self.calls.delete, call)
-                .await
-                .map_err(|e| source_error("DeleteMessageBatch", e))?;
-            Ok(failed_entries(out.failed()))
+                .collect::<Result<Vec<_>, _>>();
+            async move {
+                let entries = entries.map_err(|e| SourceError::Unavailable(e.to_string()))?;
+                let call = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send();
+                let out = timed(&self.calls.delete, call)
+                    .await
+                    .map_err(|e| source_error("DeleteMessageBatch", e))?;
+                Ok(failed_entries(out.failed()))
+            }
         })
         .await
     }
@@ -189,41 +194,42 @@ impl SqsCommandSource {
         let seconds = delay.min(MAX_VISIBILITY).as_secs_f64().ceil() as i32;
         self.in_batches(
             "ChangeMessageVisibilityBatch",
-            receipts,
-            |chunk| async move {
+            distinct(receipts),
+            |chunk| {
                 let entries = chunk
                     .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
+                    .zip(ENTRY_IDS)
+                    .map(|(r, id)| {
                         ChangeMessageVisibilityBatchRequestEntry::builder()
-                            .id(i.to_string())
+                            .id(id)
                             .receipt_handle(r.token())
                             .visibility_timeout(seconds)
                             .build()
                     })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| SourceError::Unavailable(e.to_string()))?;
-                let call = self
-                    .client
-                    .change_message_visibility_batch()
-                    .queue_url(&self.queue_url)
-                    .set_entries(Some(entries))
-                    .send();
-                let out = timed(&self.calls.change_visibility, call)
-                    .await
-                    .map_err(|e| source_error("ChangeMessageVisibilityBatch", e))?;
-                Ok(failed_entries(out.failed()))
+                    .collect::<Result<Vec<_>, _>>();
+                async move {
+                    let entries = entries.map_err(|e| SourceError::Unavailable(e.to_string()))?;
+                    let call = self
+                        .client
+                        .change_message_visibility_batch()
+                        .queue_url(&self.queue_url)
+                        .set_entries(Some(entries))
+                        .send();
+                    let out = timed(&self.calls.change_visibility, call)
+                        .await
+                        .map_err(|e| source_error("ChangeMessageVisibilityBatch", e))?;
+                    Ok(failed_entries(out.failed()))
+                }
             },
         )
         .await
     }
 
-    /// Runs a batch call over chunks of at most ten receipts. A receipt given
-    /// twice is sent once: moto refuses a whole `DeleteMessageBatch` that
-    /// repeats a receipt handle (`BatchEntryIdsNotDistinct`) even under
-    /// distinct entry ids, and settling one message twice is pointless anyway.
-    /// Entry ids are positions in the chunk. Entries that failed through no
-    /// fault of the request are retried alone; the others are never re-sent.
+    /// Runs a batch call over chunks of at most ten receipts, which must be
+    /// [`distinct`]. Entry ids are positions in the chunk. Entries that failed
+    /// through no fault of the request are retried alone; the others are never
+    /// re-sent. `call` builds its request from the receipts before it returns
+    /// the future, so no attempt copies them.
     async fn in_batches<F, Fut>(
         &self,
         operation: &'static str,
@@ -231,21 +237,17 @@ impl SqsCommandSource {
         call: F,
     ) -> Result<(), SourceError>
     where
-        F: Fn(Vec<Receipt>) -> Fut,
+        F: Fn(&[Receipt]) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<FailedEntry>, SourceError>>,
     {
-        let mut seen = HashSet::new();
-        let receipts: Vec<Receipt> = receipts
-            .into_iter()
-            .filter(|r| seen.insert(r.clone()))
-            .collect();
         let mut given_up: Vec<Receipt> = Vec::new();
         let mut last_reason = String::new();
         for chunk in receipts.chunks(BATCH_LIMIT) {
-            let mut pending = chunk.to_vec();
+            let mut retry: Vec<Receipt>;
+            let mut pending = chunk;
             let mut attempt = 0;
             while !pending.is_empty() {
-                let failed = match call(pending.clone()).await {
+                let failed = match call(pending).await {
                     Ok(failed) => failed,
                     Err(e) if attempt < self.settings.settle_retries => {
                         debug!(operation, error = %e, attempt, "batch call failed, retrying");
@@ -255,11 +257,11 @@ impl SqsCommandSource {
                     }
                     Err(e) => {
                         last_reason = e.to_string();
-                        given_up.extend(pending);
+                        given_up.extend_from_slice(pending);
                         break;
                     }
                 };
-                let mut retry = Vec::new();
+                let mut next = Vec::new();
                 for (id, sender_fault, reason) in failed {
                     let Some(receipt) = id.parse::<usize>().ok().and_then(|i| pending.get(i))
                     else {
@@ -270,14 +272,15 @@ impl SqsCommandSource {
                     if sender_fault || attempt >= self.settings.settle_retries {
                         given_up.push(receipt.clone());
                     } else {
-                        retry.push(receipt.clone());
+                        next.push(receipt.clone());
                     }
                 }
-                if !retry.is_empty() {
+                if !next.is_empty() {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                pending = retry;
+                retry = next;
+                pending = &retry;
             }
         }
         if given_up.is_empty() {
@@ -292,6 +295,28 @@ impl SqsCommandSource {
 }
 
 type FailedEntry = (String, bool, String);
+
+/// `receipts` with each one once, first occurrences in order. moto refuses a
+/// whole batch that repeats a receipt handle (`BatchEntryIdsNotDistinct`)
+/// even under distinct entry ids, and settling one message twice is
+/// pointless anyway.
+fn distinct(receipts: Vec<Receipt>) -> Vec<Receipt> {
+    if receipts.len() < 2 {
+        return receipts;
+    }
+    let first: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(receipts.len());
+        receipts.iter().map(|r| seen.insert(r.token())).collect()
+    };
+    if first.iter().all(|&f| f) {
+        return receipts;
+    }
+    receipts
+        .into_iter()
+        .zip(first)
+        .filter_map(|(r, first)| first.then_some(r))
+        .collect()
+}
 
 /// The failed entries of a batch answer, as (entry id, sender's fault, reason).
 fn failed_entries(failed: &[BatchResultErrorEntry]) -> Vec<FailedEntry> {
