@@ -173,6 +173,29 @@ pub async fn heartbeat(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(),
     Ok(())
 }
 
+/// Whether the queue exists: `Ok(false)` only when SQS says it does not.
+pub async fn queue_exists(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> Result<bool, BootstrapError> {
+    match sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_queue_does_not_exist()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(BootstrapError::new(describe("GetQueueAttributes", &e))),
+    }
+}
+
 /// Unsubscribes, then deletes the queue (in that order: a topic with a
 /// subscription to a deleted queue fails every publish on some emulators).
 pub async fn remove_instance_queue(

@@ -28,70 +28,87 @@ pub struct Instance {
     queue: InstanceQueue,
     /// Removed when the instance leaves (fanout), or kept (sharded).
     owned_by_instance: bool,
-    heartbeat: JoinHandle<()>,
+    /// Ends with the queue as it is then (re-created if it had to be).
+    heartbeat: JoinHandle<InstanceQueue>,
     stop: CancellationToken,
+}
+
+/// What the replica's queue is made from, to make it again.
+#[derive(Debug, Clone)]
+enum Plan {
+    Fanout(FanoutPlan),
+    Sharded(ShardPlan),
+}
+
+impl Plan {
+    fn of(settings: &Settings) -> anyhow::Result<Option<Self>> {
+        if settings.mode == Mode::Shared {
+            return Ok(None);
+        }
+        let commands_topic_arn = settings
+            .required("commands_topic_arn", &settings.commands_topic_arn)?
+            .to_owned();
+        Ok(Some(match settings.mode {
+            Mode::Shared => unreachable!("returned above"),
+            Mode::Fanout => Plan::Fanout(FanoutPlan {
+                bridge: settings.bridge_name.clone(),
+                instance: settings
+                    .instance_id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()),
+                commands_topic_arn,
+                max_receive_count: settings.max_receive_count,
+            }),
+            Mode::Sharded => {
+                let assignment = settings
+                    .shard_assignment()
+                    .context("sharded mode without a valid shard_owner or shard_range")?;
+                Plan::Sharded(ShardPlan {
+                    bridge: settings.bridge_name.clone(),
+                    shards: assignment.shards,
+                    owned: assignment.owned,
+                    commands_topic_arn,
+                    max_receive_count: settings.max_receive_count,
+                })
+            }
+        }))
+    }
+
+    /// Creates the queue and its subscription, or finds them (idempotent).
+    async fn provision(&self, clients: &Clients) -> anyhow::Result<InstanceQueue> {
+        match self {
+            Plan::Fanout(plan) => fanout::create_instance_queue(&clients.sqs, &clients.sns, plan)
+                .await
+                .context("cannot create this instance's queue"),
+            Plan::Sharded(plan) => sharded::ensure_shard_queue(&clients.sqs, &clients.sns, plan)
+                .await
+                .context("cannot create this replica's shard queue"),
+        }
+    }
 }
 
 /// Creates (or finds) the queue this replica consumes in `settings.mode`,
 /// and starts its heartbeat; `None` in shared mode.
 pub async fn join(clients: &Clients, settings: &Settings) -> anyhow::Result<Option<Instance>> {
-    let (queue, owned_by_instance) = match settings.mode {
-        Mode::Shared => return Ok(None),
-        Mode::Fanout => (fanout_queue(clients, settings).await?, true),
-        Mode::Sharded => (shard_queue(clients, settings).await?, false),
+    let Some(plan) = Plan::of(settings)? else {
+        return Ok(None);
     };
+    let queue = plan.provision(clients).await?;
     let stop = CancellationToken::new();
     let heartbeat = tokio::spawn(beat(
         clients.clone(),
-        queue.queue_url.clone(),
+        plan.clone(),
+        queue.clone(),
         Duration::from_secs(settings.instance_heartbeat_secs),
         stop.clone(),
     ));
     Ok(Some(Instance {
         clients: clients.clone(),
         queue,
-        owned_by_instance,
+        owned_by_instance: matches!(plan, Plan::Fanout(_)),
         heartbeat,
         stop,
     }))
-}
-
-async fn shard_queue(clients: &Clients, settings: &Settings) -> anyhow::Result<InstanceQueue> {
-    let commands_topic_arn = settings
-        .required("commands_topic_arn", &settings.commands_topic_arn)?
-        .to_owned();
-    let assignment = settings
-        .shard_assignment()
-        .context("sharded mode without a valid shard_owner or shard_range")?;
-    let plan = ShardPlan {
-        bridge: settings.bridge_name.clone(),
-        shards: assignment.shards,
-        owned: assignment.owned,
-        commands_topic_arn,
-        max_receive_count: settings.max_receive_count,
-    };
-    sharded::ensure_shard_queue(&clients.sqs, &clients.sns, &plan)
-        .await
-        .context("cannot create this replica's shard queue")
-}
-
-async fn fanout_queue(clients: &Clients, settings: &Settings) -> anyhow::Result<InstanceQueue> {
-    let commands_topic_arn = settings
-        .required("commands_topic_arn", &settings.commands_topic_arn)?
-        .to_owned();
-    let instance = settings
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-    let plan = FanoutPlan {
-        bridge: settings.bridge_name.clone(),
-        instance,
-        commands_topic_arn,
-        max_receive_count: settings.max_receive_count,
-    };
-    fanout::create_instance_queue(&clients.sqs, &clients.sns, &plan)
-        .await
-        .context("cannot create this instance's queue")
 }
 
 impl Instance {
@@ -101,9 +118,11 @@ impl Instance {
     }
 
     /// Stops the heartbeat; in fanout mode also unsubscribes and deletes the queue.
-    pub async fn leave(self) {
+    pub async fn leave(mut self) {
         self.stop.cancel();
-        let _ = self.heartbeat.await;
+        if let Ok(queue) = (&mut self.heartbeat).await {
+            self.queue = queue;
+        }
         if !self.owned_by_instance {
             return;
         }
@@ -125,15 +144,36 @@ impl Instance {
     }
 }
 
-async fn beat(clients: Clients, queue_url: String, every: Duration, stop: CancellationToken) {
+/// Refreshes the heartbeat tag every `every`. A queue that is gone while
+/// the replica runs (removed by a `wsbridge gc` with too short a threshold,
+/// or by hand) is made again with its subscription, so the replica does not
+/// stay deaf until it restarts; SQS may refuse the name for 60 s after a
+/// deletion, so it keeps trying on every beat. Returns the queue as it is
+/// when stopped.
+async fn beat(
+    clients: Clients,
+    plan: Plan,
+    mut queue: InstanceQueue,
+    every: Duration,
+    stop: CancellationToken,
+) -> InstanceQueue {
     let mut tick = tokio::time::interval(every);
     tick.tick().await; // the queue was just tagged
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return queue,
             _ = tick.tick() => {
-                if let Err(error) = fanout::heartbeat(&clients.sqs, &queue_url).await {
+                let Err(error) = fanout::heartbeat(&clients.sqs, &queue.queue_url).await else {
+                    continue;
+                };
+                if fanout::queue_exists(&clients.sqs, &queue.queue_url).await.ok() != Some(false) {
                     warn!(%error, "instance heartbeat not recorded");
+                    continue;
+                }
+                warn!(queue = %queue.queue_url, "this replica's queue was removed while it runs; re-creating it");
+                match plan.provision(&clients).await {
+                    Ok(made) => queue = made,
+                    Err(error) => warn!(error = format!("{error:#}"), "queue not re-created yet"),
                 }
             }
         }

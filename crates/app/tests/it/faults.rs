@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::cli::{served_port, signal, stderr_lines, wsbridge};
 use crate::support::{
-    assert_silent, client_id, command, connect, next_frame, next_json, send_text, Bridge, Env,
-    Next, TempDir, Ws, PATIENCE, QUIET,
+    assert_silent, client_id, command, connect, next_frame, next_json, send_text, wait_until,
+    Bridge, Env, Next, TempDir, Ws, PATIENCE, QUIET,
 };
 
 /// The per-attempt timeout of the bridges' SDK clients in these tests: above
@@ -257,6 +257,14 @@ async fn sqs_black_holed_trips_the_attempt_timeout_and_the_poll_loop_survives() 
         .iter()
         .filter(|s| s.at >= hole && s.outcome == Outcome::BlackHoled)
         .count();
+    // Each poller's receive fails once its attempts (3 × 2 s plus backoff)
+    // are spent; on a loaded machine the second may end just after 12 s.
+    let stats = bridge.stats.clone();
+    wait_until("both pollers' receives failed", || {
+        let failed = stats.downlink.snapshot().receive_errors;
+        async move { failed >= 2 }
+    })
+    .await;
     let receive_errors = bridge.stats.downlink.snapshot().receive_errors;
     assert!(
         !bridge.stats.consumer_healthy(),

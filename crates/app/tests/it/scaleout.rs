@@ -819,3 +819,41 @@ async fn leaving_with_sqs_unreachable_gives_up_after_a_bound_and_leaves_the_queu
     proxy.heal();
     assert!(fleet.queue_of("stuck").await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_queue_is_collected_while_it_runs_makes_it_again() {
+    let fleet = Fleet::new("scale-rejoin").await;
+    let mut settings = fleet.settings("alive");
+    settings.instance_heartbeat_secs = 1;
+    let replica = InProcess::start_with(settings).await;
+    let client = client_id("rejoin");
+    let mut ws = replica.bridge.connect(&client).await;
+
+    // A gc run with a zero threshold takes the live replica's queue.
+    let removed = adapters_aws::fanout::collect_garbage(
+        &fleet.aws.sqs,
+        &fleet.aws.sns,
+        &fleet.bridge,
+        &fleet.commands,
+        Duration::ZERO,
+        adapters_aws::fanout::GcScope::Instances,
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(fleet.subscribed().await.is_empty());
+
+    // The next heartbeat finds it gone and makes queue and subscription again.
+    wait_until("the queue is subscribed again", || async {
+        fleet.subscribed().await == vec![fleet.queue_name("alive")]
+    })
+    .await;
+    let (sent, _) = fleet.publish(&client, "after-gc").await;
+    assert_eq!(exactly(&mut ws, 1).await, vec![sent]);
+
+    drop(ws);
+    replica.stop().await;
+    // It leaves the re-made queue and subscription behind no more than the first.
+    assert_eq!(fleet.queue_names().await, vec![fleet.dead_letter_name()]);
+    assert!(fleet.subscribed().await.is_empty());
+}
