@@ -42,21 +42,20 @@ enum Plan {
 
 impl Plan {
     fn of(settings: &Settings) -> anyhow::Result<Option<Self>> {
-        if settings.mode == Mode::Shared {
-            return Ok(None);
-        }
-        let commands_topic_arn = settings
-            .required("commands_topic_arn", &settings.commands_topic_arn)?
-            .to_owned();
+        let topic = || {
+            settings
+                .required("commands_topic_arn", &settings.commands_topic_arn)
+                .map(str::to_owned)
+        };
         Ok(Some(match settings.mode {
-            Mode::Shared => unreachable!("returned above"),
+            Mode::Shared => return Ok(None),
             Mode::Fanout => Plan::Fanout(FanoutPlan {
                 bridge: settings.bridge_name.clone(),
                 instance: settings
                     .instance_id
                     .clone()
                     .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()),
-                commands_topic_arn,
+                commands_topic_arn: topic()?,
                 max_receive_count: settings.max_receive_count,
             }),
             Mode::Sharded => {
@@ -67,7 +66,7 @@ impl Plan {
                     bridge: settings.bridge_name.clone(),
                     shards: assignment.shards,
                     owned: assignment.owned,
-                    commands_topic_arn,
+                    commands_topic_arn: topic()?,
                     max_receive_count: settings.max_receive_count,
                 })
             }

@@ -136,7 +136,12 @@ async fn attempt(url: &str, headers: &[(&str, &str)]) -> Attempt {
 }
 
 /// Asserts a refusal with `status` and error `code`; returns its headers.
-async fn assert_refused(url: &str, headers: &[(&str, &str)], status: u16, code: &str) -> HeaderMap {
+pub(crate) async fn assert_refused(
+    url: &str,
+    headers: &[(&str, &str)],
+    status: u16,
+    code: &str,
+) -> HeaderMap {
     match attempt(url, headers).await {
         Attempt::Upgraded(..) => panic!("{url} {headers:?}: upgraded, expected {status} {code}"),
         Attempt::Refused(got, body, headers) => {

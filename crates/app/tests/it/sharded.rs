@@ -10,9 +10,9 @@ use adapters_aws::tools;
 use app::config::{Mode, Settings};
 use domain::{shard_of, ClientId, ShardRange};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::scaleout::{exactly, sorted, Fleet, InProcess, Replica};
+use crate::security::assert_refused;
 use crate::support::{assert_silent, client_id, command, wait_until, Ws, PATIENCE, QUIET};
 
 /// Few shards, so that test client ids land in every range.
@@ -42,16 +42,9 @@ fn owned(index: u32, replicas: u32) -> ShardRange {
     ShardRange::of_replica(index, replicas, SHARDS).unwrap()
 }
 
-/// Publishes a Command as a sharded fleet's publishers do: with its `shard`.
-async fn publish(fleet: &Fleet, client: &str, name: &str) -> Value {
-    publish_as(fleet, client, name, SHARDS).await
-}
-
-async fn publish_sharded(fleet: &Fleet, client: &str, shards: u32) -> Value {
-    publish_as(fleet, client, "routed", shards).await
-}
-
-async fn publish_as(fleet: &Fleet, client: &str, name: &str, shards: u32) -> Value {
+/// Publishes a Command as a sharded fleet's publishers do: with its `shard`
+/// among `shards`.
+async fn publish(fleet: &Fleet, client: &str, name: &str, shards: u32) -> Value {
     let sent = command(client, name);
     tools::publish_to_topic(
         &fleet.aws.sns,
@@ -63,25 +56,6 @@ async fn publish_as(fleet: &Fleet, client: &str, name: &str, shards: u32) -> Val
     .await
     .unwrap();
     sent
-}
-
-/// The status and error code of a refused upgrade; fails if it is accepted.
-async fn refusal(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Ok(_) => panic!("{url}: upgraded, expected a refusal"),
-        Err(WsError::Http(response)) => {
-            let body: Value =
-                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
-            (
-                response.status().as_u16(),
-                body["error"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        }
-        Err(e) => panic!("{url}: {e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,11 +101,13 @@ async fn each_sharded_replica_receives_only_its_ranges_commands() {
     let stray = &clients[0].1;
     for replica in &replicas[1..] {
         for path in [format!("/ws?client_id={stray}"), format!("/ws/{stray}")] {
-            assert_eq!(
-                refusal(&replica.bridge.ws_url(&path)).await,
-                (421, "misdirected_client".to_owned()),
-                "{path}"
-            );
+            assert_refused(
+                &replica.bridge.ws_url(&path),
+                &[],
+                421,
+                "misdirected_client",
+            )
+            .await;
         }
     }
     let metrics = reqwest::get(replicas[1].bridge.http("/metrics"))
@@ -141,9 +117,7 @@ async fn each_sharded_replica_receives_only_its_ranges_commands() {
         .await
         .unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.contains("misdirected_client") && l.ends_with(" 2")),
+        metrics.contains("wsbridge_upgrades_refused_total{reason=\"misdirected_client\"} 2\n"),
         "{metrics}"
     );
 
@@ -151,7 +125,7 @@ async fn each_sharded_replica_receives_only_its_ranges_commands() {
     let mut sent: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for round in 0..2 {
         for (_, client) in &clients {
-            let command = publish(&fleet, client, &format!("cmd-{round}")).await;
+            let command = publish(&fleet, client, &format!("cmd-{round}"), SHARDS).await;
             sent.entry(client.clone()).or_default().push(command);
         }
     }
@@ -216,7 +190,7 @@ async fn a_restarted_owner_delivers_what_was_published_while_it_was_down() {
 
     let first = Replica::spawn_with(&fleet, "first", &env).await;
     let mut ws = first.connect(&client).await;
-    let before = publish(&fleet, &client, "before").await;
+    let before = publish(&fleet, &client, "before", SHARDS).await;
     assert_eq!(exactly(&mut ws, 1).await, vec![before]);
 
     first.terminate().await;
@@ -227,7 +201,7 @@ async fn a_restarted_owner_delivers_what_was_published_while_it_was_down() {
         vec![fleet.dead_letter_name(), queue.clone()]
     );
     // …so what is published while no replica runs waits in it.
-    let meanwhile = publish(&fleet, &client, "meanwhile").await;
+    let meanwhile = publish(&fleet, &client, "meanwhile", SHARDS).await;
 
     let second = Replica::spawn_with(&fleet, "second", &env).await;
     let mut ws = second.connect(&client).await;
@@ -360,7 +334,7 @@ async fn nginx_with_the_printed_upstream_routes_every_client_to_its_shards_owner
     }
     let mut expected = Vec::new();
     for (client, _) in &clients {
-        expected.push(publish_sharded(&fleet, client, FLEET_SHARDS).await);
+        expected.push(publish(&fleet, client, "routed", FLEET_SHARDS).await);
     }
     let got = futures_util::future::join_all(
         clients
