@@ -118,7 +118,7 @@ PY
 
 step "kosoku and moto in .venv" ensure_venv_tool kosoku "$KOSOKU_PIP_SPEC"
 step "moto venv" ensure_moto_venv
-step "build wsbridge" cargo build -q -p app --bin wsbridge
+step "build wsbridge (with its test routes)" cargo build -q -p app --bin wsbridge --features test-routes
 if [[ -n "${WSBRIDGE_TEST_MOTO_URL:-}" ]]; then
     MOTO_URL="$WSBRIDGE_TEST_MOTO_URL"
     wait_for_moto "$MOTO_URL" 10

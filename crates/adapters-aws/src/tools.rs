@@ -57,6 +57,44 @@ fn random_id() -> String {
     )
 }
 
+/// The URL of the queue named `name` on the configured endpoint.
+pub async fn queue_url_by_name(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String, ToolError> {
+    let out = sqs
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| ToolError(describe(&format!("GetQueueUrl {name}"), &e)))?;
+    out.queue_url
+        .ok_or_else(|| ToolError(format!("GetQueueUrl {name}: no URL in the answer")))
+}
+
+/// The ARN of the topic named `name` (SNS has no lookup by name: the
+/// account's topics are listed, page by page).
+pub async fn topic_arn_by_name(sns: &aws_sdk_sns::Client, name: &str) -> Result<String, ToolError> {
+    let mut next: Option<String> = None;
+    loop {
+        let out = sns
+            .list_topics()
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| ToolError(describe("ListTopics", &e)))?;
+        let found = out
+            .topics()
+            .iter()
+            .filter_map(|t| t.topic_arn())
+            .find(|arn| bootstrap::topic_name_from_arn(arn) == Some(name));
+        if let Some(arn) = found {
+            return Ok(arn.to_owned());
+        }
+        match out.next_token {
+            Some(token) if !token.is_empty() => next = Some(token),
+            _ => return Err(ToolError(format!("no topic named {name}"))),
+        }
+    }
+}
+
 /// Sends a Command straight to a queue (the envelope or the bare body);
 /// returns the SQS message id.
 pub async fn send_to_queue(

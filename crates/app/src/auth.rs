@@ -24,7 +24,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKe
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthMode, ConfigError, Secret, Settings};
+use crate::config::{Access, AuthMode, ConfigError, Jwt, Secret};
 use crate::jwt_crypto;
 
 /// The subprotocol a browser offers, followed by the token, to authenticate:
@@ -81,12 +81,12 @@ impl AuthError {
 }
 
 impl Authenticator {
-    /// The authenticator the settings ask for; a key that cannot be read is
+    /// The authenticator `access` asks for; a key that cannot be read is
     /// a [`ConfigError`] naming `jwt_public_key_file`.
-    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        match settings.auth {
+    pub fn new(access: &Access) -> Result<Self, ConfigError> {
+        match access.auth {
             AuthMode::None => Ok(Self::None),
-            AuthMode::Jwt => JwtVerifier::from_settings(settings).map(|v| Self::Jwt(Box::new(v))),
+            AuthMode::Jwt => JwtVerifier::new(&access.jwt).map(|v| Self::Jwt(Box::new(v))),
         }
     }
 }
@@ -109,13 +109,13 @@ struct Claims {
 }
 
 impl JwtVerifier {
-    /// Builds the verifier of `settings` (which must be valid, with `auth = "jwt"`).
-    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+    /// Builds the verifier of the `jwt` settings (a key must be set).
+    pub fn new(jwt: &Jwt) -> Result<Self, ConfigError> {
         jwt_crypto::install();
         let problem = |field: &str, what: String| ConfigError {
             problems: vec![format!("{field}: {what}")],
         };
-        let (algorithm, keys) = match (&settings.jwt_secret, &settings.jwt_public_key_file) {
+        let (algorithm, keys) = match (&jwt.secret, &jwt.public_key_file) {
             (Some(secret), None) => (
                 Algorithm::HS256,
                 vec![VerifyingKey {
@@ -136,18 +136,18 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
-        validation.leeway = settings.jwt_leeway_secs;
+        validation.leeway = jwt.leeway_secs;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
-        match &settings.jwt_audience {
+        match &jwt.audience {
             Some(audience) => {
                 validation.set_audience(&[audience]);
                 required.push("aud");
             }
             None => validation.validate_aud = false,
         }
-        if let Some(issuer) = &settings.jwt_issuer {
+        if let Some(issuer) = &jwt.issuer {
             validation.set_issuer(&[issuer]);
             required.push("iss");
         }
@@ -399,11 +399,13 @@ mod tests {
         assert_eq!(find_token(&bearer_only, None), None);
     }
 
-    fn jwt_settings(secret: &str) -> Settings {
-        Settings {
-            auth: AuthMode::Jwt,
-            jwt_secret: Some(Secret::new(secret)),
-            ..Settings::default()
+    fn jwt_settings(secret: &str) -> Jwt {
+        Jwt {
+            secret: Some(Secret::new(secret)),
+            public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 30,
         }
     }
 
@@ -411,10 +413,10 @@ mod tests {
     fn a_minted_token_verifies_and_names_its_sub() {
         let secret = "s".repeat(32);
         let settings = jwt_settings(&secret);
-        let verifier = JwtVerifier::from_settings(&settings).unwrap();
+        let verifier = JwtVerifier::new(&settings).unwrap();
         let alice = ClientId::parse("alice").unwrap();
         let token = mint(
-            settings.jwt_secret.as_ref().unwrap(),
+            settings.secret.as_ref().unwrap(),
             &alice,
             Duration::from_secs(60),
             None,

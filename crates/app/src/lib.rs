@@ -1,26 +1,23 @@
 //! The wsbridge application: the one place where the domain and the
 //! concrete adapters meet.
 //!
-//! [`config`] loads the layered settings, [`cli`] is the `wsbridge` command
-//! line, [`startup::Application`] wires SQS/SNS and WebSocket adapters into
-//! the use cases and runs them with the HTTP [`routes`], and [`consumer`]
-//! drives the command pollers, [`auth`] verifies the tokens of `auth = "jwt"`
-//! (on the ring-backed [`jwt_crypto`] provider), [`replica`] owns the queue
-//! of a `fanout` or `sharded` replica and [`shards`] prints a sharded fleet's
-//! load-balancer configuration. `main.rs` only parses
+//! [`config`] loads, validates and types the layered settings; [`cli`] is the
+//! `wsbridge` command line, one file per subcommand; [`broker`] is the one
+//! seam that turns the broker section into the domain's ports (and owns the
+//! replica queue of `fanout`/`sharded` mode); [`startup::Application`] wires
+//! the ports and the WebSocket adapter into the use cases and runs them with
+//! the HTTP [`routes`]; [`consumer`] drives the command pollers; [`auth`]
+//! verifies the tokens of `auth = "jwt"` (on the ring-backed [`jwt_crypto`]
+//! provider); [`metrics`] renders `/metrics`. `main.rs` only parses
 //! arguments and calls [`cli::run`].
 
-mod amqp_cli;
 pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
-pub mod effective_config;
 pub mod jwt_crypto;
 pub mod metrics;
-pub mod replica;
 pub mod routes;
-pub mod shards;
 pub mod startup;
 pub mod telemetry;

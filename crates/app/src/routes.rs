@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::auth::{AuthError, Authenticator, TokenSource, BEARER_PROTOCOL};
-use crate::config::{normalize_origin, ConfigError, Settings};
+use crate::config::{normalize_origin, Config, ConfigError};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -111,24 +111,24 @@ impl Refusals {
 }
 
 impl AppState {
-    /// The state of a bridge configured by `settings`; a JWT key that cannot
+    /// The state of a bridge configured by `config`; a JWT key that cannot
     /// be read is a [`ConfigError`].
     pub fn new(
         registry: Arc<WsClientRegistry>,
         uplink: Arc<Uplink>,
         stats: Arc<Stats>,
-        settings: &Settings,
+        config: &Config,
         closing: CancellationToken,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             registry,
             uplink,
             stats,
-            session: settings.session(),
-            access: Access::from_settings(settings)?,
+            session: config.session.clone(),
+            access: Access::new(config)?,
             refused: Refusals::default(),
             closing,
-            shards: settings.shard_assignment(),
+            shards: config.shard_assignment(),
         })
     }
 }
@@ -143,20 +143,14 @@ pub struct Access {
 }
 
 impl Access {
-    /// The checks `settings` ask for.
-    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+    /// The checks `config` asks for.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
+        let access = &config.access;
         Ok(Self {
-            auth: Authenticator::from_settings(settings)?,
-            origins: settings
-                .allowed_origins
-                .iter()
-                .filter_map(|o| normalize_origin(o))
-                .collect(),
-            client_ip_header: settings
-                .client_ip_header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            echo_route: settings.echo_route,
+            auth: Authenticator::new(access)?,
+            origins: access.allowed_origins.clone(),
+            client_ip_header: access.client_ip_header.clone(),
+            echo_route: config.server.echo_route,
         })
     }
 
@@ -195,8 +189,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
         .route("/ws", web::get().to(ws_query))
-        .route("/ws/{client_id}", web::get().to(ws_path))
-        .route("/__echo", web::get().to(echo));
+        .route("/ws/{client_id}", web::get().to(ws_path));
+    #[cfg(feature = "test-routes")]
+    cfg.route("/__echo", web::get().to(echo));
 }
 
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -298,8 +293,10 @@ async fn ws_path(
     upgrade(req, body, Some(path.into_inner()), token, mode, state)
 }
 
-/// The test-only echo route (`echo_route = true`): the same checks, session
-/// code and limits as `/ws`, but messages are written back, not published.
+/// The test-only echo route (`echo_route = true`, in a build with the
+/// `test-routes` feature): the same checks, session code and limits as
+/// `/ws`, but messages are written back, not published.
+#[cfg(feature = "test-routes")]
 async fn echo(
     req: HttpRequest,
     body: web::Payload,

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{self, Adapters, Closer, Connection};
-use crate::config::Settings;
+use crate::broker::{self, Closer, Connection, Ports};
+use crate::config::Config;
 use crate::consumer;
 use crate::routes::{self, AppState};
 
@@ -24,7 +24,7 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     shutdown: CancellationToken,
-    settings: Settings,
+    config: Config,
     downlink: Arc<Downlink>,
     closer: Closer,
     registry: Arc<WsClientRegistry>,
@@ -35,37 +35,35 @@ pub struct Application {
 impl Application {
     /// Binds the listener and wires everything; nothing runs until
     /// [`Application::run_until_stopped`].
-    pub async fn build(
-        settings: Settings,
-        connection: impl Into<Connection>,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, connection: impl Into<Connection>) -> anyhow::Result<Self> {
         let stats = Arc::new(Stats::default());
         let registry = Arc::new(WsClientRegistry::new());
-        let Adapters {
+        let Ports {
             source,
             sink,
             closer,
-        } = broker::connect(&settings, connection.into(), &stats)?;
+        } = broker::connect(&config, connection.into(), &stats)?;
         let downlink = Arc::new(Downlink::new(
             source,
             registry.clone(),
-            settings.downlink(),
+            config.downlink.delivery.clone(),
             stats.clone(),
         ));
         let uplink = Arc::new(Uplink::new(sink, stats.clone()).with_acks(downlink.acks()));
         let closing = CancellationToken::new();
 
-        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
-            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
+        let server = &config.server;
+        let listener = TcpListener::bind((server.host.as_str(), server.port))
+            .with_context(|| format!("cannot listen on {}:{}", server.host, server.port))?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState::new(
             registry.clone(),
             uplink,
             stats.clone(),
-            &settings,
+            &config,
             closing.clone(),
         )?);
-        let mut server = HttpServer::new(move || {
+        let mut http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .configure(routes::configure)
@@ -74,18 +72,18 @@ impl Application {
         // frame written while the previous one is unacknowledged waits for
         // the client's delayed ACK (up to 40 ms on Linux).
         .tcp_nodelay(true)
-        .client_request_timeout(settings.handshake_timeout())
+        .client_request_timeout(server.handshake_timeout)
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout_secs)
+        .shutdown_timeout(server.shutdown_timeout.as_secs())
         .listen(listener)?;
-        if settings.workers > 0 {
-            server = server.workers(settings.workers);
+        if config.server.workers > 0 {
+            http = http.workers(config.server.workers);
         }
         Ok(Self {
             port,
-            server: server.run(),
+            server: http.run(),
             shutdown: CancellationToken::new(),
-            settings,
+            config,
             downlink,
             closer,
             registry,
@@ -116,12 +114,12 @@ impl Application {
         let handle: ServerHandle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let polling = CancellationToken::new();
-        let deadline = Duration::from_secs(self.settings.shutdown_timeout_secs);
+        let deadline = self.config.server.shutdown_timeout;
         let mut pollers: JoinSet<()> = consumer::spawn(
             self.downlink.clone(),
-            self.settings.pollers,
+            self.config.downlink.pollers,
             polling.clone(),
-            receive_grace(self.settings.receive_wait_secs, deadline),
+            receive_grace(self.config.downlink.receive_wait, deadline),
         );
         let sweeper = tokio::spawn(release_overdue_acks(self.downlink.clone(), polling.clone()));
         info!(port = self.port, "wsbridge serving");
@@ -168,8 +166,8 @@ impl Application {
 /// How long a receive in flight at shutdown may take to answer: a long poll
 /// ends after its wait (plus the network), but the rest of the drain needs
 /// time too, so at most half the deadline.
-fn receive_grace(receive_wait_secs: u64, deadline: Duration) -> Duration {
-    (Duration::from_secs(receive_wait_secs) + Duration::from_secs(1)).min(deadline / 2)
+fn receive_grace(receive_wait: Duration, deadline: Duration) -> Duration {
+    (receive_wait + Duration::from_secs(1)).min(deadline / 2)
 }
 
 /// Releases deliveries whose acknowledgement is overdue, once a second,

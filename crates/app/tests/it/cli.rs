@@ -94,11 +94,11 @@ async fn invalid_configuration_exits_2_with_one_line_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_required_setting_is_a_configuration_error() {
     // No config folder in the working dir and no BRIDGE_* variable: nothing
-    // names the command queue or the events topic.
+    // names the command queue or the events topic, and in a region where
+    // `dev` made nothing, the helpers find no resource of `dev`'s either.
     let dir = TempDir::new("cli-missing");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 3] = [
         (&["serve"], "command_queue_url"),
-        (&["dev"], "command_queue_url"),
         (&["monitor"], "events_topic_arn"),
         (
             &["send-command", r#"{"client_id":"c","command":"x"}"#],
@@ -108,7 +108,7 @@ async fn a_missing_required_setting_is_a_configuration_error() {
     for (args, field) in cases {
         let mut command = wsbridge(dir.path());
         with_moto(&mut command);
-        command.args(args);
+        command.env("AWS_REGION", "ap-northeast-3").args(args);
         let output = run(command).await;
         assert_eq!(
             output.status.code(),
@@ -120,6 +120,49 @@ async fn a_missing_required_setting_is_a_configuration_error() {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{args:?}: {}", describe(&output));
         assert!(lines[0].contains(field), "{args:?}: {}", describe(&output));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_settings_exit_2_naming_the_setting_before_serving() {
+    let dir = TempDir::new("cli-ranges");
+    for (name, value, setting) in [
+        (
+            "BRIDGE_ACK_TIMEOUT_SECS",
+            "0",
+            "ack_timeout_secs: 0 is outside 1..=43200",
+        ),
+        (
+            "BRIDGE_ACK_TIMEOUT_SECS",
+            "100000000000000",
+            "ack_timeout_secs: 100000000000000 is outside 1..=43200",
+        ),
+        (
+            "BRIDGE_OUTBOUND_QUEUE",
+            "100000000000",
+            "outbound_queue: 100000000000 is outside 1..=65536",
+        ),
+        ("BRIDGE_POLLERS", "0", "pollers: 0 is outside 1..=64"),
+    ] {
+        for subcommand in ["serve", "dev"] {
+            let mut command = wsbridge(dir.path());
+            with_moto(&mut command);
+            command
+                .arg(subcommand)
+                .env("BRIDGE_PORT", "0")
+                .env(name, value);
+            let output = run(command).await;
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{subcommand} {name}={value}: {}",
+                describe(&output)
+            );
+            let stderr = text(&output.stderr);
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{}", describe(&output));
+            assert!(lines[0].contains(setting), "{}", describe(&output));
+        }
     }
 }
 
@@ -595,4 +638,61 @@ async fn dev_creates_the_resources_serves_and_stops_on_sigterm() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_without_names_makes_its_own_and_the_helpers_find_them() {
+    // A region of its own: nothing else in the shared moto uses these names there.
+    const REGION: &str = "eu-south-2";
+    let dir = TempDir::new("cli-dev-names");
+    let mut command = wsbridge(dir.path());
+    with_moto(&mut command);
+    command
+        .env("AWS_REGION", REGION)
+        .env("BRIDGE_PORT", "0")
+        .env("BRIDGE_RECEIVE_WAIT_SECS", "1")
+        .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
+        .arg("dev");
+    let mut child = command.spawn().expect("spawning wsbridge dev");
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let port = served_port(&mut lines, &mut seen).await;
+
+    // send-command finds the queue and the topic by their names.
+    for args in [
+        vec!["send-command", r#"{"client_id":"c1","command":"x"}"#],
+        vec![
+            "send-command",
+            "--via-topic",
+            r#"{"client_id":"c1","command":"y"}"#,
+        ],
+    ] {
+        let mut send = wsbridge(dir.path());
+        with_moto(&mut send);
+        send.env("AWS_REGION", REGION).args(&args);
+        let output = run(send).await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert!(
+            !text(&output.stdout).trim().is_empty(),
+            "{}",
+            describe(&output)
+        );
+    }
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    signal(&child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(SHUTDOWN_SECS + 2), child.wait())
+        .await
+        .expect("wsbridge dev exits after SIGTERM")
+        .unwrap();
+    drain_lines(&mut lines, &mut seen).await;
+    assert_eq!(status.code(), Some(0), "{}", seen.join("\n"));
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use app::config::{ConfigError, Mode, Settings, Sources, UndeliverablePolicy};
+use app::config::{docs, Config, ConfigError, Mode, Settings, Sources, UndeliverablePolicy};
 use domain::Undeliverable;
 use figment::value::Value;
 
@@ -57,7 +57,11 @@ fn without_files_or_environment_the_defaults_apply() {
     assert_eq!(settings.command_queue_url, None);
     // Unset undeliverable policy in shared mode: retry, 5 s delay, 60 s window.
     assert_eq!(
-        settings.downlink().undeliverable,
+        Config::new(settings)
+            .unwrap()
+            .downlink
+            .delivery
+            .undeliverable,
         Undeliverable::Retry {
             delay: Duration::from_secs(5),
             window: Duration::from_secs(60),
@@ -65,24 +69,55 @@ fn without_files_or_environment_the_defaults_apply() {
     );
 }
 
+/// Compares a committed file generated from the settings table with what
+/// the table generates now; `WSBRIDGE_BLESS=1` rewrites the file instead.
+fn assert_generated(relative: &str, expected: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative);
+    if std::env::var_os("WSBRIDGE_BLESS").is_some() {
+        std::fs::write(&path, expected).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed == expected,
+        "{relative} is not what crates/app/src/config/settings.rs generates; \
+         rerun with WSBRIDGE_BLESS=1 to rewrite it. Expected:\n{expected}"
+    );
+}
+
 #[test]
-fn the_shipped_default_toml_matches_the_built_in_defaults() {
+fn the_shipped_default_toml_is_generated_from_the_settings_table() {
+    assert_generated("config/default.toml", &docs::default_toml());
+    // And it sets every setting to its built-in default: the two agree.
     let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
     let settings = Settings::load(&Sources {
         config_dir,
         ..Sources::default()
     })
     .unwrap();
-    // Only the local development resources are filled in.
-    let expected = Settings {
-        command_queue_url: settings.command_queue_url.clone(),
-        events_topic_arn: settings.events_topic_arn.clone(),
-        commands_topic_arn: settings.commands_topic_arn.clone(),
-        ..Settings::default()
+    assert_eq!(settings, Settings::default());
+}
+
+#[test]
+fn the_readme_settings_table_is_generated_from_the_settings_table() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(start), Some(end)) = (
+        readme.find(docs::README_TABLE_START),
+        readme.find(docs::README_TABLE_END),
+    ) else {
+        panic!("README.md has no generated settings table");
     };
-    assert_eq!(settings, expected);
-    assert!(settings.command_queue_url.is_some());
-    assert!(settings.events_topic_arn.is_some());
+    let end = end + docs::README_TABLE_END.len() + 1;
+    let expected = format!(
+        "{}{}{}",
+        &readme[..start],
+        docs::readme_table(),
+        &readme[end..]
+    );
+    assert_generated("README.md", &expected);
 }
 
 #[test]
@@ -101,7 +136,14 @@ events_topic_arn = "arn:aws:sns:us-east-1:123456789012:from-file"
     let settings = Settings::load(&sources(&dir, &[])).unwrap();
     assert_eq!(settings.port, 9001);
     assert_eq!(settings.undeliverable, Some(UndeliverablePolicy::Drop));
-    assert_eq!(settings.downlink().undeliverable, Undeliverable::Drop);
+    assert_eq!(
+        Config::new(settings.clone())
+            .unwrap()
+            .downlink
+            .delivery
+            .undeliverable,
+        Undeliverable::Drop
+    );
     assert_eq!(settings.pollers, 4);
     assert_eq!(
         settings.command_queue_url.as_deref(),
@@ -390,6 +432,7 @@ fn sharded_mode_takes_its_share_from_shard_owner_or_shard_range() {
         ],
     ))
     .unwrap();
+    let owner = Config::new(owner).unwrap();
     let assignment = owner.shard_assignment().unwrap();
     assert_eq!(
         (assignment.shards, assignment.owned.to_string()),
@@ -397,7 +440,7 @@ fn sharded_mode_takes_its_share_from_shard_owner_or_shard_range() {
     );
     // Unset, `undeliverable` is retry: a client of this shard reconnects here.
     assert!(matches!(
-        owner.downlink().undeliverable,
+        owner.downlink.delivery.undeliverable,
         Undeliverable::Retry { .. }
     ));
     let range = Settings::load(&sources(
@@ -410,9 +453,13 @@ fn sharded_mode_takes_its_share_from_shard_owner_or_shard_range() {
         ],
     ))
     .unwrap();
+    let range = Config::new(range).unwrap();
     assert_eq!(range.shard_assignment().unwrap().owned.to_string(), "4..9");
-    // Outside sharded mode there is no assignment, whatever is set.
-    let shared = Settings::load(&sources(&dir, &[("BRIDGE_SHARD_OWNER", "0/2")])).unwrap();
+    // Outside sharded mode a share would be ignored: it is refused instead.
+    let error = load_err(&sources(&dir, &[("BRIDGE_SHARD_OWNER", "0/2")]));
+    assert_one_problem_naming(&error, "shard_owner");
+    assert!(error.to_string().contains("mode = \"sharded\""), "{error}");
+    let shared = Config::load(&sources(&dir, &[])).unwrap();
     assert_eq!(shared.shard_assignment(), None);
 }
 

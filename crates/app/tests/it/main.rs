@@ -11,6 +11,8 @@ mod brokers;
 mod browser;
 mod cli;
 mod config;
+mod config_rules;
+mod docs;
 mod downlink;
 mod faults;
 mod http;

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adapters_aws::fanout::{queue_tags, TAG_HEARTBEAT};
 use adapters_aws::sdk::Clients;
+use app::broker::replica::Instance;
 use app::config::{Mode, Settings};
-use app::replica::Instance;
 use futures_util::StreamExt;
 use serde_json::Value;
 use testkit::{Aws, Fault, FaultProxy};
@@ -180,10 +180,11 @@ impl InProcess {
 
     pub async fn start_with(mut settings: Settings) -> Self {
         let clients = Clients::from_config(&testkit::moto().sdk_config().await);
-        let instance = app::replica::join(&clients, &settings)
+        let config = app::config::Config::new(settings.clone()).expect("valid settings");
+        let (_, instance) = app::broker::replica::join(&clients, config)
             .await
-            .unwrap_or_else(|e| panic!("replica::join failed: {e:#}"))
-            .expect("a replica of this mode has a queue of its own");
+            .unwrap_or_else(|e| panic!("replica::join failed: {e:#}"));
+        let instance = instance.expect("a replica of this mode has a queue of its own");
         settings.command_queue_url = Some(instance.queue_url().to_owned());
         let bridge = Bridge::start(settings).await;
         bridge.wait_until_polling().await;
@@ -223,7 +224,6 @@ impl Replica {
             .env("BRIDGE_EVENTS_TOPIC_ARN", &fleet.events)
             .env("BRIDGE_COMMANDS_TOPIC_ARN", &fleet.commands)
             .env("BRIDGE_BRIDGE_NAME", &fleet.bridge)
-            .env("BRIDGE_INSTANCE_ID", instance)
             .env("BRIDGE_INSTANCE_HEARTBEAT_SECS", HEARTBEAT_SECS.to_string())
             .env("BRIDGE_PORT", "0")
             .env("BRIDGE_WORKERS", "1")
@@ -231,6 +231,14 @@ impl Replica {
             .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
             .envs(env.iter().copied())
             .arg("serve");
+        // An instance id is a fanout setting: a replica of another mode has none.
+        let mode = env
+            .iter()
+            .find(|(name, _)| *name == "BRIDGE_MODE")
+            .map_or("fanout", |(_, mode)| *mode);
+        if mode == "fanout" && !env.iter().any(|(name, _)| *name == "BRIDGE_INSTANCE_ID") {
+            command.env("BRIDGE_INSTANCE_ID", instance);
+        }
         let mut child = command.spawn().expect("spawning wsbridge serve");
         let mut lines = stderr_lines(&mut child);
         let mut seen = Vec::new();
@@ -655,6 +663,8 @@ async fn run_shared_fleet(replicas: usize, per_client: usize, patience: Duration
     for _ in 0..replicas {
         let mut settings = env.settings();
         settings.retry_delay_secs = 1;
+        // Retries within the 60 s window count as receives.
+        settings.max_receive_count = 100;
         // Short polls. moto wakes a waiting long poll only for a new message
         // or on its 1 s timer, so a released message goes back, almost every
         // time, to the poller that released it (it asks again at once and is
@@ -803,10 +813,9 @@ async fn leaving_with_sqs_unreachable_gives_up_after_a_bound_and_leaves_the_queu
     let fleet = Fleet::new("scale-leave").await;
     let proxy = FaultProxy::start(testkit::moto().endpoint());
     let clients = Clients::from_config(&proxy.sdk_config().await);
-    let instance = app::replica::join(&clients, &fleet.settings("stuck"))
-        .await
-        .unwrap()
-        .expect("fanout mode has a queue of its own");
+    let config = app::config::Config::new(fleet.settings("stuck")).expect("valid settings");
+    let (_, instance) = app::broker::replica::join(&clients, config).await.unwrap();
+    let instance = instance.expect("fanout mode has a queue of its own");
 
     proxy.set(Fault::BlackHole);
     let started = tokio::time::Instant::now();

@@ -553,7 +553,8 @@ fn security_settings_are_validated_and_the_secret_never_shown() {
         jwt_public_key_file: Some(not_a_key),
         ..Settings::default()
     };
-    match Access::from_settings(&settings) {
+    let config = app::config::Config::new(settings).expect("valid settings");
+    match Access::new(&config) {
         Ok(_) => panic!("a file that is not a key was accepted"),
         Err(e) => assert!(e.problems[0].starts_with("jwt_public_key_file:"), "{e}"),
     }
@@ -884,7 +885,8 @@ async fn wsbridge_token_mints_a_token_the_bridge_accepts() {
         jwt_secret: Some(Secret::new(SECRET)),
         ..Settings::default()
     };
-    let verifier = app::auth::JwtVerifier::from_settings(&settings).unwrap();
+    let config = app::config::Config::new(settings).expect("valid settings");
+    let verifier = app::auth::JwtVerifier::new(&config.access.jwt).unwrap();
     assert_eq!(verifier.verify(&token).unwrap().as_str(), "client123");
     let payload: Value =
         serde_json::from_slice(&base64_decode(token.split('.').nth(1).unwrap())).unwrap();

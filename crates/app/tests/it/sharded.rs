@@ -25,6 +25,8 @@ fn settings(fleet: &Fleet, owner: &str) -> Settings {
     settings.shards = SHARDS;
     settings.shard_owner = Some(owner.to_owned());
     settings.retry_delay_secs = 1;
+    // Retries within the 60 s window count as receives.
+    settings.max_receive_count = 100;
     settings
 }
 
@@ -184,6 +186,7 @@ async fn a_restarted_owner_delivers_what_was_published_while_it_was_down() {
         ("BRIDGE_SHARDS", "8"),
         ("BRIDGE_SHARD_OWNER", "0/1"),
         ("BRIDGE_RETRY_DELAY_SECS", "1"),
+        ("BRIDGE_MAX_RECEIVE_COUNT", "100"),
     ];
     let queue = format!("{}-s8-0-8", fleet.bridge);
     let client = client_id("restart");
@@ -311,7 +314,7 @@ async fn nginx_with_the_printed_upstream_routes_every_client_to_its_shards_owner
         .iter()
         .map(|r| format!("127.0.0.1:{}", r.bridge.port))
         .collect();
-    let routing = app::shards::nginx(FLEET_SHARDS, 3, &servers).unwrap();
+    let routing = app::cli::shards::nginx(FLEET_SHARDS, 3, &servers).unwrap();
     let port = crate::browser::free_port();
     let nginx = Nginx::start(port, &routing).await;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use adapters_aws::bootstrap::{self, Infrastructure, Plan};
 use adapters_aws::sdk::Clients;
-use app::config::Settings;
+use app::config::{Config, Settings};
 use app::startup::Application;
 use aws_sdk_sqs::types::QueueAttributeName;
 use domain::Stats;
@@ -192,9 +192,12 @@ impl Bridge {
     /// Builds the application with clients made from `config` (e.g. one
     /// pointing at a `testkit::FaultProxy`) and runs it.
     pub async fn start_with(settings: Settings, config: &testkit::SdkConfig) -> Self {
-        let app = Application::build(settings, Clients::from_config(config))
-            .await
-            .unwrap_or_else(|e| panic!("Application::build failed: {e:#}"));
+        let app = Application::build(
+            Config::new(settings).expect("valid settings"),
+            Clients::from_config(config),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Application::build failed: {e:#}"));
         let port = app.port();
         let shutdown = app.shutdown_token();
         let stats = app.stats();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use adapters_aws::bootstrap::{self, Plan};
 use adapters_aws::sdk::Clients;
-use app::config::Settings;
+use app::config::{Config, Settings};
 use app::startup::Application;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -56,9 +56,12 @@ async fn commands_reach_clients_and_client_messages_are_published() {
         shutdown_timeout_secs: 5,
         ..Settings::default()
     };
-    let app = Application::build(settings, Clients::from_config(&aws.config))
-        .await
-        .unwrap();
+    let app = Application::build(
+        Config::new(settings).expect("valid settings"),
+        Clients::from_config(&aws.config),
+    )
+    .await
+    .unwrap();
     let port = app.port();
     let shutdown = app.shutdown_token();
     let stats = app.stats();

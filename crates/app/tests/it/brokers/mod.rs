@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use app::broker::Connection;
-use app::config::Settings;
+use app::config::{Config, Settings};
 use app::startup::Application;
 use serde_json::Value;
 
@@ -256,7 +256,7 @@ impl Observer {
 /// Builds the application over `connection` and runs it in a task of the
 /// test's runtime.
 pub async fn start_bridge(settings: Settings, connection: Connection) -> Bridge {
-    let app = Application::build(settings, connection)
+    let app = Application::build(Config::new(settings).expect("valid settings"), connection)
         .await
         .unwrap_or_else(|e| panic!("Application::build failed: {e:#}"));
     let port = app.port();

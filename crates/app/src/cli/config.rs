@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+use crate::config::docs::toml_value;
 use crate::config::Settings;
 
 /// What secrets are replaced with.
@@ -52,18 +53,6 @@ pub fn render(settings: &Settings, format: ShowFormat) -> String {
             }
             out
         }
-    }
-}
-
-/// A JSON scalar or array as a TOML value: JSON strings, numbers, booleans
-/// and arrays of them are written the same way in TOML.
-fn toml_value(value: &Value) -> String {
-    match value {
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(toml_value).collect();
-            format!("[{}]", items.join(", "))
-        }
-        other => other.to_string(),
     }
 }
 

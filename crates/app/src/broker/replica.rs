@@ -15,9 +15,9 @@ use adapters_aws::sharded::{self, ShardPlan};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::config::{Mode, Settings};
+use crate::config::{AwsResources, BrokerConfig, Config, Scale};
 
 /// How long removing a fanout instance's queue at shutdown may take.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,35 +41,25 @@ enum Plan {
 }
 
 impl Plan {
-    fn of(settings: &Settings) -> anyhow::Result<Option<Self>> {
-        let topic = || {
-            settings
-                .required("commands_topic_arn", &settings.commands_topic_arn)
-                .map(str::to_owned)
-        };
-        Ok(Some(match settings.mode {
-            Mode::Shared => return Ok(None),
-            Mode::Fanout => Plan::Fanout(FanoutPlan {
-                bridge: settings.bridge_name.clone(),
-                instance: settings
-                    .instance_id
+    fn of(config: &Config, resources: &AwsResources) -> anyhow::Result<Option<Self>> {
+        let fleet = &config.fleet;
+        Ok(Some(match &config.scale {
+            Scale::Shared => return Ok(None),
+            Scale::Fanout { instance_id } => Plan::Fanout(FanoutPlan {
+                bridge: fleet.bridge_name.clone(),
+                instance: instance_id
                     .clone()
                     .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()),
-                commands_topic_arn: topic()?,
-                max_receive_count: settings.max_receive_count,
+                commands_topic_arn: resources.commands_topic_arn()?.to_owned(),
+                max_receive_count: fleet.max_receive_count,
             }),
-            Mode::Sharded => {
-                let assignment = settings
-                    .shard_assignment()
-                    .context("sharded mode without a valid shard_owner or shard_range")?;
-                Plan::Sharded(ShardPlan {
-                    bridge: settings.bridge_name.clone(),
-                    shards: assignment.shards,
-                    owned: assignment.owned,
-                    commands_topic_arn: topic()?,
-                    max_receive_count: settings.max_receive_count,
-                })
-            }
+            Scale::Sharded(assignment) => Plan::Sharded(ShardPlan {
+                bridge: fleet.bridge_name.clone(),
+                shards: assignment.shards,
+                owned: assignment.owned,
+                commands_topic_arn: resources.commands_topic_arn()?.to_owned(),
+                max_receive_count: fleet.max_receive_count,
+            }),
         }))
     }
 
@@ -86,11 +76,18 @@ impl Plan {
     }
 }
 
-/// Creates (or finds) the queue this replica consumes in `settings.mode`,
-/// and starts its heartbeat; `None` in shared mode.
-pub async fn join(clients: &Clients, settings: &Settings) -> anyhow::Result<Option<Instance>> {
-    let Some(plan) = Plan::of(settings)? else {
-        return Ok(None);
+/// Creates (or finds) the queue this replica consumes in the configured
+/// mode, and starts its heartbeat; returns the configuration with that queue
+/// as the command queue. Shared mode: the configuration as it is, no replica.
+pub async fn join(
+    clients: &Clients,
+    mut config: Config,
+) -> anyhow::Result<(Config, Option<Instance>)> {
+    let BrokerConfig::Aws(resources) = &config.broker else {
+        return Ok((config, None));
+    };
+    let Some(plan) = Plan::of(&config, resources)? else {
+        return Ok((config, None));
     };
     let queue = plan.provision(clients).await?;
     let stop = CancellationToken::new();
@@ -98,16 +95,22 @@ pub async fn join(clients: &Clients, settings: &Settings) -> anyhow::Result<Opti
         clients.clone(),
         plan.clone(),
         queue.clone(),
-        Duration::from_secs(settings.instance_heartbeat_secs),
+        config.fleet.heartbeat,
         stop.clone(),
     ));
-    Ok(Some(Instance {
+    info!(queue = %queue.queue_url, scale = ?config.scale, "consuming this replica's own queue");
+    config.broker = BrokerConfig::Aws(AwsResources {
+        command_queue_url: Some(queue.queue_url.clone()),
+        ..resources.clone()
+    });
+    let instance = Instance {
         clients: clients.clone(),
         queue,
         owned_by_instance: matches!(plan, Plan::Fanout(_)),
         heartbeat,
         stop,
-    }))
+    };
+    Ok((config, Some(instance)))
 }
 
 impl Instance {

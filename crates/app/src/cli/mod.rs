@@ -1,0 +1,341 @@
+//! The `wsbridge` command line (SPEC §8). Exit codes: 0 ok, 1 runtime
+//! failure, 2 usage or configuration error.
+
+//!
+//! One file per subcommand: [`serve`] (`serve` and `dev`), [`send_command`],
+//! [`monitor`], [`gc`], [`shards`], [`config`] and [`token`]. This module
+//! parses the command line, loads the configuration (flags are its last
+//! layer) and maps each outcome to its exit code.
+
+pub mod config;
+mod gc;
+mod monitor;
+mod send_command;
+mod serve;
+pub mod shards;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use figment::value::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use self::config::ShowFormat;
+use self::token::parse_ttl;
+use crate::config::{Config, ConfigError, Settings, Sources};
+use crate::telemetry;
+
+/// Exit code of a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code of a usage or configuration error.
+const EXIT_USAGE: u8 = 2;
+
+/// Bridges WebSocket clients and an SNS/SQS backend.
+#[derive(Debug, Parser)]
+#[command(name = "wsbridge", version)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Folder with default.toml and <profile>.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "BRIDGE_CONFIG_DIR",
+        default_value = "config"
+    )]
+    config_dir: PathBuf,
+    /// Configuration profile layered over default.toml (config/<profile>.toml).
+    #[arg(long, global = true, env = "BRIDGE_PROFILE")]
+    profile: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// Address to listen on (BRIDGE_HOST).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on (BRIDGE_PORT).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Run the bridge.
+    ///
+    /// Example: BRIDGE_COMMAND_QUEUE_URL=… BRIDGE_EVENTS_TOPIC_ARN=… wsbridge serve
+    Serve(ServeArgs),
+    /// Create the topics, queues, subscription and dead-letter queue on the
+    /// configured endpoint if missing (idempotent), then run the bridge.
+    ///
+    /// Example: AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_REGION=us-east-1 wsbridge dev
+    Dev(ServeArgs),
+    /// Put a Command on the command queue (in an SNS envelope unless --raw),
+    /// or publish it to the commands topic with --via-topic.
+    ///
+    /// Example: wsbridge send-command '{"command": "test", "client_id": "client123"}'
+    SendCommand {
+        /// The Command JSON: {"client_id": "...", "command": "...", "data": ...}.
+        json: String,
+        /// Send the bare Command, without an SNS envelope.
+        #[arg(long, conflicts_with = "via_topic")]
+        raw: bool,
+        /// Publish to the commands topic instead of the queue.
+        #[arg(long)]
+        via_topic: bool,
+    },
+    /// Print every ClientMessage published to the events topic, with its
+    /// attributes, one JSON line each, until Ctrl-C; then clean up.
+    ///
+    /// Example: wsbridge monitor
+    Monitor {
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Remove the queues and subscriptions of fanout instances that stopped
+    /// without cleaning up (no heartbeat for gc_stale_after_secs).
+    ///
+    /// Example: BRIDGE_COMMANDS_TOPIC_ARN=… wsbridge gc --stale-after-secs 600
+    Gc {
+        /// Override gc_stale_after_secs.
+        #[arg(long)]
+        stale_after_secs: Option<u64>,
+        /// Also remove stale shard-range queues (sharded mode), which are
+        /// otherwise kept for their range's next owner: for a fleet that
+        /// shrank or was split differently. Commands still in them are lost.
+        #[arg(long)]
+        shard_queues: bool,
+    },
+    /// Print how the configured number of shards splits among REPLICAS
+    /// replicas (each one's shard_owner and range) as an nginx configuration
+    /// that routes every client to its shard's owner; with --client-id, that
+    /// client's shard and owner instead.
+    ///
+    /// Example: wsbridge shards --replicas 3 --servers 10.0.1.10:8000,10.0.1.11:8000,10.0.1.12:8000
+    Shards {
+        /// The number of replicas.
+        #[arg(long)]
+        replicas: u32,
+        /// The replicas' addresses (host:port), in shard_owner order,
+        /// comma-separated; default wsbridge-INDEX:8000.
+        #[arg(long, value_delimiter = ',')]
+        servers: Vec<String>,
+        /// Print this client id's shard and owner.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    /// Print the effective configuration (built-in defaults, config files,
+    /// .env, environment, flags), secrets redacted; exit 2 naming every
+    /// invalid setting.
+    ///
+    /// Example: BRIDGE_PORT=9000 wsbridge --profile staging config --format json
+    Config {
+        /// toml (a valid config file) or json.
+        #[arg(long, value_enum, default_value = "toml")]
+        format: ShowFormat,
+    },
+    /// Print a development token (HS256, signed with the configured
+    /// jwt_secret) for a client id, with the configured audience and issuer.
+    ///
+    /// Example: BRIDGE_JWT_SECRET=… wsbridge token --sub client123 --ttl 15m
+    Token {
+        /// The client id (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid: 90s, 15m, 2h, 1d (a bare number is seconds).
+        #[arg(long, default_value = "15m", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let (overrides, dev) = match &cli.command {
+        CliCommand::Serve(args) => (serve_overrides(args), false),
+        CliCommand::Dev(args) => (serve_overrides(args), true),
+        _ => (Vec::new(), false),
+    };
+    let sources = Sources {
+        config_dir: cli.global.config_dir.clone(),
+        profile: cli.global.profile.clone(),
+        env: std::env::vars().collect(),
+        overrides,
+    };
+    let config = match Settings::load(&sources).and_then(Config::new) {
+        Ok(config) => config,
+        Err(e) => return config_failure(&e),
+    };
+    if let CliCommand::Config { format } = cli.command {
+        print!("{}", config::render(config.settings(), format));
+        return ExitCode::SUCCESS;
+    }
+    let _telemetry = telemetry::init(config.log_format);
+    let result = match cli.command {
+        CliCommand::Serve(_) | CliCommand::Dev(_) => serve::run(config, dev).await,
+        CliCommand::SendCommand {
+            json,
+            raw,
+            via_topic,
+        } => send_command::run(&config, &json, raw, via_topic).await,
+        CliCommand::Monitor { count } => monitor::run(&config, count).await,
+        CliCommand::Token { sub, ttl } => token::run(&config, &sub, ttl),
+        CliCommand::Config { .. } => Ok(()),
+        CliCommand::Gc {
+            stale_after_secs,
+            shard_queues,
+        } => gc::run(&config, stale_after_secs, shard_queues).await,
+        CliCommand::Shards {
+            replicas,
+            servers,
+            client_id,
+        } => shards::print(
+            config.fleet.shards,
+            replicas,
+            &servers,
+            client_id.as_deref(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("wsbridge: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(error)) => {
+            eprintln!("wsbridge: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn config_failure(error: &ConfigError) -> ExitCode {
+    eprintln!("wsbridge: {error}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// How a subcommand failed, deciding the exit code.
+pub(crate) enum Failure {
+    /// Usage or configuration (exit 2).
+    Usage(String),
+    /// At run time (exit 1).
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        // A setting found missing when a command starts is reported as a
+        // ConfigError inside anyhow: still a configuration error (exit 2).
+        match e.downcast::<ConfigError>() {
+            Ok(config) => Failure::Usage(config.to_string()),
+            Err(e) => Failure::Runtime(e),
+        }
+    }
+}
+
+/// The flags of `serve` and `dev`, as the last configuration layer.
+fn serve_overrides(args: &ServeArgs) -> Vec<(String, Value)> {
+    let mut overrides = Vec::new();
+    if let Some(host) = &args.host {
+        overrides.push(("host".to_owned(), Value::from(host.clone())));
+    }
+    if let Some(port) = args.port {
+        overrides.push(("port".to_owned(), Value::from(port)));
+    }
+    overrides
+}
+
+/// Cancels `token` on SIGINT (Ctrl-C) or SIGTERM: the one place that owns
+/// signals. The handlers are installed before this returns, so a signal that
+/// arrives while the caller is still starting up is not lost.
+pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            info!("shutdown signal received");
+            token.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutdown signal received");
+        token.cancel();
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_help_with_an_example() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut names = Vec::new();
+        for sub in cli.get_subcommands() {
+            let about = sub
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                about.contains("Example: "),
+                "`wsbridge {}` --help has no example:\n{about}",
+                sub.get_name()
+            );
+            names.push(sub.get_name().to_owned());
+        }
+        for expected in ["serve", "dev", "send-command", "monitor", "token", "config"] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ttls_take_a_unit_and_must_be_positive() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_ttl("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in [
+            "",
+            "0",
+            "0m",
+            "m",
+            "15x",
+            "1.5h",
+            "-3s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `wsbridge serve` and `wsbridge dev`: run the bridge until SIGTERM/Ctrl-C
+//! (`dev` first makes sure the development resources exist).
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{cancel_on_signal, Failure};
+use crate::broker::Serving;
+use crate::config::Config;
+use crate::startup::Application;
+
+/// Connects, joins the replica queue of the configured mode, serves until a
+/// signal, drains, and leaves the replica queue.
+pub(crate) async fn run(config: Config, dev: bool) -> Result<(), Failure> {
+    let stop = CancellationToken::new();
+    cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
+    let serving = Serving::start(config, dev).await?;
+    let app = match Application::build(serving.config.clone(), serving.connection.clone()).await {
+        Ok(app) => app,
+        Err(e) => {
+            serving.leave().await;
+            return Err(e.into());
+        }
+    };
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        shutdown.cancel();
+    });
+    info!(
+        url = %format!("http://{}:{}/", serving.config.server.host, app.port()),
+        "demo page"
+    );
+    let result = app.run_until_stopped().await;
+    // After the drain: nothing is received from the queue any more.
+    serving.leave().await;
+    result?;
+    Ok(())
+}

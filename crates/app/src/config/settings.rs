@@ -1,0 +1,185 @@
+//! Every setting, defined once: name, type, default, allowed range and
+//! documentation, grouped by section. `config/default.toml` and the README's
+//! settings table are generated from this (tests keep them in step).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::table::{check_range, settings, SettingDoc};
+use super::values::{comma_list, AuthMode, Broker, LogFormat, Mode, Secret, UndeliverablePolicy};
+
+settings! {
+    "server" {
+        /// Address to listen on.
+        host: String = "127.0.0.1".into();
+        /// Port to listen on (0: any free port).
+        port: u16 = 8000, range 0..=65_535;
+        /// HTTP worker threads (0: one per CPU core).
+        workers: usize = 0, range 0..=1024;
+        /// Time a client has to send its request head, in milliseconds
+        /// (slow-loris guard).
+        handshake_timeout_ms: u64 = 5000, range 100..=600_000;
+        /// Deadline for a graceful shutdown (SIGTERM / Ctrl-C). A receive in
+        /// flight then is waited for (up to receive_wait_secs + 1 s, at most
+        /// half of this), so Commands already handed to it are delivered or
+        /// released at once.
+        shutdown_timeout_secs: u64 = 10, range 1..=3600;
+        /// Test only: mount /__echo (same checks and limits as /ws, echoes
+        /// messages), for RFC 6455 conformance runs; only in a build with the
+        /// `test-routes` feature.
+        echo_route: bool = false;
+    }
+    "broker" {
+        /// "aws": SNS/SQS, or an emulator at AWS_ENDPOINT_URL. "amqp":
+        /// RabbitMQ at amqp_url (AMQP 0-9-1).
+        broker: Broker = Broker::Aws;
+        /// With broker = "aws", the SQS queue Commands arrive on (`serve` needs it
+        /// in shared mode; `dev` creates it).
+        command_queue_url: Option<String> = None,
+            example "\"https://sqs.us-east-1.amazonaws.com/123456789012/wsbridge-commands\"";
+        /// With broker = "aws", the SNS topic client messages are published to.
+        events_topic_arn: Option<String> = None,
+            example "\"arn:aws:sns:us-east-1:123456789012:wsbridge-events\"";
+        /// With broker = "aws", the SNS topic backends publish Commands to (fanout
+        /// and sharded replicas subscribe their queues to it; `dev`
+        /// subscribes the command queue).
+        commands_topic_arn: Option<String> = None,
+            example "\"arn:aws:sns:us-east-1:123456789012:wsbridge-commands\"";
+        /// With broker = "amqp", the broker URL (it holds a password: keep it in
+        /// the environment, BRIDGE_AMQP_URL).
+        amqp_url: Option<String> = None,
+            example "\"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+        /// With broker = "amqp", the durable queue Commands arrive on.
+        amqp_command_queue: String = "wsbridge.commands".into();
+        /// With broker = "amqp", the topic exchange client messages are published
+        /// to (routing key = action, headers client_id and action).
+        amqp_events_exchange: String = "wsbridge.events".into();
+    }
+    "scale" {
+        /// "shared": every instance consumes the one command queue.
+        /// "fanout": every instance creates a queue of its own, subscribed to
+        /// commands_topic_arn, and removes it on graceful shutdown.
+        /// "sharded": every instance owns a range of the shards of the
+        /// client-id space and consumes that range's queue, subscribed to
+        /// commands_topic_arn with a filter on the `shard` attribute
+        /// publishers set (docs/scaling.md).
+        mode: Mode = Mode::Shared;
+        /// The fleet's number of shards: the same for every replica and every
+        /// publisher (they set `shard` from it; also read by `wsbridge shards`).
+        shards: u32 = 4096, range 1..=32_768;
+        /// Sharded mode: this replica as "INDEX/REPLICAS" (0-based, e.g. a
+        /// StatefulSet ordinal): it owns the INDEX-th of REPLICAS near-equal
+        /// contiguous ranges of shards.
+        shard_owner: Option<String> = None, example "\"0/3\"";
+        /// Sharded mode: the shards this replica owns as "START..END" (end
+        /// excluded), instead of shard_owner (for uneven splits and resizes).
+        shard_range: Option<String> = None, example "\"0..1366\"";
+        /// Name of this bridge: prefix of the replica queues and the tag
+        /// `wsbridge gc` looks for.
+        bridge_name: String = "wsbridge".into();
+        /// Fanout mode: this instance's id (unset: a random one per start).
+        instance_id: Option<String> = None, example "\"replica-1\"";
+        /// How often a fanout or sharded replica refreshes its queue's
+        /// heartbeat tag.
+        instance_heartbeat_secs: u64 = 60, range 1..=86_400;
+        /// `wsbridge gc` removes replica queues whose heartbeat is older than
+        /// this (longer than instance_heartbeat_secs).
+        gc_stale_after_secs: u64 = 300, range 2..=2_592_000;
+    }
+    "downlink" {
+        /// Concurrent long-poll loops.
+        pollers: usize = 2, range 1..=64;
+        /// Long-poll wait of each receive, in seconds (SQS allows 0..=20).
+        receive_wait_secs: u64 = 20, range 0..=20;
+        /// What happens to a Command for a client not connected here: "retry"
+        /// (make it visible again after retry_delay_secs, give up after
+        /// retry_window_secs) or "drop" (delete at once). Unset: "drop" in
+        /// fanout mode, else "retry".
+        undeliverable: Option<UndeliverablePolicy> = None, example "\"retry\"";
+        /// Delay before a Command for an absent client is received again
+        /// (SQS allows up to 12 h).
+        retry_delay_secs: u64 = 5, range 0..=43_200;
+        /// Age after which a Command for an absent client is given up (at
+        /// most SQS's 12 h).
+        retry_window_secs: u64 = 60, range 0..=43_200;
+        /// Receives after which the dead-letter queue takes a message (set on
+        /// the queues the bridge creates). Releases of Commands for absent
+        /// clients count as receives: max_receive_count × retry_delay_secs
+        /// must exceed retry_window_secs.
+        max_receive_count: u32 = 15, range 1..=1000;
+        /// Forwarded message ids remembered for de-duplication.
+        dedup_capacity: usize = 100_000, range 1..=10_000_000;
+        /// How long a forwarded message id is remembered, in seconds.
+        dedup_ttl_secs: u64 = 600, range 1..=604_800;
+        /// Acknowledged delivery (clients connecting with ?ack=true): how long
+        /// a Command waits for the client's {"ack_delivery": id} before it is
+        /// released and delivered again. Keep it below the queue's visibility
+        /// timeout (30 s by default).
+        ack_timeout_secs: u64 = 15, range 1..=43_200;
+    }
+    "uplink" {
+        /// How long the first client message of a batch waits for others to
+        /// share a PublishBatch call, in milliseconds.
+        publish_linger_ms: u64 = 5, range 0..=1000;
+        /// Client messages per second per connection, on average (a token
+        /// bucket; over it: a `rate_limited` error, not published).
+        message_rate_per_sec: u32 = 20, range 1..=1_000_000;
+        /// Client messages accepted at once per connection.
+        message_burst: u32 = 50, range 1..=1_000_000;
+        /// Rate-limited messages within rate_limit_window_secs that close the
+        /// connection with 1008.
+        rate_limit_strikes: u32 = 50, range 1..=1_000_000;
+        /// The window of rate_limit_strikes, in seconds.
+        rate_limit_window_secs: u64 = 10, range 1..=86_400;
+    }
+    "connections" {
+        /// Largest client frame accepted, in bytes (at most 262144, SNS's
+        /// message limit).
+        max_message_bytes: usize = 65_536, range 1..=262_144;
+        /// Frames queued per connection before the client counts as too slow
+        /// (closed with 1013).
+        outbound_queue: usize = 256, range 1..=65_536;
+        /// Interval between pings to each client, in seconds.
+        heartbeat_secs: u64 = 15, range 1..=3600;
+        /// A client silent for this long is disconnected (longer than
+        /// heartbeat_secs).
+        client_timeout_secs: u64 = 45, range 2..=86_400;
+        /// Open connections allowed per client id (over: 429 before the upgrade).
+        max_connections_per_client: usize = 16, range 1..=1_000_000;
+        /// Open connections allowed per client IP address (over: 429).
+        max_connections_per_ip: usize = 1000, range 1..=10_000_000;
+        /// Open connections allowed on this instance (over: 503).
+        max_connections: usize = 20_000, range 1..=10_000_000;
+        /// Behind a proxy: the header whose LAST entry is the client's address,
+        /// as appended by a trusted proxy (unset: the TCP peer's address).
+        client_ip_header: Option<String> = None, example "\"X-Forwarded-For\"";
+    }
+    "auth" {
+        /// "none": the client id comes from the URL (development). "jwt": the
+        /// client id is the `sub` of a signed token (Authorization: Bearer,
+        /// Sec-WebSocket-Protocol "bearer, TOKEN", or ?token=), verified with
+        /// jwt_secret or jwt_public_key_file.
+        auth: AuthMode = AuthMode::None;
+        /// HS256 shared secret (auth = "jwt", and `wsbridge token`); at least
+        /// 32 bytes, e.g. `openssl rand -base64 48`. Keep it in the environment.
+        jwt_secret: Option<Secret> = None, example "\"…\"";
+        /// RS256 public key: a PEM file, or a JWKS (JSON) file (auth = "jwt").
+        jwt_public_key_file: Option<PathBuf> = None, example "\"key.pem\"";
+        /// When set, tokens must carry this `aud`.
+        jwt_audience: Option<String> = None, example "\"wsbridge\"";
+        /// When set, tokens must carry this `iss`.
+        jwt_issuer: Option<String> = None, example "\"https://issuer.example\"";
+        /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+        jwt_leeway_secs: u64 = 30, range 0..=300;
+        /// Origins (scheme://host[:port]) whose pages may open a WebSocket;
+        /// empty: any (development). In the environment a comma-separated
+        /// list: BRIDGE_ALLOWED_ORIGINS=https://a.example,https://b.example
+        #[serde(deserialize_with = "comma_list")]
+        allowed_origins: Vec<String> = Vec::new();
+    }
+    "telemetry" {
+        /// "text" or "json"; filter with RUST_LOG.
+        log_format: LogFormat = LogFormat::Text;
+    }
+}
