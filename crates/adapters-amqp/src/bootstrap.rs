@@ -17,7 +17,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::link::{self, AmqpUrl, Failure};
+use crate::link::{self, Failure};
+use crate::url::AmqpUrl;
 
 /// Default name of the queue the bridge consumes.
 pub const DEFAULT_COMMAND_QUEUE: &str = "wsbridge.commands";

@@ -12,24 +12,35 @@
 //! - [`bootstrap`] declares exchanges, queues and bindings, idempotently.
 //! - [`tools`] backs `wsbridge send-command` and `wsbridge monitor`.
 //!
-//! Source and sink each own one connection, kept by a supervisor task that
-//! reconnects with backoff after the broker restarts or the network drops;
-//! while it is down they answer `Unavailable` (so `/ready` says 503), and
-//! the broker redelivers whatever was not acknowledged.
+//! Source and sink each own one connection, kept by the same connection
+//! supervisor (`supervisor.rs`), which reconnects with backoff after the
+//! broker restarts or the network drops and reopens a channel the broker
+//! closed; while it is down they answer `Unavailable` (so `/ready` says
+//! 503), and the broker redelivers whatever was not acknowledged.
+//!
+//! [`AmqpMetrics`] counts what both do at the broker (errors, acks,
+//! reconnects, call latencies) and says why the bridge is not ready; the
+//! app creates it, hands it to both (`spawn_with_metrics`) and exports it.
 //!
 //! Plain `amqp://` only: lapin is built without a TLS stack (see the root
 //! `Cargo.toml`).
 
+mod backoff;
 pub mod bootstrap;
 mod link;
+mod metrics;
 mod receipt;
 mod sink;
 mod source;
+mod supervisor;
 pub mod tools;
+mod url;
 
-pub use link::{AmqpUrl, InvalidAmqpUrl, Reconnect};
+pub use backoff::Reconnect;
+pub use metrics::AmqpMetrics;
 pub use sink::{AmqpEventSink, AmqpSinkSettings};
 pub use source::{
     AmqpCommandSource, AmqpSourceSettings, ReleaseDelay, FIRST_RECEIVED_HEADER,
     RECEIVE_COUNT_HEADER,
 };
+pub use url::{AmqpUrl, InvalidAmqpUrl};

@@ -1,161 +1,16 @@
-//! Reaching the broker: the URL (kept out of logs), opening a named
-//! connection within a deadline, classifying lapin's errors into the
-//! decisions the ports know, and the backoff between reconnection attempts.
+//! Talking to the broker, below the supervisor: opening a named
+//! connection within a deadline, opening a confirm-mode channel, closing
+//! politely, classifying lapin's errors into the decisions the ports know,
+//! and checking protocol short strings.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use domain::{PublishError, SourceError};
-use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{Connection, ConnectionProperties, ErrorKind};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 
-/// A broker URL (`amqp://user:password@host:port/vhost?heartbeat=10`).
-///
-/// It holds a password, so it never prints whole: `Display` and `Debug`
-/// show `amqp://user@host:port/vhost`. Only plain `amqp://` is accepted:
-/// this build carries no TLS stack.
-///
-/// Mind the vhost: `amqp://host` and `amqp://host/%2f` mean the default
-/// vhost `/`, while `amqp://host/` means the vhost named "" (which usually
-/// does not exist).
-///
-/// Query parameters: `heartbeat` (seconds; by default the broker's 60 s,
-/// and a network that goes silent without closing is noticed after about
-/// two heartbeats, so lower it where that matters), `connection_timeout`
-/// (milliseconds), `channel_max`, `frame_max`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl {
-    uri: AMQPUri,
-    redacted: String,
-}
-
-/// Why a string is not a usable [`AmqpUrl`]. The text never repeats the URL.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid AMQP URL: {0}")]
-pub struct InvalidAmqpUrl(String);
-
-impl AmqpUrl {
-    /// Parses and checks a URL.
-    pub fn parse(text: &str) -> Result<Self, InvalidAmqpUrl> {
-        let uri = AMQPUri::from_str(text).map_err(|e| {
-            // The parser may quote its input, and the input holds a password.
-            if e.contains(text) || text.is_empty() {
-                InvalidAmqpUrl("expected amqp://user:password@host:port/vhost".to_owned())
-            } else {
-                InvalidAmqpUrl(e)
-            }
-        })?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(InvalidAmqpUrl(
-                "amqps:// needs TLS, which this build does not include; use amqp://".to_owned(),
-            ));
-        }
-        let vhost = if uri.vhost == "/" {
-            String::new()
-        } else {
-            format!("/{}", uri.vhost)
-        };
-        let redacted = format!(
-            "amqp://{}@{}:{}{}",
-            uri.authority.userinfo.username, uri.authority.host, uri.authority.port, vhost
-        );
-        Ok(Self { uri, redacted })
-    }
-
-    /// The URL without its password, for logs and messages.
-    pub fn redacted(&self) -> &str {
-        &self.redacted
-    }
-
-    /// The host the URL points at.
-    pub fn host(&self) -> &str {
-        &self.uri.authority.host
-    }
-
-    /// The port the URL points at.
-    pub fn port(&self) -> u16 {
-        self.uri.authority.port
-    }
-
-    /// The virtual host.
-    pub fn vhost(&self) -> &str {
-        &self.uri.vhost
-    }
-}
-
-impl FromStr for AmqpUrl {
-    type Err = InvalidAmqpUrl;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted)
-    }
-}
-
-impl fmt::Debug for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AmqpUrl").field(&self.redacted).finish()
-    }
-}
-
-/// Pauses between reconnection attempts: exponential from `initial` to
-/// `max`, each drawn in the upper half of its step (jitter, so replicas that
-/// lost the broker together do not come back in lock-step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reconnect {
-    /// Pause after the first failure.
-    pub initial: Duration,
-    /// Largest pause.
-    pub max: Duration,
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        }
-    }
-}
-
-/// The running schedule of a [`Reconnect`] policy.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    policy: Reconnect,
-    failures: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(policy: Reconnect) -> Self {
-        Self {
-            policy,
-            failures: 0,
-        }
-    }
-
-    /// The link works again: the next failure starts from `initial`.
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// The pause before the next attempt.
-    pub(crate) fn next_pause(&mut self) -> Duration {
-        let step = self
-            .policy
-            .initial
-            .saturating_mul(2u32.saturating_pow(self.failures.min(20)))
-            .min(self.policy.max.max(self.policy.initial));
-        self.failures = self.failures.saturating_add(1);
-        let half = step / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-}
+use crate::url::AmqpUrl;
 
 /// A failed broker operation, classified once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +74,7 @@ pub(crate) async fn connect(
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(
         timeout,
-        Connection::connect_uri(url.uri.clone(), properties),
+        Connection::connect_uri(url.uri().clone(), properties),
     )
     .await
     {
@@ -228,6 +83,28 @@ pub(crate) async fn connect(
         Err(_) => Err(Failure::unavailable(format!(
             "connect to {url}: no answer within {timeout:?}"
         ))),
+    }
+}
+
+/// Opens a channel in confirm mode (`confirm.select`): every publish on it
+/// is answered by the broker's ack or nack.
+pub(crate) async fn open_confirm_channel(connection: &Connection) -> Result<Channel, Failure> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| Failure::from_lapin("open channel", &e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| Failure::from_lapin("confirm.select", &e))?;
+    Ok(channel)
+}
+
+/// Closes a connection politely, not waiting long for a broker that is gone.
+pub(crate) async fn close_connection(connection: &Connection, reason: &str) {
+    if connection.status().connected() {
+        let close = connection.close(200, reason.into());
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
     }
 }
 
@@ -245,48 +122,6 @@ pub(crate) fn short(text: &str) -> Result<lapin::types::ShortString, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_print_without_their_password() {
-        let url = AmqpUrl::parse("amqp://guest:s3cret@127.0.0.1:5673/%2f?heartbeat=5").unwrap();
-        assert_eq!(url.to_string(), "amqp://guest@127.0.0.1:5673");
-        assert_eq!(url.host(), "127.0.0.1");
-        assert_eq!(url.port(), 5673);
-        assert_eq!(url.vhost(), "/");
-        assert!(!format!("{url:?}").contains("s3cret"));
-
-        let named = AmqpUrl::parse("amqp://u:p@rabbit/prod").unwrap();
-        assert_eq!(named.to_string(), "amqp://u@rabbit:5672/prod");
-    }
-
-    #[test]
-    fn bad_urls_are_refused_without_echoing_them() {
-        for text in ["", "nope", "http://u:pw@host", "amqp://u:pw@host:99999"] {
-            let error = AmqpUrl::parse(text).unwrap_err().to_string();
-            assert!(!error.contains("pw@"), "{text}: {error}");
-        }
-        let tls = AmqpUrl::parse("amqps://u:pw@host").unwrap_err();
-        assert!(tls.to_string().contains("TLS"), "{tls}");
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_restarts() {
-        let policy = Reconnect {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        let mut backoff = Backoff::new(policy);
-        let first = backoff.next_pause();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..30 {
-            let pause = backoff.next_pause();
-            assert!(pause <= policy.max, "{pause:?}");
-        }
-        let late = backoff.next_pause();
-        assert!(late >= policy.max / 2, "{late:?}");
-        backoff.reset();
-        assert!(backoff.next_pause() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn short_strings_are_checked_instead_of_panicking() {

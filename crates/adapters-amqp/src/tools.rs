@@ -14,8 +14,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 
-use crate::link::{self, AmqpUrl, Failure};
-use crate::source::close_connection;
+use crate::link::close_connection;
+use crate::link::{self, Failure};
+use crate::url::AmqpUrl;
 
 /// How long a tool may take to connect, and the broker to confirm.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod bootstrap;
+mod metrics;
 mod reconnect;
 mod sink;
 mod source;

@@ -1,0 +1,353 @@
+//! Releases with a delay. [`ReleaseDelay::DelayQueue`]: a copy of each
+//! message goes, with publisher confirms, on a connection of its own, to the
+//! delay queue `<queue>.delay` with a per-message TTL, and only once the
+//! broker has confirmed the copy is the original acknowledged.
+//! [`ReleaseDelay::Hold`] (also the fallback when the delay queue cannot be
+//! used): the delivery stays unacknowledged for the delay, then is
+//! requeued. See the source's module docs for why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Receipt, SourceError};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::in_flight::Held;
+use super::{
+    lock, Live, ReleaseDelay, Shared, DELIVERY_COUNT_HEADER, FIRST_RECEIVED_HEADER,
+    RECEIVE_COUNT_HEADER,
+};
+use crate::bootstrap;
+use crate::link::{self, Failure};
+use crate::metrics::op;
+use crate::receipt::DeliveryRef;
+
+/// A connection of its own for the copies to the delay queue: a broker
+/// under a resource alarm blocks connections that publish, reading nothing
+/// more from them, and acknowledgements must keep flowing on the consuming
+/// one meanwhile (RabbitMQ's advice: never publish and consume on one
+/// connection).
+#[derive(Debug)]
+pub(super) enum Publisher {
+    Untried,
+    Ready(Box<PublisherLink>),
+    /// The delay queue cannot be used (declared differently, access
+    /// refused): until the next consuming channel, releases hold instead.
+    Unusable,
+}
+
+#[derive(Debug)]
+pub(super) struct PublisherLink {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Live {
+    /// The consuming channel is gone: so is its publisher connection.
+    pub(super) async fn retire_publisher(&self) {
+        let publisher = std::mem::replace(&mut *self.publisher.lock().await, Publisher::Unusable);
+        if let Publisher::Ready(link) = publisher {
+            link::close_connection(&link.connection, "consumer gone").await;
+        }
+    }
+}
+
+impl Shared {
+    pub(super) async fn release_later(
+        &self,
+        receipts: Vec<Receipt>,
+        delay: Duration,
+    ) -> Result<(), SourceError> {
+        let taken = self.take(receipts);
+        let mut failed = taken.refused;
+        if !taken.stale.is_empty() {
+            debug!(count = taken.stale.len(), "stale receipts released");
+        }
+        let Some(live) = taken.live else {
+            return self.finish(failed);
+        };
+        if taken.held.is_empty() {
+            return self.finish(failed);
+        }
+        let mut to_hold = Vec::new();
+        let publisher = match self.settings.release_delay {
+            ReleaseDelay::DelayQueue => self.publisher(&live).await,
+            ReleaseDelay::Hold => None,
+        };
+        match publisher {
+            None => to_hold.extend(taken.held.into_iter().map(|(_, d, _)| d.tag)),
+            Some(publisher) => {
+                let copied = self
+                    .copy_to_delay_queue(&publisher, taken.held, delay)
+                    .await;
+                for (receipt, delivery, outcome) in copied {
+                    match outcome {
+                        Ok(()) => {
+                            // The copy is safe on the broker; a failed ack
+                            // only means the original comes back as well.
+                            let timer = self.metrics.time(op::ACK);
+                            let acked = live
+                                .consume
+                                .basic_ack(delivery.tag, BasicAckOptions::default())
+                                .await;
+                            timer.stop();
+                            if let Err(error) = acked {
+                                failed.push((
+                                    receipt,
+                                    format!("basic.ack after the delayed copy: {error}"),
+                                ));
+                            }
+                        }
+                        Err(reason) => {
+                            warn!(queue = %self.settings.queue, %reason, "delayed copy not confirmed, holding the delivery instead");
+                            to_hold.push(delivery.tag);
+                        }
+                    }
+                }
+            }
+        }
+        if !to_hold.is_empty() {
+            self.hold(live, to_hold, delay);
+        }
+        self.finish(failed)
+    }
+
+    /// The confirm-mode channel for delayed copies, with the delay queue
+    /// declared; `None` when it cannot be had now.
+    async fn publisher(&self, live: &Live) -> Option<Channel> {
+        let mut publisher = live.publisher.lock().await;
+        match &*publisher {
+            Publisher::Ready(link) if link.channel.status().connected() => {
+                return Some(link.channel.clone())
+            }
+            Publisher::Unusable => return None,
+            Publisher::Ready(_) | Publisher::Untried => {}
+        }
+        if let Publisher::Ready(link) = std::mem::replace(&mut *publisher, Publisher::Untried) {
+            link::close_connection(&link.connection, "reopening").await;
+        }
+        let name = format!("{}.delay", self.settings.connection_name);
+        let timer = self.metrics.time(op::CONNECT);
+        let connected = link::connect(&self.url, &name, self.settings.connect_timeout).await;
+        timer.stop();
+        let connection = match connected {
+            Ok(connection) => connection,
+            Err(failure) => {
+                warn!(queue = %self.settings.queue, error = %failure, "no connection for delayed copies; holding the deliveries instead");
+                return None;
+            }
+        };
+        let timer = self.metrics.time(op::CHANNEL_OPEN);
+        let opened = async {
+            let channel = link::open_confirm_channel(&connection).await?;
+            bootstrap::declare_delay_queue(&channel, &self.settings.queue).await?;
+            Ok::<_, Failure>(channel)
+        }
+        .await;
+        timer.stop();
+        match opened {
+            Ok(channel) => {
+                *publisher = Publisher::Ready(Box::new(PublisherLink {
+                    connection,
+                    channel: channel.clone(),
+                }));
+                Some(channel)
+            }
+            Err(failure) => {
+                link::close_connection(&connection, "delay queue unusable").await;
+                warn!(queue = %self.settings.queue, error = %failure, "delay queue unusable; releases with a delay hold the delivery instead");
+                if failure.misconfigured {
+                    *publisher = Publisher::Unusable;
+                }
+                None
+            }
+        }
+    }
+
+    /// Publishes a copy of each message to the delay queue, then waits for
+    /// the broker's confirms (one deadline for the whole batch).
+    async fn copy_to_delay_queue(
+        &self,
+        channel: &Channel,
+        held: Vec<(Receipt, DeliveryRef, Held)>,
+        delay: Duration,
+    ) -> Vec<(Receipt, DeliveryRef, Result<(), String>)> {
+        let delay_queue = bootstrap::delay_queue_name(&self.settings.queue);
+        let routing_key: ShortString = match link::short(&delay_queue) {
+            Ok(key) => key,
+            Err(e) => {
+                return held
+                    .into_iter()
+                    .map(|(r, d, _)| (r, d, Err(format!("delay queue name: {e}"))))
+                    .collect()
+            }
+        };
+        let mut pending: Vec<(Receipt, DeliveryRef, Result<PublisherConfirm, String>)> =
+            Vec::with_capacity(held.len());
+        for (receipt, delivery, held) in held {
+            let published = channel
+                .basic_publish(
+                    "".into(),
+                    routing_key.clone(),
+                    // Mandatory: a missing delay queue comes back as a
+                    // return instead of the copy vanishing.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &held.body,
+                    delayed_copy(&held, delay),
+                )
+                .await
+                .map_err(|e| format!("basic.publish to {delay_queue:?}: {e}"));
+            pending.push((receipt, delivery, published));
+        }
+        let timer = self.metrics.time(op::PUBLISH_DELAYED);
+        let deadline = Instant::now() + self.settings.confirm_timeout;
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for (receipt, delivery, published) in pending {
+            let outcome = match published {
+                Err(e) => Err(e),
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                    Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                        Err(format!("no queue {delay_queue:?} to take the copy"))
+                    }
+                    Ok(Ok(Confirmation::Nack(_))) => Err("the broker nacked the copy".to_owned()),
+                    Ok(Ok(Confirmation::NotRequested)) => {
+                        Err("publisher confirms are off on the delay channel".to_owned())
+                    }
+                    Ok(Err(e)) => Err(format!("confirm of the copy: {e}")),
+                    Err(_) => Err(format!(
+                        "no confirm of the copy within {:?}",
+                        self.settings.confirm_timeout
+                    )),
+                },
+            };
+            outcomes.push((receipt, delivery, outcome));
+        }
+        timer.stop();
+        outcomes
+    }
+
+    /// Keeps deliveries unacknowledged for `delay`, then requeues them. If
+    /// the channel dies meanwhile the broker has requeued them already.
+    fn hold(&self, live: Arc<Live>, tags: Vec<u64>, delay: Duration) {
+        let metrics = self.metrics.clone();
+        let mut holds = lock(&self.holds);
+        while holds.try_join_next().is_some() {}
+        holds.spawn(async move {
+            tokio::time::sleep(delay).await;
+            for tag in tags {
+                let requeue = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                let timer = metrics.time(op::NACK);
+                let nacked = live.consume.basic_nack(tag, requeue).await;
+                timer.stop();
+                if let Err(error) = nacked {
+                    debug!(%error, tag, "held delivery not requeued: its channel is gone, the broker has it back");
+                }
+            }
+        });
+    }
+}
+
+/// The properties of the copy that waits out `delay` in the delay queue:
+/// the original's, plus the expiration, the receive count so far, a stable
+/// message id, and the first receive time when there is no timestamp.
+fn delayed_copy(held: &Held, delay: Duration) -> BasicProperties {
+    let headers = held.properties.headers().clone().unwrap_or_default();
+    // The broker's count is of the original; the copy's starts anew and
+    // adds to the count carried below.
+    let mut headers: FieldTable = headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| name.as_str() != DELIVERY_COUNT_HEADER)
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    headers.insert(
+        RECEIVE_COUNT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(held.receive_count)),
+    );
+    if held.properties.timestamp().is_none() && !headers.contains_key(FIRST_RECEIVED_HEADER) {
+        headers.insert(
+            FIRST_RECEIVED_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(held.received_at_ms).unwrap_or(i64::MAX)),
+        );
+    }
+    let millis = delay.as_millis().max(1);
+    let mut properties = held
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_expiration(millis.to_string().into());
+    if properties.message_id().is_none() {
+        if let Ok(id) = link::short(&held.message_id) {
+            properties = properties.with_message_id(id);
+        }
+    }
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::consumer::as_u64;
+    use super::*;
+
+    fn held(properties: BasicProperties) -> Held {
+        Held {
+            message_id: "amqp-1-1-7".to_owned(),
+            body: b"{}".to_vec(),
+            properties,
+            receive_count: 3,
+            received_at_ms: 1_700_000_000_123,
+        }
+    }
+
+    #[test]
+    fn a_delayed_copy_keeps_the_original_and_carries_the_count() {
+        let mut headers = FieldTable::default();
+        headers.insert("trace".into(), AMQPValue::LongString("t-1".into()));
+        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        let original = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let copy = delayed_copy(&held(original), Duration::from_millis(1500));
+        assert_eq!(copy.expiration().as_ref().map(|e| e.as_str()), Some("1500"));
+        assert_eq!(copy.message_id().as_ref().map(|e| e.as_str()), Some("m-1"));
+        assert_eq!(*copy.timestamp(), Some(1_700_000_000));
+        assert_eq!(*copy.delivery_mode(), Some(2));
+        let headers = copy.headers().clone().unwrap();
+        assert_eq!(
+            headers.inner().get(RECEIVE_COUNT_HEADER).and_then(as_u64),
+            Some(3)
+        );
+        assert!(headers.contains_key("trace"));
+        assert!(!headers.contains_key(DELIVERY_COUNT_HEADER));
+        assert!(!headers.contains_key(FIRST_RECEIVED_HEADER));
+    }
+
+    #[test]
+    fn a_copy_without_timestamp_or_id_gets_the_first_receive_time_and_a_stable_id() {
+        let copy = delayed_copy(&held(BasicProperties::default()), Duration::from_micros(10));
+        assert_eq!(copy.expiration().as_ref().map(|e| e.as_str()), Some("1"));
+        assert_eq!(
+            copy.message_id().as_ref().map(|e| e.as_str()),
+            Some("amqp-1-1-7")
+        );
+        let headers = copy.headers().clone().unwrap();
+        assert_eq!(
+            headers.inner().get(FIRST_RECEIVED_HEADER).and_then(as_u64),
+            Some(1_700_000_000_123)
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Settling deliveries on the channel that delivered them: `basic.ack`
+//! (handed off), `basic.nack` with requeue (release without delay) and
+//! without (reject: the queue's dead-letter exchange takes it). Receipts
+//! that cannot be settled come back in `SourceError::Partial`.
+
+use domain::{Receipt, SourceError};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tracing::debug;
+
+use super::Shared;
+use crate::metrics::op;
+
+/// What to do with a delivery.
+pub(super) enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+impl Settle {
+    fn name(&self) -> &'static str {
+        match self {
+            Settle::Ack => "basic.ack",
+            Settle::Requeue => "basic.nack(requeue)",
+            Settle::Reject => "basic.nack(dead-letter)",
+        }
+    }
+}
+
+impl Shared {
+    pub(super) async fn settle(
+        &self,
+        how: Settle,
+        receipts: Vec<Receipt>,
+    ) -> Result<(), SourceError> {
+        let taken = self.take(receipts);
+        let mut failed = taken.refused;
+        if !taken.stale.is_empty() {
+            let reason = "delivered on a channel that has closed since: the broker has taken the message back and delivers it again";
+            match how {
+                // Taking it back is what a release asks for.
+                Settle::Requeue => {
+                    debug!(count = taken.stale.len(), "stale receipts released")
+                }
+                Settle::Ack | Settle::Reject => {
+                    failed.extend(taken.stale.into_iter().map(|r| (r, reason.to_owned())))
+                }
+            }
+        }
+        if let Some(live) = taken.live {
+            for (receipt, delivery, _) in taken.held {
+                let result = match how {
+                    Settle::Ack => {
+                        let timer = self.metrics.time(op::ACK);
+                        let acked = live
+                            .consume
+                            .basic_ack(delivery.tag, BasicAckOptions::default())
+                            .await;
+                        timer.stop();
+                        if acked.is_ok() {
+                            self.metrics.acked();
+                        }
+                        acked
+                    }
+                    Settle::Requeue | Settle::Reject => {
+                        let timer = self.metrics.time(op::NACK);
+                        let nacked = live
+                            .consume
+                            .basic_nack(
+                                delivery.tag,
+                                BasicNackOptions {
+                                    multiple: false,
+                                    requeue: matches!(how, Settle::Requeue),
+                                },
+                            )
+                            .await;
+                        timer.stop();
+                        nacked
+                    }
+                };
+                if let Err(error) = result {
+                    failed.push((receipt, format!("{}: {error}", how.name())));
+                }
+            }
+        }
+        self.finish(failed)
+    }
+
+    /// The answer to a settle call that could not settle `failed`, counted.
+    pub(super) fn finish(&self, failed: Vec<(Receipt, String)>) -> Result<(), SourceError> {
+        if !failed.is_empty() {
+            self.metrics.settle_failed(failed.len());
+        }
+        partial(failed)
+    }
+}
+
+fn partial(failed: Vec<(Receipt, String)>) -> Result<(), SourceError> {
+    let Some((_, reason)) = failed.first() else {
+        return Ok(());
+    };
+    let reason = reason.clone();
+    Err(SourceError::Partial {
+        failed: failed.into_iter().map(|(r, _)| r).collect(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_names_every_failed_receipt_and_the_first_reason() {
+        assert_eq!(partial(Vec::new()), Ok(()));
+        let failed = vec![
+            (Receipt::new("a"), "first".to_owned()),
+            (Receipt::new("b"), "second".to_owned()),
+        ];
+        assert_eq!(
+            partial(failed),
+            Err(SourceError::Partial {
+                failed: vec![Receipt::new("a"), Receipt::new("b")],
+                reason: "first".to_owned()
+            })
+        );
+    }
+}

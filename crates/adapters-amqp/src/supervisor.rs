@@ -1,0 +1,369 @@
+//! The connection supervisor, written once for the command source and the
+//! event sink: a task that owns one connection, opens the link's channels
+//! on it, watches both, and puts them back when they go.
+//!
+//! What a link needs on a connection is a [`Session`]: the source opens a
+//! consuming channel (`basic.qos` + `basic.consume`) and pumps its
+//! deliveries; the sink opens a confirm-mode channel and only answers
+//! calls. The supervisor does the rest, the same way for both:
+//!
+//! - connects within a deadline, and after a failure waits a [`Backoff`]
+//!   pause (exponential, jittered) before the next attempt;
+//! - opens the session's channels; each opening is a new *generation*
+//!   (the source's receipts carry it);
+//! - while up, watches the connection's events, the session's own work,
+//!   an explicit [`Supervisor::repair`] request, and a one-second check;
+//! - when only the channel died (the broker closes a channel on a protocol
+//!   error, e.g. a publish to a missing exchange) and the connection still
+//!   works, reopens the channel on it at once; when the connection died, or
+//!   the reopening failed, closes it and reconnects after a pause;
+//! - publishes its state ([`LinkState`]), which says why it is not up,
+//!   and mirrors it into [`AmqpMetrics`] (connected gauge, reconnects,
+//!   connect and channel-open latencies).
+//!
+//! Source and sink each keep a connection of their own (named for the
+//! broker's connection list): a broker under a resource alarm blocks
+//! connections that publish, and the consumer's acknowledgements must
+//! keep flowing meanwhile (RabbitMQ's advice: separate connections for
+//! publishers and consumers).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use lapin::{Connection, Event};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{Backoff, Reconnect};
+use crate::link::{self, Failure};
+use crate::metrics::{op, AmqpMetrics, LinkHealth, Role};
+use crate::url::AmqpUrl;
+
+/// How often the supervisor looks at the connection and the channels
+/// besides their events.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// Where a link connects and how it reconnects.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkSettings {
+    /// Which link this is (logs, readiness).
+    pub(crate) role: Role,
+    /// The queue or exchange the link serves, for logs.
+    pub(crate) target: String,
+    /// The connection's name on the broker (`connection_name`).
+    pub(crate) connection_name: String,
+    /// How long opening a connection may take.
+    pub(crate) connect_timeout: Duration,
+    /// Pauses between reconnection attempts.
+    pub(crate) reconnect: Reconnect,
+}
+
+/// What a link is doing, with the channels while it is up.
+#[derive(Debug, Clone)]
+pub(crate) enum LinkState<C> {
+    /// The first connection attempt is under way.
+    Connecting,
+    /// Connected, channels open.
+    Up(C),
+    /// Not connected, or the channels could not be opened: why.
+    Down(Failure),
+    /// Closed for good.
+    Closed,
+}
+
+/// What a session opened on a connection.
+pub(crate) struct Opened<C> {
+    /// What the link's users take while it is up.
+    pub(crate) channels: C,
+    /// Runs while the channels are up and ends with why they went down
+    /// (the source's delivery pump); a link that only answers calls never
+    /// ends it ([`futures_util::future::pending`]). Dropped when the link
+    /// stops.
+    pub(crate) work: BoxFuture<'static, Failure>,
+}
+
+/// What a link opens on each connection, and forgets when it goes.
+#[async_trait]
+pub(crate) trait Session: Send + Sync + 'static {
+    /// What the link's users take while it is up (cheap to clone).
+    type Channels: Clone + Send + Sync + 'static;
+
+    /// Opens the link's channels on `connection`; `generation` numbers the
+    /// openings of this link (1, 2, …). On failure, what it opened is left
+    /// to the connection's close.
+    async fn open(
+        &self,
+        connection: &Connection,
+        generation: u64,
+    ) -> Result<Opened<Self::Channels>, Failure>;
+
+    /// Whether the channels still work.
+    fn healthy(&self, channels: &Self::Channels) -> bool;
+
+    /// The channels are gone (lost, or the link stops): forget what was
+    /// tied to them. Called once per successful [`Session::open`].
+    async fn down(&self, channels: &Self::Channels);
+}
+
+/// The handle of a running supervisor: its state, and the means to stop it.
+/// Dropping it stops the task, which closes the connection.
+#[derive(Debug)]
+pub(crate) struct Supervisor<C> {
+    state: Arc<watch::Sender<LinkState<C>>>,
+    repair: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    metrics: AmqpMetrics,
+    health: Arc<LinkHealth>,
+}
+
+impl<C: Clone + Send + Sync + 'static> Supervisor<C> {
+    /// Starts supervising `session`'s link to `url`. Must be called within
+    /// a tokio runtime.
+    pub(crate) fn spawn<S>(
+        url: AmqpUrl,
+        settings: LinkSettings,
+        session: S,
+        metrics: AmqpMetrics,
+    ) -> Self
+    where
+        S: Session<Channels = C>,
+    {
+        let state = Arc::new(watch::Sender::new(LinkState::Connecting));
+        let repair = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let health = metrics.link(settings.role, not_yet(&url));
+        let task = Task {
+            url,
+            settings,
+            session,
+            state: state.clone(),
+            repair: repair.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        let task = tokio::spawn(task.run(stopped));
+        Self {
+            state,
+            repair,
+            stop,
+            task: Mutex::new(Some(task)),
+            metrics,
+            health,
+        }
+    }
+
+    /// A receiver of the state, marked as having seen the current one.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LinkState<C>> {
+        self.state.subscribe()
+    }
+
+    /// Whether the channels are open right now.
+    pub(crate) fn is_up(&self) -> bool {
+        matches!(*self.state.borrow(), LinkState::Up(_))
+    }
+
+    /// Waits up to `timeout` for the channels; says whether they are open.
+    pub(crate) async fn wait_up(&self, timeout: Duration) -> bool {
+        let mut state = self.state.subscribe();
+        tokio::time::timeout(timeout, state.wait_for(|s| matches!(s, LinkState::Up(_))))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A call on the channels failed: look at them now rather than at the
+    /// next check.
+    pub(crate) fn repair(&self) {
+        self.repair.notify_one();
+    }
+
+    /// Stops the task and waits for it: the channels are forgotten and the
+    /// connection closed.
+    pub(crate) async fn close(&self) {
+        let _ = self.stop.send(true);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl<C> Drop for Supervisor<C> {
+    fn drop(&mut self) {
+        // Dropping `stop` ends the task; the link no longer counts as one
+        // of the metrics' links.
+        self.metrics.forget(&self.health);
+    }
+}
+
+fn not_yet(url: &AmqpUrl) -> String {
+    format!("not connected to {url} yet")
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the handle was dropped: stop as well.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How a link's channels ended.
+enum End {
+    Stopped,
+    Lost(Failure),
+}
+
+struct Task<S: Session> {
+    url: AmqpUrl,
+    settings: LinkSettings,
+    session: S,
+    state: Arc<watch::Sender<LinkState<S::Channels>>>,
+    repair: Arc<Notify>,
+    metrics: AmqpMetrics,
+    health: Arc<LinkHealth>,
+}
+
+impl<S: Session> Task<S> {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let settings = &self.settings;
+        let link = role_name(settings.role);
+        let mut backoff = Backoff::new(settings.reconnect);
+        let mut generation: u64 = 0;
+        let mut was_up = false;
+        'connect: loop {
+            let timer = self.metrics.time(op::CONNECT);
+            let connected = tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                connected = link::connect(&self.url, &settings.connection_name, settings.connect_timeout) => connected,
+            };
+            timer.stop();
+            let lost = match connected {
+                Err(failure) => {
+                    if failure.misconfigured {
+                        warn!(link, target = %settings.target, error = %failure, "broker refuses the connection; retrying");
+                    } else {
+                        debug!(link, target = %settings.target, error = %failure, "broker unreachable; retrying");
+                    }
+                    failure
+                }
+                Ok(connection) => {
+                    let mut events = Box::pin(connection.events_listener());
+                    // Channels on this connection, reopened while it lasts.
+                    let lost = loop {
+                        generation += 1;
+                        let timer = self.metrics.time(op::CHANNEL_OPEN);
+                        let opened = tokio::select! {
+                            biased;
+                            () = stopped(&mut stop) => {
+                                link::close_connection(&connection, "wsbridge link closed").await;
+                                break 'connect;
+                            }
+                            opened = self.session.open(&connection, generation) => opened,
+                        };
+                        timer.stop();
+                        let Opened { channels, work } = match opened {
+                            Ok(opened) => opened,
+                            Err(failure) => {
+                                if failure.misconfigured {
+                                    warn!(link, target = %settings.target, error = %failure, "cannot open the link's channel; retrying");
+                                } else {
+                                    debug!(link, target = %settings.target, error = %failure, "channel not opened; reconnecting");
+                                }
+                                break failure;
+                            }
+                        };
+                        backoff.reset();
+                        if was_up {
+                            self.metrics.reconnected();
+                        }
+                        was_up = true;
+                        self.health.up();
+                        self.state.send_replace(LinkState::Up(channels.clone()));
+                        info!(link, target = %settings.target, broker = %self.url, generation, "link up");
+                        let end = self
+                            .serve(&connection, &channels, work, &mut events, &mut stop)
+                            .await;
+                        self.session.down(&channels).await;
+                        match end {
+                            End::Stopped => {
+                                link::close_connection(&connection, "wsbridge link closed").await;
+                                break 'connect;
+                            }
+                            End::Lost(failure) => {
+                                self.set_down(failure.clone());
+                                if !connection.status().connected() {
+                                    warn!(link, target = %settings.target, error = %failure, "connection lost; reconnecting");
+                                    break failure;
+                                }
+                                debug!(link, target = %settings.target, error = %failure, "channel lost; reopening it");
+                            }
+                        }
+                    };
+                    link::close_connection(&connection, "connection lost").await;
+                    lost
+                }
+            };
+            self.set_down(lost);
+            let pause = backoff.next_pause();
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        self.health.down(format!("{link} link closed"));
+        self.state.send_replace(LinkState::Closed);
+        debug!(link, target = %settings.target, "link stopped");
+    }
+
+    fn set_down(&self, failure: Failure) {
+        self.health.down(failure.text.clone());
+        self.state.send_replace(LinkState::Down(failure));
+    }
+
+    /// Waits until the channels or the connection fail, or the link stops.
+    async fn serve(
+        &self,
+        connection: &Connection,
+        channels: &S::Channels,
+        mut work: BoxFuture<'static, Failure>,
+        events: &mut (impl futures_util::Stream<Item = Event> + Unpin),
+        stop: &mut watch::Receiver<bool>,
+    ) -> End {
+        let mut check = tokio::time::interval(HEALTH_CHECK);
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(stop) => return End::Stopped,
+                failure = &mut work => return End::Lost(failure),
+                event = events.next() => match event {
+                    Some(Event::Error(error)) => return End::Lost(Failure::from_lapin("connection", &error)),
+                    Some(_) => {}
+                    None => return End::Lost(Failure::unavailable("connection events ended")),
+                },
+                () = self.repair.notified() => {}
+                _ = check.tick() => {}
+            }
+            if !connection.status().connected() {
+                return End::Lost(Failure::unavailable("connection closed"));
+            }
+            if !self.session.healthy(channels) {
+                return End::Lost(Failure::unavailable("channel closed by the broker"));
+            }
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Commands => "commands",
+        Role::Events => "events",
+    }
+}
