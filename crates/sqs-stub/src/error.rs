@@ -72,6 +72,27 @@ impl ApiError {
         )
     }
 
+    /// The queue a request names does not exist.
+    pub fn queue_missing() -> Self {
+        Self::new(
+            ErrorKind::QueueMissing,
+            "The specified queue does not exist.",
+        )
+    }
+
+    /// The topic a request names does not exist.
+    pub fn topic_missing() -> Self {
+        Self::new(ErrorKind::TopicMissing, "Topic does not exist")
+    }
+
+    /// The subscription a request names does not exist.
+    pub fn subscription_missing() -> Self {
+        Self::new(
+            ErrorKind::SubscriptionMissing,
+            "Subscription does not exist",
+        )
+    }
+
     /// The SQS JSON protocol's spelling: (`__type` suffix, `x-amzn-query-error`
     /// code, HTTP status, sender's fault).
     pub fn sqs_codes(&self) -> (&'static str, &'static str, u16, bool) {
