@@ -117,6 +117,8 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # The optional OTLP exporter (off by default) is only type-checked: ~25 s.
 step "cargo clippy (app --features otlp)" cargo clippy -p app --features otlp -- -D warnings
+# The release binary: without the test-only routes the tests build in.
+step "cargo clippy (app without test routes)" cargo clippy -p app --lib --bins -- -D warnings
 step "domain dependency rule" check_domain_deps
 step "packaging (docker-compose config, CI workflow)" scripts/check-packaging.sh
 step "chromium + chromedriver (demo page test)" ensure_chromium

@@ -139,6 +139,7 @@ pub struct Access {
     /// Normalized allowed origins; empty: any.
     origins: Vec<String>,
     client_ip_header: Option<HeaderName>,
+    #[cfg(feature = "test-routes")]
     echo_route: bool,
 }
 
@@ -150,6 +151,7 @@ impl Access {
             auth: Authenticator::new(access)?,
             origins: access.allowed_origins.clone(),
             client_ip_header: access.client_ip_header.clone(),
+            #[cfg(feature = "test-routes")]
             echo_route: config.server.echo_route,
         })
     }
