@@ -1,6 +1,7 @@
 //! Choosing the message broker (`broker = "aws" | "amqp"`): the concrete
-//! command source and event sink behind the domain's ports, and how each is
-//! flushed and closed at shutdown.
+//! command source and event sink behind the domain's ports, the readiness
+//! and metrics their adapters report, and how each is flushed and closed at
+//! shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,13 @@ use adapters_amqp::{
     AmqpCommandSource, AmqpEventSink, AmqpSinkSettings, AmqpSourceSettings, AmqpUrl,
 };
 use adapters_aws::sdk::Clients;
-use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
-use domain::{CommandSource, EventSink, Stats};
+use adapters_aws::{
+    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings,
+};
+use domain::{CommandSource, EventSink};
 
+use crate::amqp_readiness::ReceiveWatch;
+use crate::broker_status::BrokerStatus;
 use crate::config::{ConfigError, Settings};
 
 /// How to reach the broker.
@@ -37,6 +42,10 @@ pub struct Adapters {
     pub sink: Arc<dyn EventSink>,
     /// What shutdown must flush and close.
     pub closer: Closer,
+    /// Readiness and metrics, as the adapters report them.
+    pub status: BrokerStatus,
+    /// `broker = "aws"`: the metrics the SQS source and SNS sink record into.
+    pub aws_metrics: Option<AwsMetrics>,
 }
 
 /// The broker-specific part of a graceful shutdown.
@@ -62,13 +71,10 @@ impl Closer {
 }
 
 /// Builds the source and sink the settings ask for.
-pub fn connect(
-    settings: &Settings,
-    connection: Connection,
-    stats: &Arc<Stats>,
-) -> Result<Adapters, ConfigError> {
+pub fn connect(settings: &Settings, connection: Connection) -> Result<Adapters, ConfigError> {
     match connection {
         Connection::Aws(clients) => {
+            let metrics = AwsMetrics::new();
             let queue_url = settings.required("command_queue_url", &settings.command_queue_url)?;
             let topic_arn = settings.required("events_topic_arn", &settings.events_topic_arn)?;
             let source = SqsCommandSource::new(
@@ -79,20 +85,24 @@ pub fn connect(
                     ..SqsSourceSettings::default()
                 },
             )
-            .with_stats(stats.clone());
-            let sink = SnsEventSink::spawn_with_stats(
+            .with_metrics(metrics.clone());
+            let sink = SnsEventSink::spawn_with_metrics(
                 clients.sns,
                 topic_arn,
                 SnsSinkSettings {
                     linger: Duration::from_millis(settings.publish_linger_ms),
                     ..SnsSinkSettings::default()
                 },
-                &stats.calls,
+                metrics.clone(),
             );
+            let readiness = metrics.clone();
             Ok(Adapters {
                 source: Arc::new(source),
                 sink: Arc::new(sink.clone()),
                 closer: Closer::Aws(sink),
+                status: BrokerStatus::new(move || readiness.not_ready_reason())
+                    .with_collector(metrics.clone()),
+                aws_metrics: Some(metrics),
             })
         }
         Connection::Amqp => {
@@ -112,10 +122,15 @@ pub fn connect(
                     ..AmqpSinkSettings::default()
                 },
             ));
+            // No AMQP series yet; readiness from the receives' outcomes.
+            let watched = Arc::new(ReceiveWatch::new(source.clone()));
+            let readiness = watched.clone();
             Ok(Adapters {
-                source: source.clone(),
+                source: watched,
                 sink: sink.clone(),
                 closer: Closer::Amqp(source, sink),
+                status: BrokerStatus::new(move || readiness.not_ready_reason()),
+                aws_metrics: None,
             })
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! [`config`] loads the layered settings, [`cli`] is the `wsbridge` command
 //! line, [`startup::Application`] wires SQS/SNS and WebSocket adapters into
-//! the use cases and runs them with the HTTP [`routes`], and [`consumer`]
+//! the use cases and runs them with the HTTP [`routes`] (which learn the
+//! broker adapters' readiness and metrics from [`broker_status`]), and [`consumer`]
 //! drives the command pollers, [`auth`] verifies the tokens of `auth = "jwt"`
 //! (on the ring-backed [`jwt_crypto`] provider), [`replica`] owns the queue
 //! of a `fanout` or `sharded` replica and [`shards`] prints a sharded fleet's
@@ -11,8 +12,10 @@
 //! arguments and calls [`cli::run`].
 
 mod amqp_cli;
+mod amqp_readiness;
 pub mod auth;
 pub mod broker;
+pub mod broker_status;
 pub mod cli;
 pub mod config;
 pub mod consumer;
