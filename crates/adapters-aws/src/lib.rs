@@ -4,6 +4,9 @@
 //!   (long polling, batched deletes, visibility changes).
 //! - [`SnsEventSink`] implements `domain::EventSink` over an SNS topic
 //!   (`PublishBatch` after a short linger, `client_id`/`action` attributes).
+//! - [`AwsMetrics`] holds what both count and time of their calls and the
+//!   outcome of the last receive: the `wsbridge_sqs_*` and
+//!   `wsbridge_backend_call_duration_seconds` series, and `/ready`'s reason.
 //! - [`bootstrap`] creates topics, queues, the subscription and the
 //!   dead-letter queue, idempotently.
 //! - [`fanout`] manages the per-instance queues of `fanout` mode, and
@@ -16,11 +19,13 @@
 pub mod bootstrap;
 mod classify;
 pub mod fanout;
+pub mod metrics;
 pub mod sdk;
 pub mod sharded;
 mod sns_sink;
 mod sqs_source;
 pub mod tools;
 
+pub use metrics::AwsMetrics;
 pub use sns_sink::{SnsEventSink, SnsSinkSettings};
 pub use sqs_source::{SqsCommandSource, SqsSourceSettings};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sns::Client;
-use domain::stats::{CallLatencies, Histogram};
+use domain::stats::Histogram;
 use domain::{EventSink, OutboundEvent, PublishError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::classify::describe;
+use crate::metrics::AwsMetrics;
 
 /// SNS's limit on one message, and on a whole batch (256 KiB).
 pub const MAX_PAYLOAD_BYTES: usize = 262_144;
@@ -69,16 +70,16 @@ impl SnsEventSink {
     /// Starts the batcher on the current tokio runtime. It runs until every
     /// clone of the sink is dropped, after sending what it holds.
     pub fn spawn(client: Client, topic_arn: impl Into<String>, settings: SnsSinkSettings) -> Self {
-        Self::spawn_with_stats(client, topic_arn, settings, &CallLatencies::default())
+        Self::spawn_with_metrics(client, topic_arn, settings, AwsMetrics::default())
     }
 
     /// [`SnsEventSink::spawn`], recording the latency of every SNS call into
-    /// `calls` (service `sns`).
-    pub fn spawn_with_stats(
+    /// the bridge's `metrics` (service `sns`).
+    pub fn spawn_with_metrics(
         client: Client,
         topic_arn: impl Into<String>,
         settings: SnsSinkSettings,
-        calls: &CallLatencies,
+        metrics: AwsMetrics,
     ) -> Self {
         let (requests, inbox) = mpsc::channel(settings.queue_capacity.max(1));
         let topic_arn = topic_arn.into();
@@ -89,7 +90,7 @@ impl SnsEventSink {
             instance: rand::random(),
             sequence: AtomicU64::new(0),
             entry_retries: settings.entry_retries,
-            publish_latency: calls.histogram("sns", "PublishBatch"),
+            publish_latency: metrics.call("sns", "PublishBatch"),
         };
         let batcher = Batcher {
             publisher: Arc::new(publisher),

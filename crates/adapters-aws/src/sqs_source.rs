@@ -1,4 +1,6 @@
-//! `CommandSource` over an SQS queue.
+//! `CommandSource` over an SQS queue. It counts its failures, deletes and
+//! call latencies, and the outcome of its last receive, into the bridge's
+//! [`AwsMetrics`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -12,12 +14,13 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
-use domain::stats::{CallLatencies, Histogram};
-use domain::{CommandSource, InboundMessage, Receipt, SourceError, Stats};
+use domain::stats::Histogram;
+use domain::{CommandSource, InboundMessage, Receipt, SourceError};
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
-use crate::classify::source_error;
+use crate::classify::{failure_reason, source_error};
+use crate::metrics::AwsMetrics;
 
 /// SQS's limit on entries in one batch call.
 const BATCH_LIMIT: usize = 10;
@@ -58,9 +61,9 @@ pub struct SqsCommandSource {
     /// Set after the first receive, which does not wait: readiness is known
     /// at start instead of after a whole long-poll of an empty queue.
     warmed_up: AtomicBool,
-    /// Where deletes are counted.
-    stats: Arc<Stats>,
-    /// Latency of each SQS operation.
+    /// Where failures, deletes and the last receive are recorded.
+    metrics: AwsMetrics,
+    /// Latency of each SQS operation (histograms of `metrics`).
     calls: SqsCalls,
 }
 
@@ -74,12 +77,12 @@ struct SqsCalls {
 }
 
 impl SqsCalls {
-    fn new(calls: &CallLatencies) -> Self {
+    fn new(metrics: &AwsMetrics) -> Self {
         Self {
-            receive: calls.histogram("sqs", "ReceiveMessage"),
-            delete: calls.histogram("sqs", "DeleteMessageBatch"),
-            change_visibility: calls.histogram("sqs", "ChangeMessageVisibilityBatch"),
-            get_attributes: calls.histogram("sqs", "GetQueueAttributes"),
+            receive: metrics.call("sqs", "ReceiveMessage"),
+            delete: metrics.call("sqs", "DeleteMessageBatch"),
+            change_visibility: metrics.call("sqs", "ChangeMessageVisibilityBatch"),
+            get_attributes: metrics.call("sqs", "GetQueueAttributes"),
         }
     }
 }
@@ -93,26 +96,33 @@ async fn timed<T>(histogram: &Histogram, call: impl Future<Output = T>) -> T {
 }
 
 impl SqsCommandSource {
-    /// A source over `queue_url`, using an already configured client.
+    /// A source over `queue_url`, using an already configured client. It
+    /// records into metrics of its own until [`SqsCommandSource::with_metrics`].
     pub fn new(client: Client, queue_url: impl Into<String>, settings: SqsSourceSettings) -> Self {
-        let stats = Arc::new(Stats::default());
+        let metrics = AwsMetrics::default();
         Self {
             client,
             queue_url: queue_url.into(),
             settings,
             has_dead_letter_queue: OnceCell::new(),
             warmed_up: AtomicBool::new(false),
-            calls: SqsCalls::new(&stats.calls),
-            stats,
+            calls: SqsCalls::new(&metrics),
+            metrics,
         }
     }
 
-    /// Counts deletes (`stats.source`) and records the latency of every SQS
-    /// call (`stats.calls`, service `sqs`) into the bridge's `stats`.
-    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
-        self.calls = SqsCalls::new(&stats.calls);
-        self.stats = stats;
+    /// Records receive and settle failures, deletes, the last receive's
+    /// outcome and the latency of every SQS call (service `sqs`) into the
+    /// bridge's `metrics`.
+    pub fn with_metrics(mut self, metrics: AwsMetrics) -> Self {
+        self.calls = SqsCalls::new(&metrics);
+        self.metrics = metrics;
         self
+    }
+
+    /// The metrics this source records into.
+    pub fn metrics(&self) -> &AwsMetrics {
+        &self.metrics
     }
 
     /// The queue this source reads.
@@ -140,6 +150,17 @@ impl SqsCommandSource {
             .copied()
     }
 
+    /// Leaves the messages for the dead-letter queue when there is one,
+    /// else deletes them.
+    async fn reject_messages(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+        if self.dead_letter_queue_configured().await? {
+            // Left invisible: it comes back after the visibility timeout and
+            // the queue's redrive policy moves it once maxReceiveCount is hit.
+            return Ok(());
+        }
+        self.delete(receipts).await
+    }
+
     async fn delete(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
         let receipts = distinct(receipts);
         let distinct = receipts.len() as u64;
@@ -149,11 +170,8 @@ impl SqsCommandSource {
             Err(SourceError::Partial { failed, .. }) => failed.len() as u64,
             Err(_) => distinct,
         };
-        let source = &self.stats.source;
-        source
-            .deleted
-            .fetch_add(distinct.saturating_sub(failed), Ordering::Relaxed);
-        source.delete_failed.fetch_add(failed, Ordering::Relaxed);
+        self.metrics
+            .deletes(distinct.saturating_sub(failed), failed);
         result
     }
 
@@ -363,9 +381,15 @@ impl CommandSource for SqsCommandSource {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send();
         // Includes the long-poll wait: an idle queue reads as slow receives.
-        let out = timed(&self.calls.receive, call)
-            .await
-            .map_err(|e| source_error("ReceiveMessage", e))?;
+        let out = match timed(&self.calls.receive, call).await {
+            Ok(out) => out,
+            Err(e) => {
+                self.metrics
+                    .receive_failed(failure_reason("SQS", "ReceiveMessage", &e));
+                return Err(source_error("ReceiveMessage", e));
+            }
+        };
+        self.metrics.receive_succeeded();
         self.warmed_up.store(true, Ordering::Relaxed);
         Ok(out
             .messages
@@ -376,20 +400,16 @@ impl CommandSource for SqsCommandSource {
     }
 
     async fn acknowledge(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-        self.delete(receipts).await
+        self.metrics.settled(self.delete(receipts).await)
     }
 
     async fn release(&self, receipts: Vec<Receipt>, delay: Duration) -> Result<(), SourceError> {
-        self.change_visibility(receipts, delay).await
+        self.metrics
+            .settled(self.change_visibility(receipts, delay).await)
     }
 
     async fn reject(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-        if self.dead_letter_queue_configured().await? {
-            // Left invisible: it comes back after the visibility timeout and
-            // the queue's redrive policy moves it once maxReceiveCount is hit.
-            return Ok(());
-        }
-        self.delete(receipts).await
+        self.metrics.settled(self.reject_messages(receipts).await)
     }
 }
 

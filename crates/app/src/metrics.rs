@@ -1,10 +1,13 @@
 //! `/metrics`, encoded by `prometheus-client` (the Prometheus project's Rust
-//! client) from the bridge's own atomics.
+//! client) from the bridge's own atomics and the broker adapter's metrics.
 //!
-//! The domain and the adapters count into `domain::Stats` (plain atomics, no
-//! metrics crate there); at each scrape a [`Snapshot`] is taken and handed to
-//! a `prometheus_client` [`Collector`], which describes and encodes it. The
-//! Prometheus text format (0.0.4) is the default; a scraper that asks for
+//! The use cases count into `domain::Stats` (plain atomics, no metrics crate
+//! there); at each scrape a [`Snapshot`] is taken and handed to a
+//! `prometheus_client` [`Collector`], which describes and encodes it. The
+//! broker adapter's own collector (its call counts and latencies, under the
+//! broker's names: `adapters_aws::metrics` for `broker = "aws"`) is
+//! registered next to it, so a bridge exports only its own broker's series.
+//! The Prometheus text format (0.0.4) is the default; a scraper that asks for
 //! OpenMetrics (`Accept: application/openmetrics-text`) gets that.
 //!
 //! | metric | type | labels |
@@ -12,19 +15,15 @@
 //! | `wsbridge_open_connections` | gauge | |
 //! | `wsbridge_ready` | gauge | |
 //! | `wsbridge_commands_total` | counter | `outcome` |
-//! | `wsbridge_sqs_receive_errors_total` | counter | |
-//! | `wsbridge_sqs_settle_errors_total` | counter | |
-//! | `wsbridge_sqs_deleted_messages_total` | counter | |
-//! | `wsbridge_sqs_delete_failures_total` | counter | |
 //! | `wsbridge_client_messages_total` | counter | `outcome` |
 //! | `wsbridge_upgrades_refused_total` | counter | `reason` |
 //! | `wsbridge_connections_closed_total` | counter | `code` |
 //! | `wsbridge_command_forward_latency_seconds` | histogram | |
-//! | `wsbridge_backend_call_duration_seconds` | histogram | `service`, `operation` |
+//! | the broker adapter's series | | |
 
 use std::fmt;
 
-use domain::stats::{DownlinkSnapshot, HistogramSnapshot, SourceSnapshot, UplinkSnapshot};
+use domain::stats::{DownlinkSnapshot, HistogramSnapshot, UplinkSnapshot};
 use domain::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
@@ -47,16 +46,12 @@ pub struct Snapshot {
     pub downlink: DownlinkSnapshot,
     /// The uplink's counters.
     pub uplink: UplinkSnapshot,
-    /// The command source's counters.
-    pub source: SourceSnapshot,
     /// Connections closed, by close code label.
     pub close_codes: Vec<(String, u64)>,
     /// Upgrades refused before the handshake, by reason.
     pub refused: Vec<(&'static str, u64)>,
     /// Published → hand-off latency of forwarded Commands.
     pub forward_latency: HistogramSnapshot,
-    /// `(service, operation, latency)` of every backend call made.
-    pub calls: Vec<(&'static str, &'static str, HistogramSnapshot)>,
 }
 
 impl Snapshot {
@@ -72,16 +67,9 @@ impl Snapshot {
             ready,
             downlink: stats.downlink.snapshot(),
             uplink: stats.uplink.snapshot(),
-            source: stats.source.snapshot(),
             close_codes: stats.close_codes.snapshot(),
             refused,
             forward_latency: stats.forward_latency.snapshot(),
-            calls: stats
-                .calls
-                .all()
-                .into_iter()
-                .map(|c| (c.service, c.operation, c.histogram.snapshot()))
-                .collect(),
         }
     }
 }
@@ -113,10 +101,14 @@ impl Format {
     }
 }
 
-/// Encodes `snapshot` in `format`.
-pub fn render(snapshot: Snapshot, format: Format) -> String {
+/// Encodes `snapshot`, then what `broker` (the broker adapter's collector,
+/// if it has one) reports, in `format`.
+pub fn render(snapshot: Snapshot, broker: Option<Box<dyn Collector>>, format: Format) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
+    if let Some(broker) = broker {
+        registry.register_collector(broker);
+    }
     let mut out = String::with_capacity(8 * 1024);
     let encoded = match format {
         Format::Prometheus => {
@@ -166,31 +158,6 @@ impl Collector for Snapshot {
                 ("ack_released", d.ack_released),
             ],
         )?;
-        counter(
-            &mut encoder,
-            "wsbridge_sqs_receive_errors",
-            "Failed receive calls.",
-            d.receive_errors,
-        )?;
-        counter(
-            &mut encoder,
-            "wsbridge_sqs_settle_errors",
-            "Delete / visibility calls that failed (after retries).",
-            d.settle_errors,
-        )?;
-        counter(
-            &mut encoder,
-            "wsbridge_sqs_deleted_messages",
-            "Messages deleted from the command queue.",
-            self.source.deleted,
-        )?;
-        counter(
-            &mut encoder,
-            "wsbridge_sqs_delete_failures",
-            "Messages whose deletion failed after retries (they come back after the \
-             visibility timeout).",
-            self.source.delete_failed,
-        )?;
 
         let u = &self.uplink;
         labelled_counter(
@@ -235,20 +202,7 @@ impl Collector for Snapshot {
             None,
             MetricType::Histogram,
         )?;
-        histogram(&mut metric, &self.forward_latency)?;
-
-        let mut metric = encoder.encode_descriptor(
-            "wsbridge_backend_call_duration_seconds",
-            "Duration of each call to SQS / SNS, answered or failed (ReceiveMessage includes \
-             its long-poll wait).",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (service, operation, latency) in &self.calls {
-            let labels = [("service", *service), ("operation", *operation)];
-            histogram(&mut metric.encode_family(&labels)?, latency)?;
-        }
-        Ok(())
+        histogram(&mut metric, &self.forward_latency)
     }
 }
 
@@ -258,12 +212,6 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) ->
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
         .encode_gauge(&value)
-}
-
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    encoder
-        .encode_descriptor(name, help, None, MetricType::Counter)?
-        .encode_counter::<NoLabelSet, _, u64>(&value, None)
 }
 
 fn labelled_counter(
@@ -301,7 +249,10 @@ fn histogram(metric: &mut MetricEncoder, snapshot: &HistogramSnapshot) -> fmt::R
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::time::Duration;
+
+    use adapters_aws::AwsMetrics;
 
     use super::*;
 
@@ -322,16 +273,23 @@ mod tests {
         stats.close_codes.record(Some(1000));
         stats.forward_latency.record(Duration::from_millis(3));
         stats.forward_latency.record(Duration::from_millis(40));
-        stats
-            .calls
-            .histogram("sqs", "ReceiveMessage")
-            .record(Duration::from_millis(7));
         Snapshot::take(&stats, 4, true, vec![("origin_not_allowed", 1)])
+    }
+
+    /// The `# TYPE` lines of `text`: every family's name and type.
+    fn families(text: &str) -> BTreeSet<&str> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .collect()
+    }
+
+    fn aws() -> Option<Box<dyn Collector>> {
+        Some(Box::new(AwsMetrics::new()))
     }
 
     #[test]
     fn renders_every_family_in_the_prometheus_text_format() {
-        let text = render(sample(), Format::Prometheus);
+        let text = render(sample(), aws(), Format::Prometheus);
         for line in [
             "# TYPE wsbridge_open_connections gauge\n",
             "wsbridge_open_connections 4\n",
@@ -352,8 +310,7 @@ mod tests {
             "wsbridge_command_forward_latency_seconds_bucket{le=\"0.05\"} 2\n",
             "wsbridge_command_forward_latency_seconds_bucket{le=\"+Inf\"} 2\n",
             "wsbridge_command_forward_latency_seconds_count 2\n",
-            "wsbridge_backend_call_duration_seconds_bucket{service=\"sqs\",operation=\"ReceiveMessage\",le=\"0.01\"} 1\n",
-            "wsbridge_backend_call_duration_seconds_count{service=\"sqs\",operation=\"ReceiveMessage\"} 1\n",
+            "# TYPE wsbridge_backend_call_duration_seconds histogram\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
@@ -370,7 +327,7 @@ mod tests {
         );
         assert_eq!(Format::from_accept(Some("text/plain")), Format::Prometheus);
         assert_eq!(Format::from_accept(None), Format::Prometheus);
-        let text = render(sample(), Format::OpenMetrics);
+        let text = render(sample(), aws(), Format::OpenMetrics);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
             text.contains("# TYPE wsbridge_commands counter\n"),
@@ -380,5 +337,33 @@ mod tests {
             text.contains("wsbridge_commands_total{outcome=\"received\"} 5\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn without_a_broker_collector_no_broker_series_are_exported() {
+        // An AMQP bridge, until its adapter's collector is registered.
+        let text = render(sample(), None, Format::Prometheus);
+        assert!(!text.contains("wsbridge_sqs_"), "{text}");
+        assert!(!text.contains("wsbridge_backend_call"), "{text}");
+        assert!(text.contains("wsbridge_commands_total"), "{text}");
+    }
+
+    #[test]
+    fn the_aws_collector_adds_exactly_the_aws_series() {
+        let bridge = render(sample(), None, Format::Prometheus);
+        let with_aws = render(sample(), aws(), Format::Prometheus);
+        let (bridge, with_aws) = (families(&bridge), families(&with_aws));
+        let added: Vec<&str> = with_aws.difference(&bridge).copied().collect();
+        assert_eq!(
+            added,
+            [
+                "wsbridge_backend_call_duration_seconds histogram",
+                "wsbridge_sqs_delete_failures_total counter",
+                "wsbridge_sqs_deleted_messages_total counter",
+                "wsbridge_sqs_receive_errors_total counter",
+                "wsbridge_sqs_settle_errors_total counter",
+            ]
+        );
+        assert!(bridge.is_subset(&with_aws));
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::auth::{AuthError, Authenticator, TokenSource, BEARER_PROTOCOL};
+use crate::broker::BrokerStatus;
 use crate::config::{normalize_origin, Config, ConfigError};
 
 /// What every request handler shares.
@@ -32,8 +33,10 @@ pub struct AppState {
     pub registry: Arc<WsClientRegistry>,
     /// The uplink use case.
     pub uplink: Arc<Uplink>,
-    /// Counters and consumer health.
+    /// The use cases' counters, and whether the consumer has stopped.
     pub stats: Arc<Stats>,
+    /// The broker adapters' readiness and metrics.
+    pub broker: BrokerStatus,
     /// Per-connection limits.
     pub session: SessionSettings,
     /// Who may open a WebSocket.
@@ -117,6 +120,7 @@ impl AppState {
         registry: Arc<WsClientRegistry>,
         uplink: Arc<Uplink>,
         stats: Arc<Stats>,
+        broker: BrokerStatus,
         config: &Config,
         closing: CancellationToken,
     ) -> Result<Self, ConfigError> {
@@ -124,6 +128,7 @@ impl AppState {
             registry,
             uplink,
             stats,
+            broker,
             session: config.session.clone(),
             access: Access::new(config)?,
             refused: Refusals::default(),
@@ -217,17 +222,13 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Why `/ready` is 503, or `None` when it is 200: only while the command
-/// consumer runs and its last receive succeeded.
-fn not_ready_because(state: &AppState) -> Option<&'static str> {
-    let stats = &state.stats;
-    if state.closing.is_cancelled() || stats.consumer_stopped() {
-        Some("shutting down: the command consumer has stopped")
-    } else if stats.consumer_ready() {
-        None
-    } else if stats.downlink.snapshot().receive_errors == 0 {
-        Some("starting: the command consumer has not received yet")
+/// consumer runs and, as its broker adapter tells, its last receive
+/// succeeded.
+fn not_ready_because(state: &AppState) -> Option<String> {
+    if state.closing.is_cancelled() || state.stats.consumer_stopped() {
+        Some("shutting down: the command consumer has stopped".to_owned())
     } else {
-        Some("the command consumer's last receive failed")
+        state.broker.not_ready_reason()
     }
 }
 
@@ -246,7 +247,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     );
     HttpResponse::Ok()
         .content_type(format.content_type())
-        .body(render(snapshot, format))
+        .body(render(snapshot, state.broker.collector(), format))
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
+use adapters_aws::AwsMetrics;
 use adapters_ws::WsClientRegistry;
 use anyhow::Context;
 use domain::{Downlink, Stats, Uplink};
@@ -29,6 +30,7 @@ pub struct Application {
     closer: Closer,
     registry: Arc<WsClientRegistry>,
     stats: Arc<Stats>,
+    aws_metrics: Option<AwsMetrics>,
     closing: CancellationToken,
 }
 
@@ -42,7 +44,9 @@ impl Application {
             source,
             sink,
             closer,
-        } = broker::connect(&config, connection.into(), &stats)?;
+            status,
+            aws_metrics,
+        } = broker::connect(&config, connection.into())?;
         let downlink = Arc::new(Downlink::new(
             source,
             registry.clone(),
@@ -60,6 +64,7 @@ impl Application {
             registry.clone(),
             uplink,
             stats.clone(),
+            status,
             &config,
             closing.clone(),
         )?);
@@ -88,6 +93,7 @@ impl Application {
             closer,
             registry,
             stats,
+            aws_metrics,
             closing,
         })
     }
@@ -105,6 +111,11 @@ impl Application {
     /// The bridge's counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// `broker = "aws"`: what the SQS source and SNS sink counted and timed.
+    pub fn aws_metrics(&self) -> Option<AwsMetrics> {
+        self.aws_metrics.clone()
     }
 
     /// Serves until the shutdown token is cancelled, then drains: stop

@@ -137,10 +137,7 @@ impl PendingAcks {
         self.source
             .acknowledge(vec![pending.receipt])
             .await
-            .map_err(|e| {
-                bump(&self.stats.downlink.settle_errors, 1);
-                ConfirmError::Source(e)
-            })
+            .map_err(ConfirmError::Source)
     }
 
     /// Releases every delivery whose acknowledgement is overdue, so it is
@@ -192,7 +189,6 @@ impl PendingAcks {
         bump(&self.stats.downlink.ack_released, count as u64);
         if let Err(error) = self.source.release(receipts, Duration::ZERO).await {
             warn!(%error, "releasing unacknowledged deliveries failed");
-            bump(&self.stats.downlink.settle_errors, 1);
         }
         count
     }

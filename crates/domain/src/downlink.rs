@@ -118,29 +118,20 @@ impl Downlink {
     /// Receives one batch and settles every message of it.
     ///
     /// A receive failure is returned (the caller backs off); settle failures
-    /// are logged and counted, since the source hands the messages out again.
+    /// are logged, since the source hands the messages out again.
     pub async fn poll_once(&self) -> Result<BatchOutcome, SourceError> {
         let batch = self.receive().await?;
         Ok(self.process(batch).await)
     }
 
-    /// Waits for the next batch, recording whether the source answered.
+    /// Waits for the next batch. A failure is the caller's to log and back
+    /// off from; the source adapter counts it and reports readiness.
     ///
     /// Safe to abandon (e.g. at shutdown): nothing has been taken from the
     /// source until it returns. Once it has returned, the batch must go
     /// through [`Downlink::process`], which should not be abandoned.
     pub async fn receive(&self) -> Result<Vec<InboundMessage>, SourceError> {
-        match self.source.receive().await {
-            Ok(batch) => {
-                self.stats.set_consumer_healthy(true);
-                Ok(batch)
-            }
-            Err(e) => {
-                self.stats.set_consumer_healthy(false);
-                bump(&self.stats.downlink.receive_errors, 1);
-                Err(e)
-            }
-        }
+        self.source.receive().await
     }
 
     /// Decides the fate of each message of a batch, in order, then settles
@@ -268,9 +259,9 @@ impl Downlink {
     fn record_settle(&self, what: &'static str, result: Result<(), SourceError>) {
         if let Err(error) = result {
             // The source hands unsettled messages out again; de-duplication
-            // keeps a forwarded one from reaching its client twice.
+            // keeps a forwarded one from reaching its client twice. The
+            // source adapter counts the failure.
             warn!(operation = what, %error, "settling messages failed");
-            bump(&self.stats.downlink.settle_errors, 1);
         }
     }
 }

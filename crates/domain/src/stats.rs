@@ -1,5 +1,11 @@
-//! Counters and latency histograms kept by the use cases and the adapters;
-//! the app exports them as metrics and uses the receive state for readiness.
+//! Counters kept by the use cases ([`Stats`]), and the technology-free
+//! primitives ([`Histogram`], [`CallLatencies`], [`CloseCodes`]) the
+//! adapters also build their own metrics from.
+//!
+//! [`Stats`] holds only what the domain decides: what became of Commands and
+//! client messages, acknowledgements, close codes, and whether the consumer
+//! has stopped. How the broker's calls went (errors, deletes, latencies,
+//! readiness reasons) is the broker adapter's to count, under its own names.
 //!
 //! Everything here is a plain atomic (no metrics crate in the domain): the
 //! hot paths only `fetch_add`, and the app reads snapshots when scraped.
@@ -44,10 +50,6 @@ counters! {
         duplicate,
         /// Frames queued on connections (one Command, several sockets).
         frames_queued,
-        /// Failed receive calls.
-        receive_errors,
-        /// Acknowledge, release or reject calls that failed.
-        settle_errors,
         /// Deliveries a client acknowledged (`ack=true` connections).
         acknowledged_by_client,
         /// Deliveries released unacknowledged (timeout or shutdown).
@@ -69,17 +71,6 @@ counters! {
     }
 }
 
-counters! {
-    /// What the command source adapter did with the messages it settled.
-    SourceStats / SourceSnapshot {
-        /// Messages deleted from the queue (delete calls' successful entries).
-        deleted,
-        /// Messages whose deletion failed for good (after retries): they
-        /// come back after their visibility timeout.
-        delete_failed,
-    }
-}
-
 /// Shared by all use cases of one bridge.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -87,30 +78,15 @@ pub struct Stats {
     pub downlink: DownlinkStats,
     /// Uplink counters.
     pub uplink: UplinkStats,
-    /// Command source counters (kept by the source adapter).
-    pub source: SourceStats,
     /// How connections ended, by close code.
     pub close_codes: CloseCodes,
     /// From when a Command was published (SNS `Timestamp`, else the queue's
     /// `SentTimestamp`) to its hand-off to the connections' outgoing queues.
     pub forward_latency: Histogram,
-    /// Latency of each call the adapters make to their services.
-    pub calls: CallLatencies,
-    consumer_healthy: AtomicBool,
     consumer_stopped: AtomicBool,
 }
 
 impl Stats {
-    /// Whether the consumer's last receive succeeded (readiness).
-    pub fn consumer_healthy(&self) -> bool {
-        self.consumer_healthy.load(Ordering::Relaxed)
-    }
-
-    /// Records the outcome of a receive.
-    pub fn set_consumer_healthy(&self, healthy: bool) {
-        self.consumer_healthy.store(healthy, Ordering::Relaxed);
-    }
-
     /// The consumer stops receiving for good (shutdown).
     pub fn set_consumer_stopped(&self) {
         self.consumer_stopped.store(true, Ordering::Relaxed);
@@ -119,12 +95,6 @@ impl Stats {
     /// Whether the consumer has stopped receiving for good.
     pub fn consumer_stopped(&self) -> bool {
         self.consumer_stopped.load(Ordering::Relaxed)
-    }
-
-    /// Whether the bridge should get traffic: the consumer is running (not
-    /// stopped) and its last receive succeeded.
-    pub fn consumer_ready(&self) -> bool {
-        !self.consumer_stopped() && self.consumer_healthy()
     }
 }
 
@@ -366,17 +336,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_consumer_is_not_ready_even_after_a_successful_receive() {
+    fn the_consumer_runs_until_it_is_stopped_for_good() {
         let stats = Stats::default();
-        assert!(
-            !stats.consumer_ready(),
-            "not ready before the first receive"
-        );
-        stats.set_consumer_healthy(true);
-        assert!(stats.consumer_ready());
+        assert!(!stats.consumer_stopped());
         stats.set_consumer_stopped();
-        stats.set_consumer_healthy(true);
-        assert!(!stats.consumer_ready());
-        assert!(stats.consumer_healthy());
+        assert!(stats.consumer_stopped());
     }
 }

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use adapters_aws::metrics::AwsSnapshot;
 use adapters_aws::sdk::{Clients, PUBLISH_TIMEOUT};
 use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
 use aws_config::timeout::TimeoutConfig;
@@ -458,6 +459,15 @@ async fn a_delete_entry_refused_for_the_senders_fault_is_reported_and_not_retrie
         other => panic!("expected Partial, got {other:?}"),
     }
     assert_eq!(calls.lock().unwrap().len(), 1, "{calls:?}");
+    assert_eq!(
+        source.metrics().snapshot(),
+        AwsSnapshot {
+            receive_errors: 0,
+            settle_errors: 1,
+            deleted: 2,
+            delete_failed: 1,
+        }
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 mod bootstrap;
 mod fanout;
 mod faults;
+mod metrics;
 mod sharded;
 mod sns_sink;
 mod sqs_source;

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use adapters_amqp::bootstrap::{self, Topology};
 use adapters_amqp::tools::{self, Target};
-use adapters_amqp::{AmqpCommandSource, AmqpEventSink, AmqpSinkSettings, AmqpSourceSettings};
+use adapters_amqp::{
+    AmqpCommandSource, AmqpEventSink, AmqpMetrics, AmqpSinkSettings, AmqpSourceSettings,
+};
 use domain::{CommandSource, EventSink};
 use tracing::info;
 
-use super::{CloserKind, Ports, SeenEvent, SendTarget};
+use super::{BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
 use crate::config::{AmqpResources, Config};
 
 /// What shutdown closes: the channels are settled and closed
@@ -31,20 +33,24 @@ impl Closer {
 
 /// The AMQP source and sink of `resources`.
 pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
-    let source = Arc::new(AmqpCommandSource::spawn(
+    // One recorder for both links: the adapter's own series and readiness.
+    let metrics = AmqpMetrics::new();
+    let source = Arc::new(AmqpCommandSource::spawn_with_metrics(
         resources.url.clone(),
         AmqpSourceSettings {
             queue: resources.command_queue.clone(),
             wait_time: config.downlink.receive_wait,
             ..AmqpSourceSettings::default()
         },
+        metrics.clone(),
     ));
-    let sink = Arc::new(AmqpEventSink::spawn(
+    let sink = Arc::new(AmqpEventSink::spawn_with_metrics(
         resources.url.clone(),
         AmqpSinkSettings {
             exchange: resources.events_exchange.clone(),
             ..AmqpSinkSettings::default()
         },
+        metrics.clone(),
     ));
     let (commands, events): (Arc<dyn CommandSource>, Arc<dyn EventSink>) =
         (source.clone(), sink.clone());
@@ -52,6 +58,12 @@ pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
         source: commands,
         sink: events,
         closer: super::Closer(CloserKind::Amqp(Closer { source, sink })),
+        status: BrokerStatus::new({
+            let metrics = metrics.clone();
+            move || metrics.not_ready_reason()
+        })
+        .with_collector(metrics),
+        aws_metrics: None,
     }
 }
 

@@ -7,11 +7,13 @@ use std::time::Duration;
 use adapters_aws::bootstrap::{self, Plan};
 use adapters_aws::sdk::Clients;
 use adapters_aws::tools;
-use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
-use domain::{ClientId, CommandSource, EventSink, Stats};
+use adapters_aws::{
+    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings,
+};
+use domain::{ClientId, CommandSource, EventSink};
 use tracing::{info, warn};
 
-use super::{CloserKind, Ports, SeenEvent, SendTarget};
+use super::{BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
 use crate::config::{AwsResources, BrokerConfig, Config, ConfigError};
 
 /// The resource names `dev` uses when the configuration names none.
@@ -34,8 +36,8 @@ pub fn connect(
     config: &Config,
     resources: &AwsResources,
     clients: Clients,
-    stats: &Arc<Stats>,
 ) -> Result<Ports, ConfigError> {
+    let metrics = AwsMetrics::new();
     let queue_url = resources.command_queue_url()?;
     let topic_arn = resources.events_topic_arn()?;
     let source = SqsCommandSource::new(
@@ -46,15 +48,15 @@ pub fn connect(
             ..SqsSourceSettings::default()
         },
     )
-    .with_stats(stats.clone());
-    let sink = SnsEventSink::spawn_with_stats(
+    .with_metrics(metrics.clone());
+    let sink = SnsEventSink::spawn_with_metrics(
         clients.sns,
         topic_arn,
         SnsSinkSettings {
             linger: config.uplink.publish_linger,
             ..SnsSinkSettings::default()
         },
-        &stats.calls,
+        metrics.clone(),
     );
     let source: Arc<dyn CommandSource> = Arc::new(source);
     let events: Arc<dyn EventSink> = Arc::new(sink.clone());
@@ -62,6 +64,12 @@ pub fn connect(
         source,
         sink: events,
         closer: super::Closer(CloserKind::Aws(Closer(sink))),
+        status: BrokerStatus::new({
+            let metrics = metrics.clone();
+            move || metrics.not_ready_reason()
+        })
+        .with_collector(metrics.clone()),
+        aws_metrics: Some(metrics),
     })
 }
 

@@ -8,14 +8,17 @@
 pub mod amqp;
 pub mod aws;
 pub mod replica;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use adapters_aws::sdk::Clients;
-use domain::{CommandSource, EventSink, Stats};
+use adapters_aws::AwsMetrics;
+use domain::{CommandSource, EventSink};
 
+pub use self::status::BrokerStatus;
 use crate::config::{BrokerConfig, Config, ConfigError};
 
 /// How to reach the broker, for [`Application::build`](crate::startup::Application::build).
@@ -41,6 +44,10 @@ pub struct Ports {
     pub sink: Arc<dyn EventSink>,
     /// What shutdown must flush and close.
     pub closer: Closer,
+    /// Readiness and metrics, as the adapters report them.
+    pub status: BrokerStatus,
+    /// `broker = "aws"`: the metrics the SQS source and SNS sink record into.
+    pub aws_metrics: Option<AwsMetrics>,
 }
 
 /// The broker-specific part of a graceful shutdown.
@@ -62,14 +69,10 @@ impl Closer {
 }
 
 /// Builds the source and sink `config` asks for over `connection`.
-pub fn connect(
-    config: &Config,
-    connection: Connection,
-    stats: &Arc<Stats>,
-) -> Result<Ports, ConfigError> {
+pub fn connect(config: &Config, connection: Connection) -> Result<Ports, ConfigError> {
     match (&config.broker, connection) {
         (BrokerConfig::Aws(resources), Connection::Aws(clients)) => {
-            aws::connect(config, resources, clients, stats)
+            aws::connect(config, resources, clients)
         }
         (BrokerConfig::Amqp(resources), Connection::Amqp) => Ok(amqp::connect(config, resources)),
         (BrokerConfig::Aws(_), Connection::Amqp) | (BrokerConfig::Amqp(_), Connection::Aws(_)) => {

@@ -194,7 +194,7 @@ async fn sqs_refused_for_10_s_loses_nothing_backs_off_and_recovers_within_12_s()
     // Nothing gets through while SQS is down.
     assert_silent(&mut ws, outage.saturating_sub(down.elapsed())).await;
     let (attempts, rate) = attempts_per_sec(&proxy, down);
-    let receive_errors = bridge.stats.downlink.snapshot().receive_errors;
+    let receive_errors = bridge.aws().snapshot().receive_errors;
 
     proxy.heal();
     let healed = Instant::now();
@@ -259,15 +259,15 @@ async fn sqs_black_holed_trips_the_attempt_timeout_and_the_poll_loop_survives() 
         .count();
     // Each poller's receive fails once its attempts (3 × 2 s plus backoff)
     // are spent; on a loaded machine the second may end just after 12 s.
-    let stats = bridge.stats.clone();
+    let aws = bridge.aws().clone();
     wait_until("both pollers' receives failed", || {
-        let failed = stats.downlink.snapshot().receive_errors;
+        let failed = aws.snapshot().receive_errors;
         async move { failed >= 2 }
     })
     .await;
-    let receive_errors = bridge.stats.downlink.snapshot().receive_errors;
+    let receive_errors = aws.snapshot().receive_errors;
     assert!(
-        !bridge.stats.consumer_healthy(),
+        aws.not_ready_reason().is_some(),
         "readiness follows the hole"
     );
 
@@ -332,21 +332,22 @@ async fn throttling_and_5xx_bursts_back_off_recover_and_lose_nothing() {
         .filter(|s| matches!(s.outcome, Outcome::Answered(400 | 500)))
         .count();
     let stats = bridge.stats.downlink.snapshot();
+    let aws = bridge.aws().snapshot();
     assert!(
-        stats.receive_errors >= 1,
-        "the SDK gave up at least once: {stats:?}"
+        aws.receive_errors >= 1,
+        "the SDK gave up at least once: {aws:?}"
     );
     assert!(
         answered as f64 / 6.0 <= MAX_ATTEMPTS_PER_SEC_DOWN,
         "{answered} receives answered with errors in 6 s: no backoff?"
     );
-    assert!(bridge.stats.consumer_healthy());
+    assert_eq!(bridge.aws().not_ready_reason(), None);
     eprintln!(
         "measured: 3 s throttling + 3 s of 500s: {answered} receive attempts answered with \
          errors, {} receives failed, \
          {} settle calls failed, {} redeliveries de-duplicated; all 10 Commands delivered \
          {all_after:?} after the burst began",
-        stats.receive_errors, stats.settle_errors, stats.duplicate
+        aws.receive_errors, aws.settle_errors, stats.duplicate
     );
     bridge.stop().await;
 }

@@ -78,9 +78,9 @@ async fn ready_once_the_consumer_has_received() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_the_command_queue_cannot_be_read() {
     let bridge = bridge_without_queue().await;
-    let stats = bridge.stats.clone();
+    let aws = bridge.aws().clone();
     wait_until("a failed receive", || {
-        let errors = stats.downlink.snapshot().receive_errors;
+        let errors = aws.snapshot().receive_errors;
         async move { errors >= 1 }
     })
     .await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use adapters_aws::bootstrap::{self, Infrastructure, Plan};
 use adapters_aws::sdk::Clients;
+use adapters_aws::AwsMetrics;
 use app::config::{Config, Settings};
 use app::startup::Application;
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -179,6 +180,8 @@ pub struct Bridge {
     pub shutdown: CancellationToken,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// `broker = "aws"`: what its SQS source and SNS sink counted.
+    pub aws_metrics: Option<AwsMetrics>,
     /// `run_until_stopped`, with the error rendered.
     pub task: Option<JoinHandle<Result<(), String>>>,
 }
@@ -201,6 +204,7 @@ impl Bridge {
         let port = app.port();
         let shutdown = app.shutdown_token();
         let stats = app.stats();
+        let aws_metrics = app.aws_metrics();
         let task =
             tokio::spawn(
                 async move { app.run_until_stopped().await.map_err(|e| format!("{e:#}")) },
@@ -209,8 +213,16 @@ impl Bridge {
             port,
             shutdown,
             stats,
+            aws_metrics,
             task: Some(task),
         }
+    }
+
+    /// What its SQS source and SNS sink counted (an AWS bridge's).
+    pub fn aws(&self) -> &AwsMetrics {
+        self.aws_metrics
+            .as_ref()
+            .expect("a bridge with broker = \"aws\"")
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
@@ -236,9 +248,9 @@ impl Bridge {
     /// Waits (bounded) until the consumer has received successfully once, so
     /// a Command sent afterwards is picked up by a running poller.
     pub async fn wait_until_polling(&self) {
-        let stats = self.stats.clone();
+        let aws = self.aws().clone();
         wait_until("the consumer's first successful receive", || {
-            let healthy = stats.consumer_healthy();
+            let healthy = aws.not_ready_reason().is_none();
             async move { healthy }
         })
         .await;

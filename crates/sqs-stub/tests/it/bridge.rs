@@ -64,7 +64,7 @@ async fn commands_reach_clients_and_client_messages_are_published() {
     .unwrap();
     let port = app.port();
     let shutdown = app.shutdown_token();
-    let stats = app.stats();
+    let metrics = app.aws_metrics().expect("an AWS bridge");
     let running = tokio::spawn(app.run_until_stopped());
 
     let (mut ws, _) =
@@ -72,7 +72,7 @@ async fn commands_reach_clients_and_client_messages_are_published() {
             .await
             .unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !stats.consumer_healthy() {
+    while metrics.not_ready_reason().is_some() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the consumer never polled"

@@ -17,7 +17,44 @@ both_brokers!(
     malformed_messages_are_never_forwarded_and_are_dead_lettered,
     a_command_for_an_absent_client_is_retried_until_it_connects,
     with_the_drop_policy_a_command_for_an_absent_client_is_removed,
+    metrics_carry_the_brokers_own_series_and_readiness_its_reason,
 );
+
+async fn metrics_carry_the_brokers_own_series_and_readiness_its_reason(broker: Broker) {
+    let env = broker.env().await;
+    let bridge = env.bridge(|_| {}).await;
+    let (own, other) = match broker {
+        Broker::Moto => ("wsbridge_sqs_", "wsbridge_amqp_"),
+        Broker::Rabbit => ("wsbridge_amqp_", "wsbridge_sqs_"),
+    };
+    wait_until("/ready answers 200", || {
+        let url = bridge.http("/ready");
+        async move {
+            let status = reqwest::get(&url).await.map(|r| r.status().as_u16());
+            status.ok() == Some(200)
+        }
+    })
+    .await;
+    let text = reqwest::get(bridge.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(own), "no {own} series:\n{text}");
+    assert!(
+        !text.contains(other),
+        "{other} series on this broker:\n{text}"
+    );
+    assert!(text.contains("wsbridge_commands_total"), "{text}");
+    // One family of backend call durations, the adapter's own.
+    assert_eq!(
+        text.matches("# TYPE wsbridge_backend_call_duration_seconds histogram")
+            .count(),
+        1,
+        "{text}"
+    );
+}
 
 async fn a_command_reaches_only_its_client(broker: Broker) {
     let env = broker.env().await;

@@ -262,12 +262,14 @@ pub async fn start_bridge(settings: Settings, connection: Connection) -> Bridge 
     let port = app.port();
     let shutdown = app.shutdown_token();
     let stats = app.stats();
+    let aws_metrics = app.aws_metrics();
     let task =
         tokio::spawn(async move { app.run_until_stopped().await.map_err(|e| format!("{e:#}")) });
     Bridge {
         port,
         shutdown,
         stats,
+        aws_metrics,
         task: Some(task),
     }
 }
