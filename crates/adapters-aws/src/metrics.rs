@@ -197,20 +197,9 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) 
         .encode_counter::<NoLabelSet, _, u64>(&value, None)
 }
 
-/// Encodes a histogram whose snapshot has cumulative buckets (the encoder
-/// wants each bucket's own count, and adds the `+Inf` one itself).
+/// Encodes a histogram snapshot (each bucket's own count; the encoder adds `+Inf`).
 fn histogram(metric: &mut MetricEncoder, snapshot: &HistogramSnapshot) -> fmt::Result {
-    let mut below = 0;
-    let buckets: Vec<(f64, u64)> = snapshot
-        .buckets
-        .iter()
-        .filter(|(bound, _)| bound.is_finite())
-        .map(|&(bound, cumulative)| {
-            let own = cumulative - below;
-            below = cumulative;
-            (bound, own)
-        })
-        .collect();
+    let buckets = snapshot.own_buckets();
     metric.encode_histogram::<NoLabelSet>(snapshot.sum_secs, snapshot.count, &buckets, None)
 }
 

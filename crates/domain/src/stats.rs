@@ -126,6 +126,24 @@ pub struct HistogramSnapshot {
     pub count: u64,
 }
 
+impl HistogramSnapshot {
+    /// `(upper bound, observations in that bucket alone)` for every finite
+    /// bound: what Prometheus encoders take (they add the `+Inf` bucket
+    /// from the count themselves).
+    pub fn own_buckets(&self) -> Vec<(f64, u64)> {
+        let mut below = 0;
+        self.buckets
+            .iter()
+            .filter(|(bound, _)| bound.is_finite())
+            .map(|&(bound, cumulative)| {
+                let own = cumulative - below;
+                below = cumulative;
+                (bound, own)
+            })
+            .collect()
+    }
+}
+
 impl Histogram {
     /// Records one observation.
     pub fn record(&self, latency: Duration) {
@@ -290,6 +308,15 @@ mod tests {
         assert_eq!(at(0.05), 3);
         assert_eq!(at(60.0), 3);
         assert_eq!(at(f64::INFINITY), 4);
+        let own = snap.own_buckets();
+        assert_eq!(own.len(), LATENCY_BUCKETS.len(), "finite bounds only");
+        assert_eq!(own[0], (0.001, 2));
+        assert_eq!(own.iter().find(|(b, _)| *b == 0.05), Some(&(0.05, 1)));
+        assert_eq!(
+            own.iter().map(|(_, n)| n).sum::<u64>(),
+            3,
+            "the 90 s one is in +Inf"
+        );
         assert!((snap.sum_secs - 90.0315).abs() < 1e-9, "{}", snap.sum_secs);
     }
 
