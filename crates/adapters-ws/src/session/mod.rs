@@ -1,0 +1,252 @@
+//! One WebSocket connection: the upgrade, and the loop that serves it until
+//! it closes.
+//!
+//! The loop is a single `select!` over the inbound frames, the connection's
+//! outgoing queue (fed by [`WsClientRegistry`]), the slow-client signal, the
+//! shutdown token and a heartbeat. Client messages go to a per-connection
+//! uplink worker through a small bounded queue, so publishing never holds up
+//! delivery; while that queue is full the loop stops reading the socket,
+//! which pushes back on the client. Every write is raced against the slow
+//! signal, the shutdown token and the client timeout, so a client that stops
+//! reading cannot pin the loop.
+//!
+//! Inbound size is limited twice: the body stream refuses a frame whose
+//! header declares more than the limit before buffering it (see
+//! `frame_limit`), and fragments are reassembled under the same limit.
+//!
+//! Each complete data message takes a token from the connection's bucket
+//! (see `rate`): a message over the rate is answered with a `rate_limited`
+//! error and dropped unread; too many of those within the abuse window close
+//! the connection with 1008. A binary message closes it with 1003.
+//!
+//! [`SessionMode::Echo`] runs the same loop, limits and close codes, but
+//! writes each data message back instead of publishing it: the test-only
+//! route that RFC 6455 conformance suites (Autobahn) are pointed at.
+//!
+//! Here: the upgrade ([`start_session`]) and the connection's life around
+//! the loop (uplink worker, flush on shutdown, close frame, unregistering);
+//! the loop itself is in `serve`, the settings in `settings`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::error::PayloadError;
+use actix_web::web::{self, Bytes};
+use actix_web::{FromRequest, HttpRequest, HttpResponse};
+use actix_ws::{Message, MessageStream, Session};
+use domain::{ClientId, Frame, Uplink};
+use futures_util::{SinkExt, Stream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, Instrument};
+
+use crate::close::Exit;
+use crate::frame_limit::FrameLimit;
+use crate::registry::{Registration, WsClientRegistry};
+use crate::uplink_worker;
+
+mod serve;
+mod settings;
+
+pub use settings::{Peer, SessionMode, SessionSettings, StartError};
+
+use serve::{serve, Signals};
+
+/// How long a closing handshake may wait for room in the socket's buffer
+/// before the connection is dropped without a close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upgrades `req` to a WebSocket for `peer` and serves it in the
+/// background until it closes; returns the `101 Switching Protocols` response.
+///
+/// The connection is registered in `registry` before this returns, so it
+/// receives every frame delivered for its client id from then on, and is
+/// unregistered however the session ends. Text messages go to `uplink`;
+/// cancelling `shutdown` closes the connection with 1001. Must be called from
+/// an actix-web handler: the session runs on the worker's local task set.
+///
+/// Fails without registering anything when `req` is not a WebSocket upgrade
+/// or when the connection would take its client id, its address or the
+/// instance over `settings.limits` (checked and taken in one step, before
+/// the upgrade is answered: no race lets one more in).
+pub fn start_session(
+    req: &HttpRequest,
+    body: web::Payload,
+    peer: Peer,
+    registry: Arc<WsClientRegistry>,
+    uplink: Arc<Uplink>,
+    settings: SessionSettings,
+    shutdown: CancellationToken,
+) -> Result<HttpResponse, StartError> {
+    // Refuse an oversized frame at its header, not once it is all buffered.
+    let limited: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+        Box::pin(FrameLimit::new(body.into_inner(), settings.max_frame_bytes));
+    let mut limited = actix_web::dev::Payload::from(limited);
+    let body = web::Payload::from_request(req, &mut limited)
+        .into_inner()
+        .map_err(StartError::Handshake)?;
+    let protocols: &[&str] = match &peer.protocol {
+        Some(protocol) => std::slice::from_ref(protocol),
+        None => &[],
+    };
+    // actix-ws implements no extension: an offered permessage-deflate is
+    // never accepted, so frames are never compressed.
+    let (response, session, stream) =
+        actix_ws::handle_with_protocols(req, body, protocols).map_err(StartError::Handshake)?;
+    let stream = stream.max_frame_size(settings.max_frame_bytes);
+    let registration = registry.try_register_with(
+        peer.client_id.clone(),
+        peer.ip,
+        settings.outbound_capacity,
+        settings.limits,
+        peer.acknowledging,
+    )?;
+    let span = info_span!(
+        "ws_connection",
+        client_id = %peer.client_id,
+        connection_id = %registration.id,
+    );
+    let connection = Connection {
+        client_id: peer.client_id,
+        mode: peer.mode,
+        session,
+        stream,
+        registration,
+        uplink,
+        settings,
+        shutdown,
+    };
+    actix_web::rt::spawn(connection.run().instrument(span));
+    Ok(response)
+}
+
+/// Everything one session owns.
+struct Connection {
+    client_id: ClientId,
+    mode: SessionMode,
+    session: Session,
+    stream: MessageStream,
+    registration: Registration,
+    uplink: Arc<Uplink>,
+    settings: SessionSettings,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self) {
+        let Connection {
+            client_id,
+            mode,
+            mut session,
+            mut stream,
+            registration,
+            uplink,
+            settings,
+            shutdown,
+        } = self;
+        // The guard lives to the end of this function: the connection stays
+        // counted until its last publish is done, which is what a draining
+        // shutdown waits for.
+        let Registration {
+            id: _,
+            mut outbound,
+            slow,
+            guard: _guard,
+        } = registration;
+        debug!("connection opened");
+
+        let stats = uplink.stats().clone();
+        let (to_uplink, inbox) = mpsc::channel(uplink_worker::QUEUE);
+        let worker = actix_web::rt::spawn(
+            uplink_worker::run(
+                inbox,
+                uplink,
+                client_id,
+                session.clone(),
+                settings.client_timeout,
+            )
+            .in_current_span(),
+        );
+
+        let signals = Signals {
+            slow: &slow,
+            shutdown: &shutdown,
+            write_timeout: settings.client_timeout,
+        };
+        let exit = match serve(
+            &mut session,
+            &mut stream,
+            &mut outbound,
+            &to_uplink,
+            &signals,
+            &settings,
+            mode,
+        )
+        .await
+        {
+            Ok(never) => match never {},
+            Err(exit) => exit,
+        };
+
+        // From here on deliveries to this connection count as not taken.
+        outbound.close();
+        if matches!(exit, Exit::Shutdown) {
+            flush_queued(&mut session, &mut outbound).await;
+        }
+        drop(outbound);
+        let reason = exit.close_reason();
+        stats
+            .close_codes
+            .record(reason.as_ref().map(|r| u16::from(r.code)));
+        let client_code = match &exit {
+            Exit::ClientClosed(Some(theirs)) => Some(u16::from(theirs.code)),
+            _ => None,
+        };
+        debug!(
+            reason = exit.label(),
+            close_code = ?reason.as_ref().map(|r| u16::from(r.code)),
+            close_text = ?reason.as_ref().and_then(|r| r.description.as_deref()),
+            client_close_code = ?client_code,
+            "connection closing"
+        );
+        if let Some(reason) = reason {
+            match tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => debug!("close frame not sent: connection already closed"),
+                Err(_elapsed) => debug!("close frame not sent: client stopped reading"),
+            }
+        }
+        drop(stream);
+
+        // Let the worker publish what it was given, then unregister.
+        drop(to_uplink);
+        if let Err(e) = worker.await {
+            error!(error = %e, "uplink worker failed");
+        }
+        debug!(reason = exit.label(), "connection closed");
+    }
+}
+
+/// On shutdown, writes the frames already queued for the connection (the
+/// downlink counted them as delivered) before the close frame, for at most
+/// [`CLOSE_TIMEOUT`]. `outbound` must be closed, so that this ends.
+async fn flush_queued(session: &mut Session, outbound: &mut mpsc::Receiver<Frame>) {
+    let mut written = 0usize;
+    let flush = async {
+        while let Some(frame) = outbound.recv().await {
+            if session.send(Message::Text((&*frame).into())).await.is_err() {
+                break;
+            }
+            written += 1;
+        }
+    };
+    match tokio::time::timeout(CLOSE_TIMEOUT, flush).await {
+        Ok(()) => debug!(frames = written, "queued frames flushed"),
+        Err(_elapsed) => debug!(
+            frames = written,
+            dropped = outbound.len(),
+            "client stopped reading, queued frames dropped"
+        ),
+    }
+}

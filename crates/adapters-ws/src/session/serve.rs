@@ -1,0 +1,193 @@
+//! The loop that serves one connection until it must close: the `select!`
+//! over inbound frames, the outgoing queue, the slow-client signal, the
+//! shutdown token and the heartbeat; the per-connection rate gate; and the
+//! write that every frame goes through, raced against the reasons to close.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_ws::{Item, Message, MessageStream, Session};
+use domain::{Frame, Reply};
+use futures_util::SinkExt;
+use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{SessionMode, SessionSettings};
+use crate::close::Exit;
+use crate::fragments::{FragmentError, Reassembled, Reassembler};
+use crate::rate::{Strikes, TokenBucket};
+use crate::uplink_worker::Inbound;
+
+/// What every write is raced against.
+pub(super) struct Signals<'a> {
+    pub(super) slow: &'a CancellationToken,
+    pub(super) shutdown: &'a CancellationToken,
+    pub(super) write_timeout: Duration,
+}
+
+impl Signals<'_> {
+    /// Writes one message, unless the connection must close first.
+    ///
+    /// A write that can go through at once always does; only one that waits
+    /// for the client to read is abandoned (and its frame lost).
+    async fn write(&self, session: &mut Session, message: Message) -> Result<(), Exit> {
+        tokio::select! {
+            biased;
+            sent = session.send(message) => sent.map_err(|_closed| Exit::ClientGone),
+            () = self.shutdown.cancelled() => Err(Exit::Shutdown),
+            () = self.slow.cancelled() => Err(Exit::Slow),
+            () = tokio::time::sleep(self.write_timeout) => Err(Exit::WriteStalled),
+        }
+    }
+}
+
+/// A complete data message from the client.
+enum Data {
+    Text(String),
+    Binary(Bytes),
+}
+
+/// What the loop does with one data message.
+enum Handling {
+    /// Hand it to the uplink worker.
+    Uplink(Inbound),
+    /// Write it back (echo mode).
+    Echo(Message),
+    /// Write this error frame (echo mode has no uplink worker to order replies).
+    Reply(Reply),
+}
+
+/// The per-connection message rate limit.
+struct RateGate {
+    bucket: TokenBucket,
+    strikes: Strikes,
+}
+
+impl RateGate {
+    fn new(settings: &SessionSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            bucket: TokenBucket::new(settings.message_rate, now),
+            strikes: Strikes::new(settings.abuse),
+        }
+    }
+
+    /// Decides what happens to one data message.
+    fn handle(&mut self, data: Data, mode: SessionMode) -> Result<Handling, Exit> {
+        if let (SessionMode::Bridge, Data::Binary(_)) = (mode, &data) {
+            return Err(Exit::Binary);
+        }
+        let now = Instant::now();
+        if !self.bucket.take(now) {
+            if self.strikes.strike(now) {
+                return Err(Exit::RateAbuse);
+            }
+            let reply = match &data {
+                Data::Text(text) => Reply::rate_limited(text),
+                Data::Binary(_) => Reply::rate_limited(""),
+            };
+            debug!("message over the rate limit, refused");
+            return Ok(match mode {
+                SessionMode::Bridge => Handling::Uplink(Inbound::Refused(Box::new(reply))),
+                SessionMode::Echo => Handling::Reply(reply),
+            });
+        }
+        Ok(match (mode, data) {
+            (SessionMode::Bridge, Data::Text(text)) => Handling::Uplink(Inbound::Text(text)),
+            (SessionMode::Echo, Data::Text(text)) => Handling::Echo(Message::Text(text.into())),
+            (_, Data::Binary(bytes)) => Handling::Echo(Message::Binary(bytes)),
+        })
+    }
+}
+
+/// Serves the connection until it must close; returns why.
+pub(super) async fn serve(
+    session: &mut Session,
+    stream: &mut MessageStream,
+    outbound: &mut mpsc::Receiver<Frame>,
+    to_uplink: &mpsc::Sender<Inbound>,
+    signals: &Signals<'_>,
+    settings: &SessionSettings,
+    mode: SessionMode,
+) -> Result<Infallible, Exit> {
+    let period = settings.heartbeat_interval.max(Duration::from_millis(1));
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut fragments = Reassembler::new(settings.max_frame_bytes);
+    let mut rate = RateGate::new(settings);
+    // Room in the uplink queue for the next message; the socket is read only
+    // while there is some.
+    let mut permit: Option<OwnedPermit<Inbound>> = None;
+
+    loop {
+        tokio::select! {
+            () = signals.shutdown.cancelled() => return Err(Exit::Shutdown),
+            () = signals.slow.cancelled() => return Err(Exit::Slow),
+            frame = outbound.recv() => {
+                // The registry keeps the sender for as long as the guard lives.
+                let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
+                signals.write(session, Message::Text((&*frame).into())).await?;
+            }
+            reserved = to_uplink.clone().reserve_owned(), if permit.is_none() => {
+                permit = Some(reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?);
+            }
+            message = stream.recv(), if permit.is_some() => {
+                last_heard = Instant::now();
+                let message = match message {
+                    None => return Err(Exit::ClientGone),
+                    Some(Err(e)) => {
+                        return Err(Exit::from_protocol_error(e, settings.max_frame_bytes))
+                    }
+                    Some(Ok(message)) => message,
+                };
+                let data = match message {
+                    Message::Text(text) => Some(Data::Text(text.to_string())),
+                    Message::Binary(bytes) => Some(Data::Binary(bytes)),
+                    // Refused at its first fragment, before any is buffered.
+                    Message::Continuation(Item::FirstBinary(_)) if mode == SessionMode::Bridge => {
+                        return Err(Exit::Binary)
+                    }
+                    Message::Continuation(item) => match fragments.push(item) {
+                        Ok(Reassembled::Pending) => None,
+                        Ok(Reassembled::Text(text)) => Some(Data::Text(text)),
+                        Ok(Reassembled::Binary(bytes)) => Some(Data::Binary(bytes)),
+                        Err(FragmentError::TooBig) => {
+                            return Err(Exit::TooBig { limit: settings.max_frame_bytes })
+                        }
+                        Err(FragmentError::InvalidUtf8) => return Err(Exit::InvalidUtf8),
+                    },
+                    Message::Ping(payload) => {
+                        signals.write(session, Message::Pong(payload)).await?;
+                        None
+                    }
+                    Message::Pong(_) | Message::Nop => None,
+                    Message::Close(reason) => return Err(Exit::ClientClosed(reason)),
+                };
+                let Some(data) = data else { continue };
+                match rate.handle(data, mode)? {
+                    Handling::Uplink(inbound) => {
+                        if let Some(room) = permit.take() {
+                            room.send(inbound);
+                        }
+                    }
+                    Handling::Echo(message) => signals.write(session, message).await?,
+                    Handling::Reply(reply) => {
+                        signals.write(session, Message::Text(reply.to_json().into())).await?;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                // While the uplink queue is full the socket is not read, so
+                // silence then says nothing about the client.
+                if permit.is_some() && last_heard.elapsed() >= settings.client_timeout {
+                    return Err(Exit::IdleTimeout);
+                }
+                signals.write(session, Message::Ping(Bytes::new())).await?;
+            }
+        }
+    }
+}
