@@ -13,6 +13,16 @@ use aws_smithy_http_client::Builder;
 /// noticed within half a minute.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Longest a receive may take with all its retries: a poller under a
+/// black-holed endpoint is back (and `/ready` says why) within it.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Longest a single delete, visibility change or dead-letter send attempt
+/// may take.
+pub const SETTLE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one of those may take with all its retries.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(12);
+
 /// Longest a single SNS publish attempt may take.
 pub const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a publish may take with all its retries.
@@ -30,6 +40,7 @@ pub async fn load() -> SdkConfig {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(RECEIVE_TIMEOUT)
         .build();
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client)

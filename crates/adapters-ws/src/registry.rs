@@ -23,7 +23,9 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 use domain::acks::{ack_frame, DeliveryId};
 use domain::{ClientId, ClientRegistry, Frame, Handoff};
@@ -123,7 +125,12 @@ struct Inner {
     hasher: RandomState,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    /// Told the client id whose last acknowledging connection closed.
+    on_last_acknowledging_gone: OnceLock<ClientGone>,
 }
+
+/// Told a client id that can no longer acknowledge anything.
+type ClientGone = Box<dyn Fn(&ClientId) + Send + Sync>;
 
 impl Inner {
     fn ip_shard(&self, ip: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -246,20 +253,28 @@ impl fmt::Debug for RegistrationGuard {
 
 impl Drop for RegistrationGuard {
     fn drop(&mut self) {
-        let removed = {
+        let (removed, last_acknowledging) = {
             let mut shard = self.inner.write(&self.client_id);
             let mut removed = false;
+            let mut last_acknowledging = false;
             if let Some(connections) = shard.get_mut(&self.client_id) {
                 if let Some(at) = connections.iter().position(|c| c.id == self.id) {
-                    connections.swap_remove(at);
+                    let gone = connections.swap_remove(at);
                     removed = true;
+                    last_acknowledging =
+                        gone.acknowledging && !connections.iter().any(|c| c.acknowledging);
                 }
                 if connections.is_empty() {
                     shard.remove(&self.client_id);
                 }
             }
-            removed
+            (removed, last_acknowledging)
         };
+        if last_acknowledging {
+            if let Some(notify) = self.inner.on_last_acknowledging_gone.get() {
+                notify(&self.client_id);
+            }
+        }
         if removed {
             if let Some(ip) = &self.ip {
                 self.inner.release_ip(ip);
@@ -281,8 +296,16 @@ impl WsClientRegistry {
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
+                on_last_acknowledging_gone: OnceLock::new(),
             }),
         }
+    }
+
+    /// `notify` is told the client id whenever the last acknowledging
+    /// (`ack=true`) connection of a client closes: nobody can acknowledge
+    /// its held deliveries any more. Set once; called with no lock held.
+    pub fn on_last_acknowledging_gone(&self, notify: impl Fn(&ClientId) + Send + Sync + 'static) {
+        let _ = self.inner.on_last_acknowledging_gone.set(Box::new(notify));
     }
 
     /// Registers a new connection of `client_id` whose outgoing queue holds
@@ -579,6 +602,47 @@ mod tests {
         assert_eq!(registry.connection_count(), 1);
         drop(guard);
         assert_eq!(registry.connection_count(), 0);
+    }
+
+    #[test]
+    fn the_last_acknowledging_connection_of_a_client_is_reported_when_it_goes() {
+        let registry = WsClientRegistry::new();
+        let gone = Arc::new(Mutex::new(Vec::<String>::new()));
+        let log = gone.clone();
+        registry.on_last_acknowledging_gone(move |client| {
+            log.lock().unwrap().push(client.as_str().to_owned());
+        });
+        let open = |client: &str, acknowledging: bool| {
+            registry
+                .try_register_with(
+                    id(client),
+                    None,
+                    4,
+                    ConnectionLimits::UNLIMITED,
+                    acknowledging,
+                )
+                .unwrap()
+        };
+        let acking_a = open("alice", true);
+        let acking_b = open("alice", true);
+        let plain = open("alice", false);
+        let bob_plain = open("bob", false);
+
+        drop(acking_a);
+        assert!(
+            gone.lock().unwrap().is_empty(),
+            "another acknowledging one is open"
+        );
+        drop(bob_plain);
+        assert!(gone.lock().unwrap().is_empty(), "bob never acknowledged");
+        drop(acking_b);
+        assert_eq!(*gone.lock().unwrap(), vec!["alice".to_owned()]);
+        drop(plain);
+        assert_eq!(
+            gone.lock().unwrap().len(),
+            1,
+            "a plain connection holds nothing"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! | the broker adapter's series | | |
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 
 use domain::stats::{DownlinkSnapshot, HistogramSnapshot, UplinkSnapshot};
 use domain::Stats;
@@ -52,6 +53,10 @@ pub struct Snapshot {
     pub refused: Vec<(&'static str, u64)>,
     /// Published → hand-off latency of forwarded Commands.
     pub forward_latency: HistogramSnapshot,
+    /// Deliveries waiting for an acknowledgement.
+    pub held_deliveries: u64,
+    /// How long forwarded message ids are remembered now, in seconds.
+    pub dedup_window_secs: f64,
 }
 
 impl Snapshot {
@@ -67,6 +72,8 @@ impl Snapshot {
             ready,
             downlink: stats.downlink.snapshot(),
             uplink: stats.uplink.snapshot(),
+            held_deliveries: stats.held_deliveries.load(Ordering::Relaxed),
+            dedup_window_secs: stats.dedup_window_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             close_codes: stats.close_codes.snapshot(),
             refused,
             forward_latency: stats.forward_latency.snapshot(),
@@ -137,6 +144,22 @@ impl Collector for Snapshot {
             u64::from(self.ready),
         )?;
 
+        gauge(
+            &mut encoder,
+            "wsbridge_held_deliveries",
+            "Commands delivered to ack=true connections and waiting for the acknowledgement.",
+            self.held_deliveries,
+        )?;
+        encoder
+            .encode_descriptor(
+                "wsbridge_dedup_window_seconds",
+                "How long a forwarded message id is remembered for de-duplication now: the \
+                 configured TTL, or less while the memory is full (raise dedup_capacity).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.dedup_window_secs)?;
+
         let d = &self.downlink;
         labelled_counter(
             &mut encoder,
@@ -144,7 +167,9 @@ impl Collector for Snapshot {
             "Commands by outcome: received from the queue; forwarded (handed to at least one \
              connection); undeliverable (deleted, client absent); released (made visible again \
              for a later attempt); malformed; duplicate; frames_queued (one per connection \
-             written to); acknowledged_by_client and ack_released (ack=true connections).",
+             written to); acknowledged_by_client, ack_released, visibility_extended and \
+             deferred (ack=true connections); dead_lettered (given up: sent to the dead-letter \
+             queue, or deleted where there is none).",
             "outcome",
             &[
                 ("received", d.received),
@@ -156,6 +181,9 @@ impl Collector for Snapshot {
                 ("frames_queued", d.frames_queued),
                 ("acknowledged_by_client", d.acknowledged_by_client),
                 ("ack_released", d.ack_released),
+                ("visibility_extended", d.visibility_extended),
+                ("deferred", d.deferred),
+                ("dead_lettered", d.dead_lettered),
             ],
         )?;
 

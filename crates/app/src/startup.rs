@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpServer};
 use adapters_aws::AwsMetrics;
 use adapters_ws::WsClientRegistry;
 use anyhow::Context;
-use domain::{Downlink, Stats, Uplink};
+use domain::{Downlink, PendingAcks, Stats, Uplink};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -132,7 +132,21 @@ impl Application {
             polling.clone(),
             receive_grace(self.config.downlink.receive_wait, deadline),
         );
-        let sweeper = tokio::spawn(release_overdue_acks(self.downlink.clone(), polling.clone()));
+        let acks = self.downlink.acks();
+        let sweeper = tokio::spawn(tend_held_deliveries(acks.clone(), polling.clone()));
+        let ack_settler = tokio::spawn(settle_acknowledged(acks.clone(), self.closing.clone()));
+        {
+            // A client whose last acknowledging connection closed gets its
+            // held deliveries released now, not after the ack timeout.
+            let acks = acks.clone();
+            let runtime = tokio::runtime::Handle::current();
+            self.registry.on_last_acknowledging_gone(move |client_id| {
+                let (acks, client_id) = (acks.clone(), client_id.clone());
+                runtime.spawn(async move {
+                    acks.release_client(&client_id).await;
+                });
+            });
+        }
         info!(port = self.port, "wsbridge serving");
 
         tokio::select! {
@@ -152,23 +166,45 @@ impl Application {
             self.downlink.drain();
             polling.cancel();
             while pollers.join_next().await.is_some() {}
-            self.closing.cancel();
-            wait_for_sessions(&self.registry).await;
-            // No acknowledgement can arrive any more: what still waits for
-            // one is made visible again now, not after the ack timeout.
             let _ = sweeper.await;
-            let released = self.downlink.acks().release_all().await;
+            self.closing.cancel();
+            // Before waiting on any client (a stalled one may hold the wait
+            // up to the deadline): what still waits for an acknowledgement
+            // is made visible again now, for another replica to deliver.
+            let released = acks.release_all().await;
             if released > 0 {
                 info!(released, "unacknowledged deliveries released");
             }
+            wait_for_sessions(&self.registry).await;
+            // Acknowledgements taken until the last session closed are deleted.
+            let _ = ack_settler.await;
+            while acks.settle_confirmed().await > 0 {}
+            acks.release_all().await;
             self.closer.close().await;
             handle.stop(true).await;
         };
-        if tokio::time::timeout(deadline, drain).await.is_err() {
-            warn!(?deadline, "graceful shutdown did not finish in time");
+        let finished = tokio::time::timeout(deadline, drain).await.is_ok();
+        if !finished {
             handle.stop(false).await;
         }
         let _ = server.await;
+        if !finished {
+            let left = Leftovers {
+                held: acks.len(),
+                unsettled_acks: acks.confirmed_len(),
+                connections: self.registry.connection_count(),
+            };
+            warn!(
+                ?deadline,
+                held = left.held,
+                unsettled_acks = left.unsettled_acks,
+                connections = left.connections,
+                "graceful shutdown did not finish in time"
+            );
+            return Err(anyhow::anyhow!(
+                "graceful shutdown missed its deadline of {deadline:?}: {left}"
+            ));
+        }
         info!("stopped");
         Ok(())
     }
@@ -181,20 +217,63 @@ fn receive_grace(receive_wait: Duration, deadline: Duration) -> Duration {
     (receive_wait + Duration::from_secs(1)).min(deadline / 2)
 }
 
-/// Releases deliveries whose acknowledgement is overdue, once a second,
-/// until `stop` is cancelled.
-async fn release_overdue_acks(downlink: Arc<Downlink>, stop: CancellationToken) {
-    let acks = downlink.acks();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// What a graceful shutdown that missed its deadline left behind.
+struct Leftovers {
+    held: usize,
+    unsettled_acks: usize,
+    connections: usize,
+}
+
+impl std::fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} delivery(ies) still held (visible again after the queue's visibility timeout), \
+             {} acknowledgement(s) not yet deleted (delivered again, then dropped as duplicates), \
+             {} connection(s) still open",
+            self.held, self.unsettled_acks, self.connections
+        )
+    }
+}
+
+/// Releases held deliveries whose acknowledgement is overdue and keeps the
+/// others' messages invisible, until `stop` is cancelled.
+async fn tend_held_deliveries(acks: Arc<PendingAcks>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                acks.release_expired().await;
+            _ = tokio::time::sleep(acks.tick_interval()) => {
+                acks.tick().await;
             }
         }
     }
+}
+
+/// Deletes the messages of acknowledged deliveries in batches, several
+/// calls at once, as soon as acknowledgements arrive; once `stop` is
+/// cancelled, deletes what is left and returns.
+async fn settle_acknowledged(acks: Arc<PendingAcks>, stop: CancellationToken) {
+    /// Delete calls in flight at once.
+    const CONCURRENT: usize = 8;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    {
+        let wake = wake.clone();
+        acks.set_waker(move || wake.notify_one());
+    }
+    let mut calls = JoinSet::new();
+    loop {
+        while acks.confirmed_len() > 0 && calls.len() < CONCURRENT {
+            let acks = acks.clone();
+            calls.spawn(async move { acks.settle_confirmed().await });
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    while calls.join_next().await.is_some() {}
+    while acks.settle_confirmed().await > 0 {}
 }
 
 async fn wait_for_sessions(registry: &WsClientRegistry) {

@@ -31,6 +31,18 @@ impl ClientFrame {
         }
         ClientMessage::from_object(fields).map(Self::Message)
     }
+
+    /// The delivery id when `text` is an acknowledgement; cheap for every
+    /// other frame (no parse unless the key appears at all).
+    pub fn ack_delivery(text: &str) -> Option<String> {
+        if !text.contains("\"ack_delivery\"") {
+            return None;
+        }
+        match Self::parse(text) {
+            Ok(Self::AckDelivery(id)) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +65,18 @@ mod tests {
         };
         assert_eq!(m.action(), "a");
         assert_eq!(ClientFrame::parse("{}"), Err(FrameError::MissingAction));
+        assert_eq!(
+            ClientFrame::ack_delivery(r#" {"ack_delivery" : "9"}"#),
+            Some("9".into())
+        );
+        assert_eq!(
+            ClientFrame::ack_delivery(r#"{"action":"a","ack_delivery":"9"}"#),
+            None
+        );
+        assert_eq!(
+            ClientFrame::ack_delivery(r#"{"action":"ack_delivery"}"#),
+            None
+        );
         assert_eq!(ClientFrame::parse("[]"), Err(FrameError::NotAnObject));
     }
 }

@@ -58,8 +58,35 @@ impl RecentIds {
     }
 
     /// Forgets a claimed `id` (its message was not handed off after all).
+    /// Its slot is free at once: only remembered ids count toward the
+    /// capacity, so forgetting never shortens how long the others are kept.
     pub fn forget(&self, id: &str) {
-        self.lock().seen.remove(id);
+        let mut inner = self.lock();
+        inner.seen.remove(id);
+        // The queue entry stays behind (removing it would be a scan);
+        // compact once stale entries outnumber the live ones.
+        if inner.order.len() > 2 * inner.seen.len() + 1024 {
+            let Inner { seen, order } = &mut *inner;
+            order.retain(|(at, id)| seen.get(id) == Some(at));
+        }
+    }
+
+    /// How long an id is remembered now: the TTL, or less while the memory
+    /// is full and the oldest ids are forgotten early to make room.
+    pub fn window(&self) -> Duration {
+        self.window_at(Instant::now())
+    }
+
+    fn window_at(&self, now: Instant) -> Duration {
+        let inner = self.lock();
+        if inner.seen.len() < self.capacity {
+            return self.ttl;
+        }
+        inner
+            .order
+            .iter()
+            .find(|(at, id)| inner.seen.get(id) == Some(at))
+            .map_or(self.ttl, |(at, _)| now.duration_since(*at).min(self.ttl))
     }
 
     fn contains_at(&self, id: &str, now: Instant) -> bool {
@@ -76,14 +103,16 @@ impl RecentIds {
     }
 
     fn insert_locked(&self, inner: &mut Inner, id: &str, now: Instant) {
-        // Forget what expired, then the oldest while over capacity.
-        while let Some((at, _)) = inner.order.front() {
+        // Forget what expired, then the oldest while full. Entries of ids
+        // forgotten or remembered again since are stale: dropped as met,
+        // never counted.
+        while let Some((at, old)) = inner.order.front() {
+            let live = inner.seen.get(old) == Some(at);
             let expired = now.duration_since(*at) >= self.ttl;
-            if !expired && inner.order.len() < self.capacity {
+            if live && !expired && inner.seen.len() < self.capacity {
                 break;
             }
             if let Some((at, old)) = inner.order.pop_front() {
-                // Only forget the id if this queue entry is its latest one.
                 if inner.seen.get(&old) == Some(&at) {
                     inner.seen.remove(&old);
                 }
@@ -145,6 +174,49 @@ mod tests {
         ids.forget("a");
         assert!(!ids.contains("a"));
         assert!(ids.claim("a"));
+    }
+
+    #[test]
+    fn forgotten_ids_free_their_slot_and_the_window_holds_at_5k_per_second() {
+        // 5 000 Commands a second for 30 s, every other one released and
+        // forgotten (a Command for an absent client): 25 000 forwarded ids
+        // in 10 s fit in room for 30 000, so a 10 s TTL is honoured
+        // throughout (stale entries of forgotten ids once made it 6 s).
+        let ttl = Duration::from_secs(10);
+        let ids = RecentIds::new(30_000, ttl);
+        let t0 = Instant::now();
+        let step = Duration::from_micros(200);
+        for n in 0..150_000u32 {
+            let now = t0 + step * n;
+            let id = format!("m{n}");
+            ids.remember_at(&id, now);
+            if n % 2 == 1 {
+                ids.forget(&id);
+            }
+            if n % 10_000 == 9_999 {
+                assert_eq!(ids.window_at(now), ttl, "after {n} ids");
+            }
+        }
+        let end = t0 + step * 150_000;
+        // m105000 was forwarded 9 s before the end.
+        assert!(
+            ids.contains_at("m105000", end),
+            "an id 9 s old is still known"
+        );
+        assert!(!ids.contains_at("m105001", end), "a forgotten id is not");
+        assert!(ids.inner.lock().unwrap().order.len() <= 2 * 30_000 + 1024);
+    }
+
+    #[test]
+    fn a_full_memory_reports_its_shorter_window() {
+        let ids = RecentIds::new(100, Duration::from_secs(600));
+        let t0 = Instant::now();
+        for n in 0..200u32 {
+            ids.remember_at(&format!("m{n}"), t0 + Duration::from_millis(10) * n);
+        }
+        // 100 ids kept, 10 ms apart: the oldest is about one second old.
+        let window = ids.window_at(t0 + Duration::from_secs(2));
+        assert!(window >= Duration::from_millis(1000) && window <= Duration::from_millis(1020));
     }
 
     #[test]

@@ -7,12 +7,16 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info_span, warn};
 
-use crate::acks::PendingAcks;
+use crate::acks::{CopyFate, PendingAcks};
 use crate::command::decode_sqs_body;
 use crate::dedup::RecentIds;
 use crate::envelope::parse_timestamp;
-use crate::ports::{ClientRegistry, CommandSource, Frame, InboundMessage, Receipt, SourceError};
+use crate::ports::{
+    ClientRegistry, CommandSource, DeadLetter, Frame, GiveUpReason, InboundMessage, Receipt,
+    SourceError,
+};
 use crate::stats::{bump, Stats};
+use crate::text::truncate;
 
 /// What to do with a Command whose client has no connection here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +43,13 @@ pub struct DownlinkSettings {
     /// How long a forwarded message id is remembered.
     pub dedup_ttl: Duration,
     /// How long a delivery to an acknowledging connection waits for the
-    /// acknowledgement before it is released; keep it below the queue's
-    /// visibility timeout.
+    /// acknowledgement before it is released and delivered again; the
+    /// message's visibility is extended meanwhile.
     pub ack_timeout: Duration,
+    /// Unacknowledged deliveries one client may have at once; Commands for
+    /// it beyond that wait (released, received again later), so a client
+    /// that never acknowledges cannot take the source's whole window.
+    pub max_unacked_per_client: usize,
 }
 
 /// How one batch was settled, for the caller's logs and tests.
@@ -51,14 +59,37 @@ pub struct BatchOutcome {
     pub acknowledged: Vec<Receipt>,
     /// Receipts released for a later attempt.
     pub released: Vec<Receipt>,
-    /// Receipts of malformed messages.
-    pub rejected: Vec<Receipt>,
+    /// Receipts of messages given up (malformed, undeliverable), sent to
+    /// the dead-letter queue.
+    pub dead_lettered: Vec<Receipt>,
     /// Receipts held until a client acknowledges the delivery.
     pub held: Vec<Receipt>,
+    /// Receipts of Commands for a client that has its limit of
+    /// unacknowledged deliveries, released to be received again later.
+    pub deferred: Vec<Receipt>,
+}
+
+/// A batch being routed: the outcome so far, and the messages given up.
+#[derive(Default)]
+struct Routing {
+    outcome: BatchOutcome,
+    letters: Vec<DeadLetter>,
+}
+
+impl Routing {
+    fn give_up(&mut self, letter: DeadLetter) {
+        self.outcome
+            .dead_lettered
+            .push(letter.message.receipt.clone());
+        self.letters.push(letter);
+    }
 }
 
 /// Longest part of a malformed body that goes into a log line.
 const LOGGED_BODY_BYTES: usize = 256;
+/// How long a Command for a client at its limit of unacknowledged
+/// deliveries waits, when the retry delay does not say.
+const DEFER_DELAY: Duration = Duration::from_secs(5);
 
 /// The downlink: one instance shared by all poll loops.
 pub struct Downlink {
@@ -86,6 +117,7 @@ impl Downlink {
             recent.clone(),
             stats.clone(),
             settings.ack_timeout,
+            settings.max_unacked_per_client,
         ));
         Self {
             source,
@@ -115,6 +147,12 @@ impl Downlink {
         self.acks.clone()
     }
 
+    /// How long a forwarded message id is remembered now: the TTL, or less
+    /// while the de-duplication memory is full.
+    pub fn dedup_window(&self) -> Duration {
+        self.recent.window()
+    }
+
     /// Receives one batch and settles every message of it.
     ///
     /// A receive failure is returned (the caller backs off); settle failures
@@ -137,16 +175,16 @@ impl Downlink {
     /// Decides the fate of each message of a batch, in order, then settles
     /// them with one call per kind of outcome.
     pub async fn process(&self, batch: Vec<InboundMessage>) -> BatchOutcome {
-        let mut outcome = BatchOutcome::default();
+        let mut routing = Routing::default();
         bump(&self.stats.downlink.received, batch.len() as u64);
         for message in batch {
-            self.route(message, &mut outcome);
+            self.route(message, &mut routing);
         }
-        self.settle(&outcome).await;
-        outcome
+        self.settle(&routing.outcome, routing.letters).await;
+        routing.outcome
     }
 
-    fn route(&self, message: InboundMessage, outcome: &mut BatchOutcome) {
+    fn route(&self, message: InboundMessage, routing: &mut Routing) {
         let span = info_span!("command", message_id = %message.message_id, client_id = tracing::field::Empty);
         let _entered = span.enter();
         let stats = &self.stats.downlink;
@@ -162,11 +200,13 @@ impl Downlink {
                     "malformed command, not forwarded"
                 );
                 bump(&stats.malformed, 1);
-                outcome.rejected.push(message.receipt);
+                let detail = error.to_string();
+                routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
                 return;
             }
         };
         span.record("client_id", command.client_id.as_str());
+        let outcome = &mut routing.outcome;
 
         // The SNS MessageId survives a re-publish to several queues or a
         // redelivery; the SQS MessageId is the fallback for bare Commands.
@@ -174,6 +214,22 @@ impl Downlink {
             .sns_message_id
             .as_deref()
             .unwrap_or(&message.message_id);
+        // A held delivery owns its key for as long as it is held, whatever
+        // the de-duplication memory's TTL: a copy of it is never deleted.
+        match self.acks.adopt_copy(dedup_key, &message) {
+            CopyFate::Adopted => {
+                debug!("copy of a held delivery received again, kept invisible");
+                outcome.held.push(message.receipt);
+                return;
+            }
+            CopyFate::Duplicate => {
+                debug!("duplicate of a held delivery, dropped");
+                bump(&stats.duplicate, 1);
+                outcome.acknowledged.push(message.receipt);
+                return;
+            }
+            CopyFate::NotHeld => {}
+        }
         if !self.recent.claim(dedup_key) {
             debug!("duplicate of a forwarded command, dropped");
             bump(&stats.duplicate, 1);
@@ -181,9 +237,20 @@ impl Downlink {
             return;
         }
 
+        // Entered before any connection can see the frame, so an
+        // acknowledgement cannot arrive before its delivery is known.
+        let Some(delivery) = self.acks.reserve(&command.client_id, &message, dedup_key) else {
+            debug!("client has its limit of unacknowledged deliveries, command deferred");
+            self.recent.forget(dedup_key);
+            bump(&stats.deferred, 1);
+            outcome.deferred.push(message.receipt);
+            return;
+        };
         let frame: Frame = command.json;
-        let delivery = self.acks.next_id();
         let handoff = self.registry.deliver(&command.client_id, &frame, delivery);
+        if handoff.awaiting_ack == 0 {
+            self.acks.cancel(delivery);
+        }
         if handoff.taken() > 0 {
             bump(&stats.forwarded, 1);
             // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
@@ -199,12 +266,6 @@ impl Downlink {
             );
             if handoff.awaiting_ack > 0 {
                 // Deleted when the client acknowledges; released on timeout.
-                self.acks.hold(
-                    delivery,
-                    command.client_id,
-                    message.receipt.clone(),
-                    dedup_key.to_owned(),
-                );
                 outcome.held.push(message.receipt);
             } else {
                 outcome.acknowledged.push(message.receipt);
@@ -227,32 +288,64 @@ impl Downlink {
                 bump(&stats.undeliverable, 1);
                 outcome.acknowledged.push(message.receipt);
             }
-            policy => {
-                warn!(?policy, "client not connected, command undeliverable");
+            Undeliverable::Retry { window, .. } => {
+                warn!(
+                    ?window,
+                    "client not connected within the retry window, command given up"
+                );
                 bump(&stats.undeliverable, 1);
-                outcome.acknowledged.push(message.receipt);
+                let detail = format!(
+                    "client {} was not connected within the retry window of {} s",
+                    command.client_id.as_str(),
+                    window.as_secs()
+                );
+                routing.give_up(DeadLetter::new(
+                    message,
+                    GiveUpReason::Undeliverable,
+                    &detail,
+                ));
             }
         }
     }
 
-    async fn settle(&self, outcome: &BatchOutcome) {
+    async fn settle(&self, outcome: &BatchOutcome, letters: Vec<DeadLetter>) {
         let source = &self.source;
+        let draining = self.draining.load(Ordering::Relaxed);
         if !outcome.acknowledged.is_empty() {
             let result = source.acknowledge(outcome.acknowledged.clone()).await;
             self.record_settle("acknowledge", result);
         }
         if !outcome.released.is_empty() {
             let delay = match self.settings.undeliverable {
-                _ if self.draining.load(Ordering::Relaxed) => Duration::ZERO,
+                _ if draining => Duration::ZERO,
                 Undeliverable::Retry { delay, .. } => delay,
                 Undeliverable::Drop => Duration::ZERO,
             };
             let result = source.release(outcome.released.clone(), delay).await;
             self.record_settle("release", result);
         }
-        if !outcome.rejected.is_empty() {
-            let result = source.reject(outcome.rejected.clone()).await;
-            self.record_settle("reject", result);
+        if !outcome.deferred.is_empty() {
+            let delay = if draining {
+                Duration::ZERO
+            } else {
+                self.defer_delay()
+            };
+            let result = source.release(outcome.deferred.clone(), delay).await;
+            self.record_settle("release", result);
+        }
+        if !letters.is_empty() {
+            bump(&self.stats.downlink.dead_lettered, letters.len() as u64);
+            let result = source.dead_letter(letters).await;
+            self.record_settle("dead-letter", result);
+        }
+    }
+
+    /// How long a Command for a client at its limit of unacknowledged
+    /// deliveries waits before it is received again.
+    fn defer_delay(&self) -> Duration {
+        match self.settings.undeliverable {
+            Undeliverable::Retry { delay, .. } if !delay.is_zero() => delay,
+            _ => DEFER_DELAY,
         }
     }
 
@@ -272,26 +365,9 @@ fn age(sent_at: Option<SystemTime>) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
-    }
 
     #[test]
     fn age_of_unknown_or_future_send_time_is_zero() {

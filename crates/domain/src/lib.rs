@@ -20,9 +20,10 @@ pub mod envelope;
 pub mod ports;
 pub mod shard;
 pub mod stats;
+mod text;
 pub mod uplink;
 
-pub use acks::{ConfirmError, DeliveryId, PendingAcks};
+pub use acks::{ConfirmError, DeliveryId, PendingAcks, Tick};
 pub use client_frame::ClientFrame;
 pub use client_id::{ClientId, ClientIdError};
 pub use client_message::{ClientMessage, FrameError, OutboundEvent, Reply};
@@ -30,8 +31,9 @@ pub use command::{decode_sqs_body, Command, DecodeError, DecodedCommand};
 pub use downlink::{BatchOutcome, Downlink, DownlinkSettings, Undeliverable};
 pub use envelope::SnsEnvelope;
 pub use ports::{
-    ClientRegistry, CommandSource, EventSink, Frame, Handoff, InboundMessage, PublishError,
-    Receipt, SourceError,
+    AttributeValue, ClientRegistry, CommandSource, DeadLetter, EventSink, Frame, GiveUpReason,
+    Handoff, InboundMessage, MessageAttribute, PublishError, Receipt, SourceError,
+    DETAIL_ATTRIBUTE, REASON_ATTRIBUTE,
 };
 pub use shard::{shard_of, ShardAssignment, ShardRange, ShardRangeError, MAX_SHARDS};
 pub use stats::Stats;

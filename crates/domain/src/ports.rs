@@ -12,7 +12,7 @@ use crate::client_message::OutboundEvent;
 
 /// An opaque token with which a [`CommandSource`] settles one message
 /// (an SQS receipt handle, an AMQP delivery tag, …).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Receipt(String);
 
 impl Receipt {
@@ -27,9 +27,42 @@ impl Receipt {
     }
 }
 
-/// One message taken from the command source; it stays owned by the bridge
-/// (invisible to other consumers) until it is acknowledged, released or rejected.
+/// One message attribute as the source carries it (an SQS message attribute,
+/// an AMQP header), kept so that a dead-lettered message keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageAttribute {
+    /// The attribute's name.
+    pub name: String,
+    /// The transport's type name (`String`, `Number`, `Binary`, `String.x`…).
+    pub data_type: String,
+    /// The value: text for string and number types, bytes for binary ones.
+    pub value: AttributeValue,
+}
+
+/// The value of a [`MessageAttribute`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeValue {
+    /// A string or number value.
+    Text(String),
+    /// A binary value.
+    Binary(Vec<u8>),
+}
+
+impl MessageAttribute {
+    /// A `String` attribute.
+    pub fn string(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            data_type: "String".into(),
+            value: AttributeValue::Text(value.into()),
+        }
+    }
+}
+
+/// One message taken from the command source; it stays owned by the bridge
+/// (invisible to other consumers) until it is acknowledged, released or
+/// dead-lettered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InboundMessage {
     /// The transport's id for the message (SQS `MessageId`).
     pub message_id: String,
@@ -41,6 +74,60 @@ pub struct InboundMessage {
     pub sent_at: Option<SystemTime>,
     /// How many times the source has handed this message out, including now.
     pub receive_count: u32,
+    /// The message's attributes, as received.
+    pub attributes: Vec<MessageAttribute>,
+    /// FIFO queues: the message group the message belongs to.
+    pub group_id: Option<String>,
+}
+
+/// Why the bridge gives a Command up (SPEC §3): the `wsbridge_reason` a
+/// dead-lettered message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUpReason {
+    /// The body is not a Command.
+    Malformed,
+    /// Its client was not connected anywhere within the retry window.
+    Undeliverable,
+}
+
+impl GiveUpReason {
+    /// The value of the `wsbridge_reason` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Undeliverable => "undeliverable",
+        }
+    }
+}
+
+/// Name of the attribute (AMQP: header) saying why a message was given up.
+pub const REASON_ATTRIBUTE: &str = "wsbridge_reason";
+/// Name of the attribute (AMQP: header) with the error text.
+pub const DETAIL_ATTRIBUTE: &str = "wsbridge_detail";
+/// Longest `wsbridge_detail`, in bytes.
+pub const DETAIL_MAX_BYTES: usize = 256;
+
+/// A message the bridge gives up on, with what the dead-letter queue is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message as received (body byte for byte, attributes, receipt).
+    pub message: InboundMessage,
+    /// Why it is given up.
+    pub reason: GiveUpReason,
+    /// The error text, at most [`DETAIL_MAX_BYTES`] bytes.
+    pub detail: String,
+}
+
+impl DeadLetter {
+    /// A dead letter whose detail is cut to [`DETAIL_MAX_BYTES`] on a
+    /// character boundary.
+    pub fn new(message: InboundMessage, reason: GiveUpReason, detail: &str) -> Self {
+        Self {
+            message,
+            reason,
+            detail: crate::text::truncate(detail, DETAIL_MAX_BYTES).to_owned(),
+        }
+    }
 }
 
 /// Why the command source could not do what was asked.
@@ -77,9 +164,20 @@ pub trait CommandSource: Send + Sync {
     /// after `delay` (by this or another consumer).
     async fn release(&self, receipts: Vec<Receipt>, delay: Duration) -> Result<(), SourceError>;
 
-    /// The messages can never be processed: dead-letter them where the source
-    /// has a dead-letter queue, otherwise remove them.
-    async fn reject(&self, receipts: Vec<Receipt>) -> Result<(), SourceError>;
+    /// The bridge gives the messages up: send each to the dead-letter queue
+    /// with its reason, and remove it from the source only once that send
+    /// succeeded; with no dead-letter queue known, remove it.
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError>;
+
+    /// The queue's visibility timeout, when the source hides a received
+    /// message only for a while (SQS) rather than until it is settled (AMQP).
+    /// Held deliveries are kept invisible with [`CommandSource::extend`]
+    /// ahead of its expiry.
+    async fn visibility_timeout(&self) -> Option<Duration>;
+
+    /// Keeps the messages invisible for `visibility` from now on.
+    async fn extend(&self, receipts: Vec<Receipt>, visibility: Duration)
+        -> Result<(), SourceError>;
 }
 
 /// Why the event sink could not publish an event.

@@ -52,8 +52,16 @@ counters! {
         frames_queued,
         /// Deliveries a client acknowledged (`ack=true` connections).
         acknowledged_by_client,
-        /// Deliveries released unacknowledged (timeout or shutdown).
+        /// Deliveries released unacknowledged (timeout, client gone, shutdown).
         ack_released,
+        /// Held deliveries whose visibility was extended (one per message and extension).
+        visibility_extended,
+        /// Commands deferred because their client had its limit of
+        /// unacknowledged deliveries.
+        deferred,
+        /// Commands given up (malformed, undeliverable) and sent to the
+        /// dead-letter queue (or deleted where there is none).
+        dead_lettered,
     }
 }
 
@@ -83,6 +91,11 @@ pub struct Stats {
     /// From when a Command was published (SNS `Timestamp`, else the queue's
     /// `SentTimestamp`) to its hand-off to the connections' outgoing queues.
     pub forward_latency: Histogram,
+    /// Deliveries waiting for a client's acknowledgement (a gauge).
+    pub held_deliveries: AtomicU64,
+    /// How long a forwarded message id is remembered now, in milliseconds:
+    /// the TTL, or less while the de-duplication memory is full (a gauge).
+    pub dedup_window_ms: AtomicU64,
     consumer_stopped: AtomicBool,
 }
 

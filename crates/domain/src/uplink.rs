@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::acks::{ConfirmError, PendingAcks};
+use crate::acks::PendingAcks;
 use crate::client_frame::ClientFrame;
 use crate::client_id::ClientId;
 use crate::client_message::{Reply, PUBLISH_FAILED, PUBLISH_REJECTED};
@@ -21,8 +21,6 @@ pub struct Uplink {
 
 /// Error code for an acknowledgement of a delivery nobody waits for.
 pub const UNKNOWN_DELIVERY: &str = "unknown_delivery";
-/// Error code for an acknowledgement the source could not record.
-pub const ACK_FAILED: &str = "ack_failed";
 
 impl Uplink {
     /// Wires the use case to its sink.
@@ -62,7 +60,7 @@ impl Uplink {
         let message = match ClientFrame::parse(text) {
             Ok(ClientFrame::Message(message)) => message,
             Ok(ClientFrame::AckDelivery(delivery_id)) => {
-                return self.confirm(sender, &delivery_id).await;
+                return self.acknowledge(sender, &delivery_id);
             }
             Err(error) => {
                 debug!(%error, "invalid client frame");
@@ -99,26 +97,22 @@ impl Uplink {
         }
     }
 
-    async fn confirm(&self, sender: &ClientId, delivery_id: &str) -> Option<Reply> {
+    /// Takes a client's `{"ack_delivery": id}`: a control frame, answered
+    /// at once and never waiting on the event sink or the command source
+    /// (the message is deleted in the background, in batches). Returns the
+    /// error to answer with when nobody waits for that delivery.
+    pub fn acknowledge(&self, sender: &ClientId, delivery_id: &str) -> Option<Reply> {
         let Some(acks) = &self.acks else {
             bump(&self.stats.uplink.invalid, 1);
             return Some(Reply::invalid("acknowledged delivery is not enabled"));
         };
-        match acks.confirm(sender, delivery_id).await {
+        match acks.confirm(sender, delivery_id) {
             Ok(()) => None,
             Err(error) => {
                 debug!(%error, "acknowledgement not taken");
-                let (code, message) = match error {
-                    ConfirmError::Unknown(_) => (UNKNOWN_DELIVERY, error.to_string()),
-                    ConfirmError::Source(_) => (
-                        ACK_FAILED,
-                        "the acknowledgement could not be recorded; the Command will be delivered again"
-                            .to_owned(),
-                    ),
-                };
                 Some(Reply::Error {
-                    code,
-                    message,
+                    code: UNKNOWN_DELIVERY,
+                    message: error.to_string(),
                     id: None,
                 })
             }

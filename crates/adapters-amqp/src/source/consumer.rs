@@ -162,6 +162,7 @@ impl Shared {
             receipt: reference.receipt(),
             sent_at,
             receive_count,
+            ..InboundMessage::default()
         };
         let held = Held {
             message_id,

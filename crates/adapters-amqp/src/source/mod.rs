@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use domain::{CommandSource, InboundMessage, Receipt, SourceError};
+use domain::{CommandSource, DeadLetter, InboundMessage, Receipt, SourceError};
 use lapin::Channel;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -312,9 +312,24 @@ impl CommandSource for AmqpCommandSource {
         }
     }
 
-    async fn reject(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
         // Not requeued: the queue's dead-letter exchange takes it, or, when
         // the queue has none, the broker drops it.
+        let receipts = letters.into_iter().map(|l| l.message.receipt).collect();
         self.shared.settle(Settle::Reject, receipts).await
+    }
+
+    async fn visibility_timeout(&self) -> Option<Duration> {
+        // An unacknowledged delivery stays with its channel until it is
+        // settled: nothing to extend.
+        None
+    }
+
+    async fn extend(
+        &self,
+        _receipts: Vec<Receipt>,
+        _visibility: Duration,
+    ) -> Result<(), SourceError> {
+        Ok(())
     }
 }

@@ -7,8 +7,8 @@ use adapters_amqp::{AmqpCommandSource, AmqpEventSink, AmqpSinkSettings};
 use domain::{CommandSource, EventSink, PublishError, SourceError};
 
 use crate::support::{
-    close_from_broker, command_properties, event, eventually, fast_reconnect, receipts, receive_n,
-    source_settings, unacknowledged, url, Proxy, Scratch, WAIT,
+    close_from_broker, command_properties, event, eventually, fast_reconnect, letters, receipts,
+    receive_n, source_settings, unacknowledged, url, Proxy, Scratch, WAIT,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -104,7 +104,7 @@ async fn the_source_comes_back_after_a_network_cut_and_loses_nothing() {
     let tag = |r: &domain::Receipt| r.token().rsplit(':').next().unwrap().to_owned();
     assert_eq!(tag(&got[1].receipt), tag(&again[1].receipt));
     assert!(matches!(
-        source.reject(receipts(&got[1..])).await,
+        source.dead_letter(letters(&got[1..])).await,
         Err(SourceError::Partial { failed, .. }) if failed == receipts(&got[1..])
     ));
     source.acknowledge(receipts(&again)).await.unwrap();

@@ -10,7 +10,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
 use crate::support::{
-    closed_url, command_properties, receipts, receive_n, source_settings, url, Scratch, WAIT,
+    closed_url, command_properties, letter_of, letters, receipts, receive_n, source_settings, url,
+    Scratch, WAIT,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -355,7 +356,7 @@ async fn reject_dead_letters_the_message_through_the_dead_letter_exchange() {
 
     let got = receive_n(&source, 1).await;
     assert_eq!(got.len(), 1);
-    source.reject(receipts(&got)).await.unwrap();
+    source.dead_letter(letters(&got)).await.unwrap();
     let dead = scratch
         .get_eventually(&topology.dead_letter_queue)
         .await
@@ -404,7 +405,7 @@ async fn settling_twice_or_with_a_foreign_receipt_is_refused_and_harms_nothing()
         Err(SourceError::Partial { failed, .. }) if failed == vec![receipt.clone(), foreign.clone()]
     ));
     assert!(matches!(
-        source.reject(vec![receipt.clone()]).await,
+        source.dead_letter(vec![letter_of(&receipt)]).await,
         Err(SourceError::Partial { failed, .. }) if failed == vec![receipt.clone()]
     ));
     assert!(matches!(
@@ -463,7 +464,7 @@ async fn a_quorum_queue_counts_every_redelivery() {
     assert_eq!(fifth[0].receive_count, 5);
     assert_ne!(fifth[0].receipt, last[0].receipt);
 
-    source.reject(receipts(&fifth)).await.unwrap();
+    source.dead_letter(letters(&fifth)).await.unwrap();
     assert!(scratch
         .get_eventually(&topology.dead_letter_queue)
         .await

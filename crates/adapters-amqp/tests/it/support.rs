@@ -104,6 +104,23 @@ pub fn receipts(messages: &[InboundMessage]) -> Vec<Receipt> {
     messages.iter().map(|m| m.receipt.clone()).collect()
 }
 
+/// The messages given up as malformed.
+pub fn letters(messages: &[InboundMessage]) -> Vec<domain::DeadLetter> {
+    messages
+        .iter()
+        .map(|m| domain::DeadLetter::new(m.clone(), domain::GiveUpReason::Malformed, "test"))
+        .collect()
+}
+
+/// A dead letter for just a receipt (a message the source may not know).
+pub fn letter_of(receipt: &Receipt) -> domain::DeadLetter {
+    let message = InboundMessage {
+        receipt: receipt.clone(),
+        ..InboundMessage::default()
+    };
+    domain::DeadLetter::new(message, domain::GiveUpReason::Malformed, "test")
+}
+
 /// Polls `check` until it holds or [`WAIT`] passed; says whether it held.
 pub async fn eventually<F, Fut>(mut check: F) -> bool
 where

@@ -7,7 +7,7 @@ use adapters_aws::metrics::{AwsSnapshot, NOT_RECEIVED_YET};
 use adapters_aws::{
     AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings,
 };
-use domain::{CommandSource, EventSink};
+use domain::{CommandSource, DeadLetter, EventSink, GiveUpReason};
 use prometheus_client::registry::Registry;
 use testkit::{moto, unique_name, Aws};
 
@@ -107,7 +107,10 @@ async fn deletes_and_every_call_are_recorded_settle_failures_counted() {
             break m;
         }
     };
-    source.reject(vec![bad.receipt]).await.unwrap();
+    source
+        .dead_letter(vec![DeadLetter::new(bad, GiveUpReason::Malformed, "bad")])
+        .await
+        .unwrap();
     sink.publish(event("c-1", "say", "{}")).await.unwrap();
     assert_eq!(
         metrics.snapshot(),

@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use adapters_aws::{SqsCommandSource, SqsSourceSettings};
-use aws_sdk_sqs::types::QueueAttributeName;
-use domain::{CommandSource, InboundMessage, Receipt, SourceError};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use domain::{CommandSource, DeadLetter, GiveUpReason, InboundMessage, Receipt, SourceError};
 use testkit::{moto, unique_name, Aws};
 
-use crate::support::{closed_port, WAIT};
+use crate::support::{closed_port, take_raw, WAIT};
 
 /// A source whose long polls are short, so a test never waits 20 s on an
 /// empty queue.
@@ -236,45 +236,146 @@ async fn release_with_a_delay_keeps_the_message_invisible_that_long() {
     assert_eq!(again[0].message_id, id);
 }
 
-#[tokio::test]
-async fn reject_with_a_redrive_policy_leaves_the_message_for_the_dead_letter_queue() {
-    let aws = moto().aws().await;
-    let (queue, dlq) = aws
-        .create_queue_with_dlq(
-            &unique_name("src-rej-dlq"),
-            2,
-            &[(QueueAttributeName::VisibilityTimeout, "1".to_owned())],
-        )
-        .await;
-    let body = "not a command";
-    let id = aws.send(&queue.url, body).await;
-    let source = source(&aws, &queue.url);
-
-    for receive in 1..=2 {
-        let got = receive_n(&source, 1).await;
-        assert_eq!(got.len(), 1, "receive {receive}");
-        assert_eq!(got[0].receive_count, receive);
-        source.reject(receipts(&got)).await.unwrap();
-        // Not deleted: still in flight until the visibility timeout ends.
-        assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
-        assert_eq!(aws.queue_counts(&dlq.url).await, (0, 0));
-        let counts = aws.wait_for_counts(&queue.url, (1, 0), WAIT).await;
-        assert_eq!(counts, (1, 0), "back after the visibility timeout");
-    }
-
-    // maxReceiveCount reached: moto moves it to the DLQ on the next receive.
-    let third = source.receive().await.unwrap();
-    assert_eq!(third, Vec::new());
-    assert_eq!(aws.wait_for_counts(&dlq.url, (1, 0), WAIT).await, (1, 0));
-    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
-    let dead = aws.receive_at_least(&dlq.url, 1, WAIT).await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].message_id, id);
-    assert_eq!(dead[0].body, body);
+fn letters(messages: Vec<InboundMessage>, reason: GiveUpReason, detail: &str) -> Vec<DeadLetter> {
+    messages
+        .into_iter()
+        .map(|m| DeadLetter::new(m, reason, detail))
+        .collect()
 }
 
 #[tokio::test]
-async fn reject_without_a_redrive_policy_deletes_the_message() {
+async fn a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason() {
+    let aws = moto().aws().await;
+    let (queue, dlq) = aws
+        .create_queue_with_dlq(&unique_name("src-dl"), 5, &[])
+        .await;
+    // Bytes a JSON round trip would change: they must arrive as sent.
+    let body = "not a command \u{e9}  {\"x\": 1.50}";
+    let id = aws
+        .send_with_attributes(&queue.url, body, &[("trace_id", "t-1")])
+        .await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 1).await;
+    assert_eq!(got[0].attributes.len(), 1, "attributes are received");
+    let long_detail = "x".repeat(1000);
+
+    source
+        .dead_letter(letters(got, GiveUpReason::Malformed, &long_detail))
+        .await
+        .unwrap();
+
+    // On its first receive, not after maxReceiveCount × visibility timeout.
+    assert_eq!(
+        aws.queue_counts(&queue.url).await,
+        (0, 0),
+        "deleted from the source"
+    );
+    let dead = aws.receive_at_least(&dlq.url, 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, body);
+    assert_ne!(
+        dead[0].message_id, id,
+        "a new message in the dead-letter queue"
+    );
+    let attrs = &dead[0].attributes;
+    assert_eq!(
+        attrs.get("wsbridge_reason").map(String::as_str),
+        Some("malformed")
+    );
+    assert_eq!(attrs.get("wsbridge_detail").map(String::len), Some(256));
+    assert_eq!(attrs.get("trace_id").map(String::as_str), Some("t-1"));
+}
+
+#[tokio::test]
+async fn the_dead_letter_queue_setting_wins_over_the_redrive_policy() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("src-dl-set")).await;
+    let chosen = aws.create_queue(&unique_name("chosen-dlq")).await;
+    aws.send(&queue.url, "{}").await;
+    let source = SqsCommandSource::new(
+        aws.sqs.clone(),
+        &queue.url,
+        SqsSourceSettings {
+            wait_time: Duration::from_secs(1),
+            dead_letter_queue_url: Some(chosen.url.clone()),
+            ..SqsSourceSettings::default()
+        },
+    );
+    let got = receive_n(&source, 1).await;
+    source
+        .dead_letter(letters(got, GiveUpReason::Undeliverable, "nobody home"))
+        .await
+        .unwrap();
+    let dead = aws.receive_at_least(&chosen.url, 1, WAIT).await;
+    assert_eq!(dead[0].attributes["wsbridge_reason"], "undeliverable");
+    assert_eq!(dead[0].attributes["wsbridge_detail"], "nobody home");
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_failed_dead_letter_send_leaves_the_message_in_the_source() {
+    let aws = moto().aws().await;
+    let queue = aws
+        .create_queue_with(
+            &unique_name("src-dl-fail"),
+            &[(QueueAttributeName::VisibilityTimeout, "1".to_owned())],
+        )
+        .await;
+    let gone = aws.create_queue(&unique_name("gone-dlq")).await;
+    aws.delete_queue(&gone.url).await;
+    aws.send(&queue.url, "bad").await;
+    let source = SqsCommandSource::new(
+        aws.sqs.clone(),
+        &queue.url,
+        SqsSourceSettings {
+            wait_time: Duration::from_secs(1),
+            dead_letter_queue_url: Some(gone.url.clone()),
+            ..SqsSourceSettings::default()
+        },
+    );
+    let got = receive_n(&source, 1).await;
+
+    let result = source
+        .dead_letter(letters(got, GiveUpReason::Malformed, "bad"))
+        .await;
+
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(
+        aws.wait_for_counts(&queue.url, (1, 0), WAIT).await,
+        (1, 0),
+        "not deleted: back after its visibility timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_fifo_dead_letter_keeps_the_group_and_a_derived_deduplication_id() {
+    let aws = moto().aws().await;
+    let (queue, dlq) = aws
+        .create_queue_with_dlq(&format!("{}.fifo", unique_name("src-dl")), 5, &[])
+        .await;
+    aws.send(&queue.url, "bad fifo").await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 1).await;
+    assert_eq!(got[0].group_id.as_deref(), Some("testkit"));
+
+    // Sent twice (as a retry after a lost answer would): stored once.
+    let twice = [got.clone(), got].concat();
+    source
+        .dead_letter(letters(twice, GiveUpReason::Malformed, "bad"))
+        .await
+        .unwrap();
+
+    let dead = take_raw(&aws.sqs, &dlq.url, 2, Duration::from_secs(3)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body(), Some("bad fifo"));
+    let group = dead[0]
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId));
+    assert_eq!(group.map(String::as_str), Some("testkit"));
+}
+
+#[tokio::test]
+async fn without_a_dead_letter_queue_a_given_up_message_is_deleted() {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-rej")).await;
     aws.send(&queue.url, "bad").await;
@@ -284,7 +385,10 @@ async fn reject_without_a_redrive_policy_deletes_the_message() {
     assert_eq!(got.len(), 2);
     let (bad, kept): (Vec<_>, Vec<_>) = got.into_iter().partition(|m| m.body == "bad");
 
-    source.reject(receipts(&bad)).await.unwrap();
+    source
+        .dead_letter(letters(bad, GiveUpReason::Malformed, "bad"))
+        .await
+        .unwrap();
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
     source
         .release(receipts(&kept), Duration::ZERO)
@@ -293,6 +397,36 @@ async fn reject_without_a_redrive_policy_deletes_the_message() {
     let left = aws.receive_all(&queue.url, Duration::from_secs(1)).await;
     let bodies: BTreeSet<&str> = left.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, BTreeSet::from(["kept"]));
+}
+
+#[tokio::test]
+async fn extending_keeps_a_held_message_invisible_past_its_visibility_timeout() {
+    let aws = moto().aws().await;
+    let queue = aws
+        .create_queue_with(
+            &unique_name("src-extend"),
+            &[(QueueAttributeName::VisibilityTimeout, "2".to_owned())],
+        )
+        .await;
+    aws.send(&queue.url, "held").await;
+    let source = source(&aws, &queue.url);
+    let got = receive_n(&source, 1).await;
+    assert_eq!(
+        source.visibility_timeout().await,
+        Some(Duration::from_secs(2))
+    );
+
+    // Five seconds, extended each second: never visible meanwhile.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        source
+            .extend(receipts(&got), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
+    }
+    // Once no longer extended, it comes back.
+    assert_eq!(aws.wait_for_counts(&queue.url, (1, 0), WAIT).await, (1, 0));
 }
 
 #[tokio::test]

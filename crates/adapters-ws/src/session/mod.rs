@@ -51,7 +51,7 @@ mod settings;
 
 pub use settings::{Peer, SessionMode, SessionSettings, StartError};
 
-use serve::{serve, Signals};
+use serve::{serve, Signals, UplinkPath};
 
 /// How long a closing handshake may wait for room in the socket's buffer
 /// before the connection is dropped without a close frame.
@@ -161,8 +161,8 @@ impl Connection {
         let worker = actix_web::rt::spawn(
             uplink_worker::run(
                 inbox,
-                uplink,
-                client_id,
+                uplink.clone(),
+                client_id.clone(),
                 session.clone(),
                 settings.client_timeout,
             )
@@ -178,7 +178,11 @@ impl Connection {
             &mut session,
             &mut stream,
             &mut outbound,
-            &to_uplink,
+            &UplinkPath {
+                queue: &to_uplink,
+                uplink: &uplink,
+                client_id: &client_id,
+            },
             &signals,
             &settings,
             mode,

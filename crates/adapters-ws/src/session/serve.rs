@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use actix_ws::{Item, Message, MessageStream, Session};
-use domain::{Frame, Reply};
+use domain::{ClientFrame, ClientId, Frame, Reply, Uplink};
 use futures_util::SinkExt;
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -50,8 +50,19 @@ enum Data {
     Binary(Bytes),
 }
 
+/// Where a client's data messages go: client messages to the uplink
+/// worker's queue; acknowledgements (control frames) straight to the
+/// uplink use case, never rate-limited nor queued behind publishes.
+pub(super) struct UplinkPath<'a> {
+    pub(super) queue: &'a mpsc::Sender<Inbound>,
+    pub(super) uplink: &'a Uplink,
+    pub(super) client_id: &'a ClientId,
+}
+
 /// What the loop does with one data message.
 enum Handling {
+    /// Take this acknowledgement now.
+    Ack(String),
     /// Hand it to the uplink worker.
     Uplink(Inbound),
     /// Write it back (echo mode).
@@ -79,6 +90,11 @@ impl RateGate {
     fn handle(&mut self, data: Data, mode: SessionMode) -> Result<Handling, Exit> {
         if let (SessionMode::Bridge, Data::Binary(_)) = (mode, &data) {
             return Err(Exit::Binary);
+        }
+        if let (SessionMode::Bridge, Data::Text(text)) = (mode, &data) {
+            if let Some(delivery_id) = ClientFrame::ack_delivery(text) {
+                return Ok(Handling::Ack(delivery_id));
+            }
         }
         let now = Instant::now();
         if !self.bucket.take(now) {
@@ -108,7 +124,7 @@ pub(super) async fn serve(
     session: &mut Session,
     stream: &mut MessageStream,
     outbound: &mut mpsc::Receiver<Frame>,
-    to_uplink: &mpsc::Sender<Inbound>,
+    to_uplink: &UplinkPath<'_>,
     signals: &Signals<'_>,
     settings: &SessionSettings,
     mode: SessionMode,
@@ -132,7 +148,7 @@ pub(super) async fn serve(
                 let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
                 signals.write(session, Message::Text((&*frame).into())).await?;
             }
-            reserved = to_uplink.clone().reserve_owned(), if permit.is_none() => {
+            reserved = to_uplink.queue.clone().reserve_owned(), if permit.is_none() => {
                 permit = Some(reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?);
             }
             message = stream.recv(), if permit.is_some() => {
@@ -169,6 +185,11 @@ pub(super) async fn serve(
                 };
                 let Some(data) = data else { continue };
                 match rate.handle(data, mode)? {
+                    Handling::Ack(delivery_id) => {
+                        if let Some(reply) = to_uplink.uplink.acknowledge(to_uplink.client_id, &delivery_id) {
+                            signals.write(session, Message::Text(reply.to_json().into())).await?;
+                        }
+                    }
                     Handling::Uplink(inbound) => {
                         if let Some(room) = permit.take() {
                             room.send(inbound);

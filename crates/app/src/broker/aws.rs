@@ -45,6 +45,7 @@ pub fn connect(
         queue_url,
         SqsSourceSettings {
             wait_time: config.downlink.receive_wait,
+            dead_letter_queue_url: resources.dead_letter_queue_url.clone(),
             ..SqsSourceSettings::default()
         },
     )
@@ -98,6 +99,7 @@ pub async fn prepare_dev(clients: &Clients, mut config: Config) -> anyhow::Resul
         command_queue_url: Some(infra.command_queue_url),
         events_topic_arn: Some(infra.events_topic_arn),
         commands_topic_arn: Some(infra.commands_topic_arn),
+        dead_letter_queue_url: resources.dead_letter_queue_url.clone(),
     });
     Ok(config)
 }

@@ -78,6 +78,8 @@ pub struct AwsResources {
     pub events_topic_arn: Option<String>,
     /// The SNS topic backends publish Commands to.
     pub commands_topic_arn: Option<String>,
+    /// Where given-up Commands go, instead of the queue's RedrivePolicy target.
+    pub dead_letter_queue_url: Option<String>,
 }
 
 impl AwsResources {
@@ -199,6 +201,7 @@ impl Config {
                 command_queue_url: s.command_queue_url.clone(),
                 events_topic_arn: s.events_topic_arn.clone(),
                 commands_topic_arn: s.commands_topic_arn.clone(),
+                dead_letter_queue_url: s.dead_letter_queue_url.clone(),
             }),
             Broker::Amqp => {
                 let raw = required("amqp_url", &s.amqp_url)?;
@@ -259,6 +262,7 @@ impl Config {
                     dedup_capacity: s.dedup_capacity,
                     dedup_ttl: Duration::from_secs(s.dedup_ttl_secs),
                     ack_timeout: Duration::from_secs(s.ack_timeout_secs),
+                    max_unacked_per_client: s.max_unacked_per_client,
                 },
             },
             uplink: Uplink {

@@ -46,6 +46,12 @@ settings! {
         /// subscribes the command queue).
         commands_topic_arn: Option<String> = None,
             example "\"arn:aws:sns:us-east-1:123456789012:wsbridge-commands\"";
+        /// With broker = "aws", the SQS queue Commands the bridge gives up on
+        /// (malformed, undeliverable) are sent to, with the reason in the
+        /// wsbridge_reason attribute (unset: the command queue's RedrivePolicy
+        /// target; with neither they are deleted and logged).
+        dead_letter_queue_url: Option<String> = None,
+            example "\"https://sqs.us-east-1.amazonaws.com/123456789012/wsbridge-commands-dlq\"";
         /// With broker = "amqp", the broker URL (it holds a password: keep it in
         /// the environment, BRIDGE_AMQP_URL).
         amqp_url: Option<String> = None,
@@ -114,9 +120,13 @@ settings! {
         dedup_ttl_secs: u64 = 600, range 1..=604_800;
         /// Acknowledged delivery (clients connecting with ?ack=true): how long
         /// a Command waits for the client's {"ack_delivery": id} before it is
-        /// released and delivered again. Keep it below the queue's visibility
-        /// timeout (30 s by default).
+        /// released and delivered again. The message's visibility is extended
+        /// meanwhile, whatever the queue's visibility timeout.
         ack_timeout_secs: u64 = 15, range 1..=43_200;
+        /// Acknowledged delivery: unacknowledged Commands one client may hold
+        /// at once; more for it wait (received again after retry_delay_secs),
+        /// so a client that never acknowledges cannot stall the others.
+        max_unacked_per_client: usize = 100, range 1..=100_000;
     }
     "uplink" {
         /// How long the first client message of a batch waits for others to

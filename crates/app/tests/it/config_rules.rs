@@ -91,6 +91,8 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "jwt_leeway_secs" => ("5", vec![]),
         "allowed_origins" => ("https://a.example,https://b.example", vec![]),
         "log_format" => ("json", vec![]),
+        "dead_letter_queue_url" => ("http://127.0.0.1:1/000000000000/dlq", vec![]),
+        "max_unacked_per_client" => ("7", vec![]),
         other => panic!("no sample for the setting {other}: add one"),
     }
 }

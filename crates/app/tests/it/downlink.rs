@@ -104,13 +104,18 @@ async fn a_command_older_than_the_retry_window_is_given_up() {
     assert_eq!(env.wait_for_queue_counts((0, 0)).await, (0, 0));
     let snapshot = bridge.stats.downlink.snapshot();
     assert_eq!(snapshot.undeliverable, 1, "{snapshot:?}");
+    assert_eq!(snapshot.dead_lettered, 1, "{snapshot:?}");
     assert!(snapshot.released >= 1, "retried first: {snapshot:?}");
     assert_eq!(snapshot.forwarded, 0, "{snapshot:?}");
-    // Deleted, not moved.
-    assert_eq!(
-        env.aws.queue_counts(&env.infra.dead_letter_queue_url).await,
-        (0, 0)
-    );
+    // Moved to the dead-letter queue, body as sent, with its reason.
+    let dead = env
+        .aws
+        .receive_at_least(&env.infra.dead_letter_queue_url, 1, PATIENCE)
+        .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body, command(&nobody, "too-late").to_string());
+    assert_eq!(dead[0].attributes["wsbridge_reason"], "undeliverable");
+    assert!(dead[0].attributes["wsbridge_detail"].contains("retry window"));
     // Connecting now brings nothing.
     let mut ws = bridge.connect(&nobody).await;
     assert_silent(&mut ws, QUIET).await;

@@ -168,7 +168,7 @@ async fn metrics_move_by_what_the_traffic_did() {
     let bridge_ref = &bridge;
     wait_until("deletes and closes counted", || async move {
         let (_, now) = scrape(bridge_ref).await;
-        now.get("wsbridge_sqs_deleted_messages_total") == Some(&5.0)
+        now.get("wsbridge_sqs_deleted_messages_total") == Some(&6.0)
             && now.get("wsbridge_connections_closed_total{code=\"1003\"}") == Some(&1.0)
             && now.get("wsbridge_connections_closed_total{code=\"1000\"}") == Some(&1.0)
             && now.get("wsbridge_open_connections") == Some(&0.0)
@@ -184,9 +184,10 @@ async fn metrics_move_by_what_the_traffic_did() {
         ("wsbridge_commands_total{outcome=\"malformed\"}", 1.0),
         ("wsbridge_commands_total{outcome=\"undeliverable\"}", 0.0),
         ("wsbridge_commands_total{outcome=\"released\"}", 0.0),
-        // Four forwarded and the duplicate; the malformed one is left for
-        // the dead-letter queue.
-        ("wsbridge_sqs_deleted_messages_total", 5.0),
+        ("wsbridge_commands_total{outcome=\"dead_lettered\"}", 1.0),
+        // Four forwarded, the duplicate, and the malformed one once the
+        // dead-letter queue has its copy.
+        ("wsbridge_sqs_deleted_messages_total", 6.0),
         ("wsbridge_sqs_delete_failures_total", 0.0),
         ("wsbridge_sqs_receive_errors_total", 0.0),
         ("wsbridge_client_messages_total{outcome=\"published\"}", 1.0),

@@ -273,6 +273,22 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// Like [`Bridge::stop`], for a shutdown that must miss its deadline:
+    /// returns the error `run_until_stopped` reports.
+    pub async fn stop_missing_its_deadline(mut self) -> String {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("bridge already stopped");
+        let limit = Duration::from_secs(SHUTDOWN_SECS + 1);
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(Ok(()))) => panic!("the shutdown was expected to miss its deadline"),
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(e)) => panic!("bridge task panicked: {e}"),
+            Err(_) => panic!("run_until_stopped did not return within {limit:?}"),
+        }
+    }
+}
+
 impl Drop for Bridge {
     fn drop(&mut self) {
         // A test that failed half-way still stops its server.

@@ -8,14 +8,16 @@ use std::time::{Duration, SystemTime};
 use domain::ports::{MockClientRegistry, MockCommandSource};
 use domain::stats::DownlinkSnapshot;
 use domain::{
-    BatchOutcome, ConfirmError, DeliveryId, Downlink, DownlinkSettings, Handoff, InboundMessage,
-    Receipt, SourceError, Stats, Undeliverable,
+    BatchOutcome, ConfirmError, DeadLetter, DeliveryId, Downlink, DownlinkSettings, GiveUpReason,
+    Handoff, InboundMessage, Receipt, SourceError, Stats, Undeliverable,
 };
 use serde_json::json;
 
 const RETRY_DELAY: Duration = Duration::from_secs(7);
 const ACK_TIMEOUT: Duration = Duration::from_millis(200);
 const RETRY_WINDOW: Duration = Duration::from_secs(60);
+/// The mocked source's visibility timeout.
+const VISIBILITY: Duration = Duration::from_secs(1);
 const RETRY: Undeliverable = Undeliverable::Retry {
     delay: RETRY_DELAY,
     window: RETRY_WINDOW,
@@ -33,7 +35,10 @@ struct Calls {
     delivery_ids: Log<DeliveryId>,
     acknowledged: Log<Vec<Receipt>>,
     released: Log<(Vec<Receipt>, Duration)>,
-    rejected: Log<Vec<Receipt>>,
+    dead_lettered: Log<Vec<Receipt>>,
+    /// Every message given up, with its reason and detail.
+    letters: Log<DeadLetter>,
+    extended: Log<(Vec<Receipt>, Duration)>,
 }
 
 impl Calls {
@@ -50,7 +55,13 @@ impl Calls {
         self.released.lock().unwrap().clone()
     }
     fn rejected(&self) -> Vec<Vec<Receipt>> {
-        self.rejected.lock().unwrap().clone()
+        self.dead_lettered.lock().unwrap().clone()
+    }
+    fn letters(&self) -> Vec<DeadLetter> {
+        self.letters.lock().unwrap().clone()
+    }
+    fn extended(&self) -> Vec<(Vec<Receipt>, Duration)> {
+        self.extended.lock().unwrap().clone()
     }
 }
 
@@ -62,23 +73,38 @@ struct Harness {
     stats: Arc<Stats>,
     calls: Calls,
     connections: Arc<Mutex<HashMap<String, Handoff>>>,
+    /// Runs inside each `deliver`, after the frame is queued (as a client
+    /// that answers at once would).
+    during_deliver: DeliverHook,
 }
+
+type DeliverHook = Arc<Mutex<Option<Box<dyn Fn(DeliveryId) + Send>>>>;
 
 impl Harness {
     fn new(policy: Undeliverable, batches: Vec<Scripted>) -> Self {
-        Self::build(policy, batches, Ok(()))
+        Self::build(settings(policy), batches, Ok(()))
+    }
+
+    /// Each client may hold at most `limit` unacknowledged deliveries.
+    fn with_unacked_limit(limit: usize, batches: Vec<Scripted>) -> Self {
+        let settings = DownlinkSettings {
+            max_unacked_per_client: limit,
+            ..settings(RETRY)
+        };
+        Self::build(settings, batches, Ok(()))
     }
 
     /// Every acknowledge, release and reject call fails with `error`.
     fn failing_settle(policy: Undeliverable, batches: Vec<Scripted>, error: SourceError) -> Self {
-        Self::build(policy, batches, Err(error))
+        Self::build(settings(policy), batches, Err(error))
     }
 
     fn build(
-        policy: Undeliverable,
+        settings: DownlinkSettings,
         batches: Vec<Scripted>,
         settle: Result<(), SourceError>,
     ) -> Self {
+        let during_deliver: DeliverHook = Arc::default();
         let calls = Calls::default();
         let connections = Arc::new(Mutex::new(HashMap::<String, Handoff>::new()));
 
@@ -99,15 +125,35 @@ impl Harness {
             log.lock().unwrap().push((receipts, delay));
             result.clone()
         });
-        let (log, result) = (calls.rejected.clone(), settle);
-        source.expect_reject().returning(move |receipts| {
-            log.lock().unwrap().push(receipts);
-            result.clone()
-        });
+        let (log, letters, result) = (
+            calls.dead_lettered.clone(),
+            calls.letters.clone(),
+            settle.clone(),
+        );
+        source
+            .expect_dead_letter()
+            .returning(move |given_up: Vec<DeadLetter>| {
+                log.lock()
+                    .unwrap()
+                    .push(given_up.iter().map(|l| l.message.receipt.clone()).collect());
+                letters.lock().unwrap().extend(given_up);
+                result.clone()
+            });
+        source
+            .expect_visibility_timeout()
+            .returning(|| Some(VISIBILITY));
+        let (log, result) = (calls.extended.clone(), settle);
+        source
+            .expect_extend()
+            .returning(move |receipts, visibility| {
+                log.lock().unwrap().push((receipts, visibility));
+                result.clone()
+            });
 
         let mut registry = MockClientRegistry::new();
         let (log, connected) = (calls.delivered.clone(), connections.clone());
         let delivery_ids = calls.delivery_ids.clone();
+        let hook = during_deliver.clone();
         registry
             .expect_deliver()
             .returning(move |client_id, frame, delivery| {
@@ -115,19 +161,23 @@ impl Harness {
                     .unwrap()
                     .push((client_id.as_str().to_owned(), frame.to_string()));
                 delivery_ids.lock().unwrap().push(delivery);
-                connected
+                let handoff = connected
                     .lock()
                     .unwrap()
                     .get(client_id.as_str())
                     .copied()
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                if let Some(hook) = hook.lock().unwrap().as_ref() {
+                    hook(delivery);
+                }
+                handoff
             });
 
         let stats = Arc::new(Stats::default());
         let downlink = Downlink::new(
             Arc::new(source),
             Arc::new(registry),
-            settings(policy),
+            settings,
             stats.clone(),
         );
         Self {
@@ -135,6 +185,7 @@ impl Harness {
             stats,
             calls,
             connections,
+            during_deliver,
         }
     }
 
@@ -171,6 +222,7 @@ fn settings(undeliverable: Undeliverable) -> DownlinkSettings {
         dedup_capacity: 1_000,
         dedup_ttl: Duration::from_secs(300),
         ack_timeout: ACK_TIMEOUT,
+        max_unacked_per_client: 100,
     }
 }
 
@@ -195,6 +247,7 @@ fn sent_at(sqs_id: &str, body: impl Into<String>, at: Option<SystemTime>) -> Inb
         receipt: receipt(&format!("rcpt-{sqs_id}")),
         sent_at: at,
         receive_count: 1,
+        ..InboundMessage::default()
     }
 }
 
@@ -350,7 +403,7 @@ async fn malformed_bodies_never_reach_the_registry_and_are_rejected() {
         .collect();
     let expected: Vec<Receipt> = batch.iter().map(|m| m.receipt.clone()).collect();
 
-    let rejected = Arc::new(Mutex::new(Vec::new()));
+    let rejected = Arc::new(Mutex::new(Vec::<Vec<Receipt>>::new()));
     let mut source = MockCommandSource::new();
     source
         .expect_receive()
@@ -359,10 +412,17 @@ async fn malformed_bodies_never_reach_the_registry_and_are_rejected() {
     source.expect_acknowledge().times(0);
     source.expect_release().times(0);
     let log = rejected.clone();
-    source.expect_reject().times(1).returning(move |receipts| {
-        log.lock().unwrap().push(receipts);
-        Ok(())
-    });
+    source
+        .expect_dead_letter()
+        .times(1)
+        .returning(move |letters: Vec<DeadLetter>| {
+            assert!(letters.iter().all(|l| l.reason == GiveUpReason::Malformed));
+            assert!(letters.iter().all(|l| !l.detail.is_empty()));
+            log.lock()
+                .unwrap()
+                .push(letters.into_iter().map(|l| l.message.receipt).collect());
+            Ok(())
+        });
     let mut registry = MockClientRegistry::new();
     registry.expect_deliver().times(0);
     registry.expect_connection_count().times(0);
@@ -380,7 +440,7 @@ async fn malformed_bodies_never_reach_the_registry_and_are_rejected() {
     assert_eq!(
         outcome,
         BatchOutcome {
-            rejected: expected,
+            dead_lettered: expected,
             ..BatchOutcome::default()
         }
     );
@@ -390,6 +450,7 @@ async fn malformed_bodies_never_reach_the_registry_and_are_rejected() {
         DownlinkSnapshot {
             received: n,
             malformed: n,
+            dead_lettered: n,
             ..DownlinkSnapshot::default()
         }
     );
@@ -439,7 +500,7 @@ async fn valid_commands_among_malformed_ones_are_still_delivered_in_order() {
     );
     assert!(h.calls.released().is_empty());
     assert_eq!(
-        outcome.rejected,
+        outcome.dead_lettered,
         receipts(&["rcpt-bad-1", "rcpt-bad-2", "rcpt-bad-3"])
     );
     assert_eq!(
@@ -449,6 +510,7 @@ async fn valid_commands_among_malformed_ones_are_still_delivered_in_order() {
             forwarded: 4,
             frames_queued: 4,
             malformed: 3,
+            dead_lettered: 3,
             ..DownlinkSnapshot::default()
         }
     );
@@ -639,7 +701,7 @@ async fn once_draining_an_absent_clients_command_is_released_at_once() {
 }
 
 #[tokio::test]
-async fn absent_client_past_the_retry_window_is_acknowledged_and_counted_undeliverable() {
+async fn absent_client_past_the_retry_window_is_dead_lettered_as_undeliverable() {
     let old = SystemTime::now() - RETRY_WINDOW - Duration::from_secs(60);
     let body = bare("gone", "stale");
     let h = Harness::new(
@@ -654,15 +716,24 @@ async fn absent_client_past_the_retry_window_is_acknowledged_and_counted_undeliv
         vec![pair("gone", &body)],
         "one attempt"
     );
-    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-old"])]);
+    assert!(h.calls.acknowledged().is_empty());
     assert!(h.calls.released().is_empty());
-    assert!(h.calls.rejected().is_empty());
-    assert_eq!(outcome.acknowledged, receipts(&["rcpt-old"]));
+    assert_eq!(h.calls.rejected(), vec![receipts(&["rcpt-old"])]);
+    let letters = h.calls.letters();
+    assert_eq!(letters[0].reason, GiveUpReason::Undeliverable);
+    assert_eq!(letters[0].message.body, body, "the body goes as it came");
+    assert!(
+        letters[0].detail.contains("retry window"),
+        "{}",
+        letters[0].detail
+    );
+    assert_eq!(outcome.dead_lettered, receipts(&["rcpt-old"]));
     assert_eq!(
         h.counters(),
         DownlinkSnapshot {
             received: 1,
             undeliverable: 1,
+            dead_lettered: 1,
             ..DownlinkSnapshot::default()
         }
     );
@@ -754,8 +825,8 @@ async fn failing_settle_calls_leave_the_batch_decided_and_a_redelivery_is_not_fo
         BatchOutcome {
             acknowledged: receipts(&["rcpt-sqs-1"]),
             released: receipts(&["rcpt-absent"]),
-            rejected: receipts(&["rcpt-bad"]),
-            held: Vec::new(),
+            dead_lettered: receipts(&["rcpt-bad"]),
+            ..BatchOutcome::default()
         }
     );
     assert_eq!(
@@ -785,6 +856,7 @@ async fn failing_settle_calls_leave_the_batch_decided_and_a_redelivery_is_not_fo
             frames_queued: 1,
             released: 1,
             malformed: 1,
+            dead_lettered: 1,
             duplicate: 1,
             ..DownlinkSnapshot::default()
         }
@@ -800,7 +872,7 @@ async fn an_empty_batch_makes_no_settle_calls() {
         .returning(|| Ok(Vec::new()));
     source.expect_acknowledge().times(0);
     source.expect_release().times(0);
-    source.expect_reject().times(0);
+    source.expect_dead_letter().times(0);
     let mut registry = MockClientRegistry::new();
     registry.expect_deliver().times(0);
     let stats = Arc::new(Stats::default());
@@ -841,18 +913,24 @@ async fn a_delivery_awaiting_ack_is_held_then_deleted_when_the_client_acknowledg
     // Another client cannot acknowledge alice's delivery.
     let bob = domain::ClientId::parse("bob").unwrap();
     assert_eq!(
-        acks.confirm(&bob, &id).await,
+        acks.confirm(&bob, &id),
         Err(ConfirmError::Unknown(id.clone()))
     );
     assert!(h.calls.acknowledged().is_empty());
 
     let alice = domain::ClientId::parse("alice").unwrap();
-    acks.confirm(&alice, &id).await.unwrap();
+    acks.confirm(&alice, &id).unwrap();
+    assert!(
+        h.calls.acknowledged().is_empty(),
+        "deleted in the background"
+    );
+    assert_eq!(acks.confirmed_len(), 1);
+    assert_eq!(acks.settle_confirmed().await, 1);
     assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
     assert!(acks.is_empty());
     // A second acknowledgement of the same delivery is refused.
     assert_eq!(
-        acks.confirm(&alice, &id).await,
+        acks.confirm(&alice, &id),
         Err(ConfirmError::Unknown(id.clone()))
     );
     let counters = h.counters();
@@ -937,4 +1015,148 @@ fn handoff_counts_both_kinds() {
         awaiting_ack: 3,
     };
     assert_eq!(handoff.taken(), 5);
+}
+
+fn client(id: &str) -> domain::ClientId {
+    domain::ClientId::parse(id).unwrap()
+}
+
+#[tokio::test]
+async fn a_held_delivery_keeps_its_message_invisible_until_the_ack_timeout() {
+    // Visibility 1 s, ack timeout 2.5 s: extended each time half of the
+    // visibility is spent, released only when the ack timeout ends.
+    let h = Harness::build(
+        DownlinkSettings {
+            ack_timeout: Duration::from_millis(2_500),
+            ..settings(RETRY)
+        },
+        vec![Ok(vec![message("sqs-1", bare("alice", "go"))])],
+        Ok(()),
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+
+    let mut released = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        released += acks.tick().await.released;
+    }
+    let extended = h.calls.extended();
+    assert!(
+        extended.len() >= 4,
+        "extended every ~0.5 s of a 1 s visibility: {extended:?}"
+    );
+    assert!(extended
+        .iter()
+        .all(|(r, vt)| *r == receipts(&["rcpt-sqs-1"]) && *vt == VISIBILITY));
+    assert_eq!(released, 1, "released by the ack timeout only");
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-sqs-1"]), Duration::ZERO)]
+    );
+    assert_eq!(h.counters().visibility_extended, extended.len() as u64);
+}
+
+#[tokio::test]
+async fn a_redelivered_copy_of_a_held_message_is_adopted_not_deleted() {
+    let body = envelope("sns-1", &bare("alice", "go"));
+    let mut copy = message("sqs-1", body.clone());
+    copy.receipt = receipt("rcpt-sqs-1-second");
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![message("sqs-1", body.clone())]),
+            // The same SQS message handed out again while held.
+            Ok(vec![copy]),
+            // Another SQS message with the same SNS id: a true duplicate.
+            Ok(vec![message("sqs-2", body)]),
+        ],
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    let second = h.poll().await;
+    assert_eq!(second.held, receipts(&["rcpt-sqs-1-second"]));
+    assert!(
+        h.calls.acknowledged().is_empty(),
+        "the copy was not deleted"
+    );
+    assert_eq!(h.calls.delivered().len(), 1, "nor delivered twice");
+
+    let third = h.poll().await;
+    assert_eq!(third.acknowledged, receipts(&["rcpt-sqs-2"]));
+
+    // The acknowledgement deletes the message by its newest receipt.
+    let id = h.calls.delivery_ids()[0].to_string();
+    h.downlink.acks().confirm(&client("alice"), &id).unwrap();
+    h.downlink.acks().settle_confirmed().await;
+    assert_eq!(
+        h.calls.acknowledged(),
+        vec![receipts(&["rcpt-sqs-2"]), receipts(&["rcpt-sqs-1-second"])]
+    );
+}
+
+#[tokio::test]
+async fn an_ack_that_arrives_before_deliver_returns_is_not_lost() {
+    let h = Harness::new(RETRY, vec![Ok(vec![message("sqs-1", bare("alice", "go"))])]);
+    h.connect_with("alice", 0, 1);
+    let acks = h.downlink.acks();
+    *h.during_deliver.lock().unwrap() = Some(Box::new(move |delivery| {
+        acks.confirm(&client("alice"), &delivery.to_string())
+            .expect("the delivery is known before its frame is queued");
+    }));
+
+    h.poll().await;
+
+    let acks = h.downlink.acks();
+    assert!(acks.is_empty(), "nothing left waiting");
+    acks.settle_confirmed().await;
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
+    assert!(acks.release_all().await == 0 && h.calls.released().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_gets_its_held_deliveries_released_at_once() {
+    let h = Harness::new(
+        RETRY,
+        vec![Ok(vec![
+            message("sqs-1", bare("alice", "a")),
+            message("sqs-2", bare("bob", "b")),
+        ])],
+    );
+    h.connect_with("alice", 0, 1).connect_with("bob", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+
+    assert_eq!(acks.release_client(&client("alice")).await, 1);
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-sqs-1"]), Duration::ZERO)]
+    );
+    assert_eq!(acks.len(), 1, "bob's delivery still waits");
+}
+
+#[tokio::test]
+async fn a_client_at_its_unacknowledged_limit_waits_and_others_flow() {
+    let h = Harness::with_unacked_limit(
+        2,
+        vec![Ok(vec![
+            message("a-1", bare("alice", "1")),
+            message("a-2", bare("alice", "2")),
+            message("a-3", bare("alice", "3")),
+            message("b-1", bare("bob", "1")),
+        ])],
+    );
+    h.connect_with("alice", 0, 1).connect("bob", 1);
+
+    let outcome = h.poll().await;
+
+    assert_eq!(outcome.held, receipts(&["rcpt-a-1", "rcpt-a-2"]));
+    assert_eq!(outcome.deferred, receipts(&["rcpt-a-3"]));
+    assert_eq!(outcome.acknowledged, receipts(&["rcpt-b-1"]));
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-a-3"]), RETRY_DELAY)]
+    );
+    assert_eq!(h.counters().deferred, 1);
 }

@@ -1,6 +1,10 @@
 //! `CommandSource` over an SQS queue. It counts its failures, deletes and
 //! call latencies, and the outcome of its last receive, into the bridge's
-//! [`AwsMetrics`].
+//! [`AwsMetrics`]. What it learns of the queue once (visibility timeout,
+//! dead-letter queue) is in `queue`; the dead-letter entries in `dead_letter`.
+
+mod dead_letter;
+mod queue;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -9,18 +13,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
-    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
 };
 use aws_sdk_sqs::Client;
 use domain::stats::Histogram;
-use domain::{CommandSource, InboundMessage, Receipt, SourceError};
+use domain::{
+    AttributeValue, CommandSource, DeadLetter, InboundMessage, MessageAttribute, Receipt,
+    SourceError,
+};
+use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use crate::classify::{failure_reason, source_error};
 use crate::metrics::AwsMetrics;
+use crate::sdk::{SETTLE_ATTEMPT_TIMEOUT, SETTLE_TIMEOUT};
+use queue::QueueFacts;
 
 /// SQS's limit on entries in one batch call.
 const BATCH_LIMIT: usize = 10;
@@ -38,6 +49,9 @@ pub struct SqsSourceSettings {
     pub wait_time: Duration,
     /// How many times a failed batch entry is retried before giving up.
     pub settle_retries: u32,
+    /// Where given-up messages go, instead of the queue's RedrivePolicy
+    /// target.
+    pub dead_letter_queue_url: Option<String>,
 }
 
 impl Default for SqsSourceSettings {
@@ -46,6 +60,7 @@ impl Default for SqsSourceSettings {
             max_messages: 10,
             wait_time: Duration::from_secs(20),
             settle_retries: 3,
+            dead_letter_queue_url: None,
         }
     }
 }
@@ -54,10 +69,14 @@ impl Default for SqsSourceSettings {
 #[derive(Debug)]
 pub struct SqsCommandSource {
     client: Client,
+    /// The same client with a short budget per call, for deletes,
+    /// visibility changes and dead-letter sends: a black-holed endpoint
+    /// must not pin a poller in its settle for minutes.
+    settle_client: Client,
     queue_url: String,
     settings: SqsSourceSettings,
-    /// Whether the queue has a redrive policy; learnt at the first reject.
-    has_dead_letter_queue: OnceCell<bool>,
+    /// The queue's visibility timeout and dead-letter queue, learnt once.
+    facts: OnceCell<QueueFacts>,
     /// Set after the first receive, which does not wait: readiness is known
     /// at start instead of after a whole long-poll of an empty queue.
     warmed_up: AtomicBool,
@@ -74,6 +93,7 @@ struct SqsCalls {
     delete: Arc<Histogram>,
     change_visibility: Arc<Histogram>,
     get_attributes: Arc<Histogram>,
+    send_dead_letters: Arc<Histogram>,
 }
 
 impl SqsCalls {
@@ -83,6 +103,7 @@ impl SqsCalls {
             delete: metrics.call("sqs", "DeleteMessageBatch"),
             change_visibility: metrics.call("sqs", "ChangeMessageVisibilityBatch"),
             get_attributes: metrics.call("sqs", "GetQueueAttributes"),
+            send_dead_letters: metrics.call("sqs", "SendMessageBatch"),
         }
     }
 }
@@ -100,11 +121,23 @@ impl SqsCommandSource {
     /// records into metrics of its own until [`SqsCommandSource::with_metrics`].
     pub fn new(client: Client, queue_url: impl Into<String>, settings: SqsSourceSettings) -> Self {
         let metrics = AwsMetrics::default();
+        let settle_config = client
+            .config()
+            .to_builder()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(SETTLE_ATTEMPT_TIMEOUT)
+                    .operation_timeout(SETTLE_TIMEOUT)
+                    .build(),
+            )
+            .build();
         Self {
+            settle_client: Client::from_conf(settle_config),
             client,
             queue_url: queue_url.into(),
             settings,
-            has_dead_letter_queue: OnceCell::new(),
+            facts: OnceCell::new(),
             warmed_up: AtomicBool::new(false),
             calls: SqsCalls::new(&metrics),
             metrics,
@@ -130,35 +163,105 @@ impl SqsCommandSource {
         &self.queue_url
     }
 
-    async fn dead_letter_queue_configured(&self) -> Result<bool, SourceError> {
-        self.has_dead_letter_queue
-            .get_or_try_init(|| async {
-                let call = self
-                    .client
-                    .get_queue_attributes()
-                    .queue_url(&self.queue_url)
-                    .attribute_names(QueueAttributeName::RedrivePolicy)
-                    .send();
-                let attrs = timed(&self.calls.get_attributes, call)
-                    .await
-                    .map_err(|e| source_error("GetQueueAttributes", e))?;
-                Ok(attrs
-                    .attributes()
-                    .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy)))
+    /// The queue's facts, learnt at the first call that needs them (and
+    /// asked again after a failure).
+    async fn facts(&self) -> Result<&QueueFacts, SourceError> {
+        self.facts
+            .get_or_try_init(|| {
+                timed(
+                    &self.calls.get_attributes,
+                    queue::learn(
+                        &self.settle_client,
+                        &self.queue_url,
+                        self.settings.dead_letter_queue_url.as_deref(),
+                    ),
+                )
             })
             .await
-            .copied()
     }
 
-    /// Leaves the messages for the dead-letter queue when there is one,
-    /// else deletes them.
-    async fn reject_messages(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-        if self.dead_letter_queue_configured().await? {
-            // Left invisible: it comes back after the visibility timeout and
-            // the queue's redrive policy moves it once maxReceiveCount is hit.
-            return Ok(());
+    /// Sends the messages to the dead-letter queue, then deletes from the
+    /// source those whose send succeeded; without a dead-letter queue,
+    /// deletes them.
+    async fn give_up(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
+        let facts = self.facts().await?;
+        for letter in &letters {
+            warn!(
+                message_id = %letter.message.message_id,
+                reason = letter.reason.as_str(),
+                detail = %letter.detail,
+                dead_letter_queue = facts.dead_letter_url.as_deref().unwrap_or("none: deleted"),
+                "command given up"
+            );
         }
-        self.delete(receipts).await
+        let Some(dlq) = facts.dead_letter_url.as_deref() else {
+            return self
+                .delete(letters.into_iter().map(|l| l.message.receipt).collect())
+                .await;
+        };
+        let sends = letters
+            .chunks(BATCH_LIMIT)
+            .map(|chunk| self.send_dead_letters(dlq, facts.dead_letter_fifo, chunk));
+        let mut sent = Vec::new();
+        let mut failure = None;
+        for result in join_all(sends).await {
+            match result {
+                Ok((delivered, failed)) => {
+                    sent.extend(delivered);
+                    if let Some(reason) = failed {
+                        failure = Some(reason);
+                    }
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        // Only what the dead-letter queue holds now leaves the source; the
+        // rest comes back after its visibility timeout and is given up again.
+        let deleted = if sent.is_empty() {
+            Ok(())
+        } else {
+            self.delete(sent).await
+        };
+        match failure {
+            Some(reason) => Err(SourceError::Unavailable(format!(
+                "SendMessageBatch (dead-letter queue): {reason}"
+            ))),
+            None => deleted,
+        }
+    }
+
+    /// One SendMessageBatch of at most ten letters: the receipts of those
+    /// sent, and the first failure's reason if some were not.
+    async fn send_dead_letters(
+        &self,
+        dlq: &str,
+        fifo: bool,
+        chunk: &[DeadLetter],
+    ) -> Result<(Vec<Receipt>, Option<String>), SourceError> {
+        let entries = chunk
+            .iter()
+            .zip(ENTRY_IDS)
+            .map(|(letter, id)| dead_letter::entry(id, letter, fifo))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SourceError::Unavailable)?;
+        let call = self
+            .settle_client
+            .send_message_batch()
+            .queue_url(dlq)
+            .set_entries(Some(entries))
+            .send();
+        let out = timed(&self.calls.send_dead_letters, call)
+            .await
+            .map_err(|e| source_error("SendMessageBatch", e))?;
+        let failed = failed_entries(out.failed());
+        let reason = failed.first().map(|(_, _, reason)| reason.clone());
+        let sent = chunk
+            .iter()
+            .zip(ENTRY_IDS)
+            .filter(|(_, id)| !failed.iter().any(|(f, _, _)| f == id))
+            .map(|(letter, _)| letter.message.receipt.clone())
+            .collect();
+        Ok((sent, reason))
     }
 
     async fn delete(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
@@ -190,7 +293,7 @@ impl SqsCommandSource {
             async move {
                 let entries = entries.map_err(|e| SourceError::Unavailable(e.to_string()))?;
                 let call = self
-                    .client
+                    .settle_client
                     .delete_message_batch()
                     .queue_url(&self.queue_url)
                     .set_entries(Some(entries))
@@ -228,7 +331,7 @@ impl SqsCommandSource {
                 async move {
                     let entries = entries.map_err(|e| SourceError::Unavailable(e.to_string()))?;
                     let call = self
-                        .client
+                        .settle_client
                         .change_message_visibility_batch()
                         .queue_url(&self.queue_url)
                         .set_entries(Some(entries))
@@ -258,47 +361,17 @@ impl SqsCommandSource {
         F: Fn(&[Receipt]) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<FailedEntry>, SourceError>>,
     {
+        let chunks = receipts
+            .chunks(BATCH_LIMIT)
+            .map(|chunk| self.settle_chunk(operation, chunk, &call));
         let mut given_up: Vec<Receipt> = Vec::new();
         let mut last_reason = String::new();
-        for chunk in receipts.chunks(BATCH_LIMIT) {
-            let mut retry: Vec<Receipt>;
-            let mut pending = chunk;
-            let mut attempt = 0;
-            while !pending.is_empty() {
-                let failed = match call(pending).await {
-                    Ok(failed) => failed,
-                    Err(e) if attempt < self.settings.settle_retries => {
-                        debug!(operation, error = %e, attempt, "batch call failed, retrying");
-                        attempt += 1;
-                        tokio::time::sleep(backoff(attempt)).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        last_reason = e.to_string();
-                        given_up.extend_from_slice(pending);
-                        break;
-                    }
-                };
-                let mut next = Vec::new();
-                for (id, sender_fault, reason) in failed {
-                    let Some(receipt) = id.parse::<usize>().ok().and_then(|i| pending.get(i))
-                    else {
-                        warn!(operation, entry = %id, "SQS reported a failure for an unknown entry");
-                        continue;
-                    };
-                    last_reason = reason;
-                    if sender_fault || attempt >= self.settings.settle_retries {
-                        given_up.push(receipt.clone());
-                    } else {
-                        next.push(receipt.clone());
-                    }
-                }
-                if !next.is_empty() {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                retry = next;
-                pending = &retry;
+        // The chunks go out together: a thousand acknowledgements a second
+        // are a hundred calls, not a queue of them.
+        for (failed, reason) in join_all(chunks).await {
+            given_up.extend(failed);
+            if let Some(reason) = reason {
+                last_reason = reason;
             }
         }
         if given_up.is_empty() {
@@ -309,6 +382,62 @@ impl SqsCommandSource {
                 reason: format!("{operation}: {last_reason}"),
             })
         }
+    }
+
+    /// Settles one chunk of at most ten receipts, retrying entries that
+    /// failed through no fault of the request; returns those given up and
+    /// the last failure's reason.
+    async fn settle_chunk<F, Fut>(
+        &self,
+        operation: &'static str,
+        chunk: &[Receipt],
+        call: &F,
+    ) -> (Vec<Receipt>, Option<String>)
+    where
+        F: Fn(&[Receipt]) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<FailedEntry>, SourceError>>,
+    {
+        let mut given_up = Vec::new();
+        let mut last_reason = None;
+        let mut retry: Vec<Receipt>;
+        let mut pending = chunk;
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let failed = match call(pending).await {
+                Ok(failed) => failed,
+                Err(e) if attempt < self.settings.settle_retries => {
+                    debug!(operation, error = %e, attempt, "batch call failed, retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+                Err(e) => {
+                    last_reason = Some(e.to_string());
+                    given_up.extend_from_slice(pending);
+                    break;
+                }
+            };
+            let mut next = Vec::new();
+            for (id, sender_fault, reason) in failed {
+                let Some(receipt) = id.parse::<usize>().ok().and_then(|i| pending.get(i)) else {
+                    warn!(operation, entry = %id, "SQS reported a failure for an unknown entry");
+                    continue;
+                };
+                last_reason = Some(reason);
+                if sender_fault || attempt >= self.settings.settle_retries {
+                    given_up.push(receipt.clone());
+                } else {
+                    next.push(receipt.clone());
+                }
+            }
+            if !next.is_empty() {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            retry = next;
+            pending = &retry;
+        }
+        (given_up, last_reason)
     }
 }
 
@@ -379,6 +508,10 @@ impl CommandSource for SqsCommandSource {
             .wait_time_seconds(wait.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            // Kept so that a message given up reaches the dead-letter queue
+            // with them.
+            .message_attribute_names("All")
             .send();
         // Includes the long-poll wait: an idle queue reads as slow receives.
         let out = match timed(&self.calls.receive, call).await {
@@ -390,7 +523,13 @@ impl CommandSource for SqsCommandSource {
             }
         };
         self.metrics.receive_succeeded();
-        self.warmed_up.store(true, Ordering::Relaxed);
+        if !self.warmed_up.swap(true, Ordering::Relaxed) {
+            // Learnt at start, so a missing dead-letter queue is warned
+            // about before the first Command is given up.
+            if let Err(error) = self.facts().await {
+                warn!(%error, "cannot read the command queue's attributes yet");
+            }
+        }
         Ok(out
             .messages
             .unwrap_or_default()
@@ -408,8 +547,27 @@ impl CommandSource for SqsCommandSource {
             .settled(self.change_visibility(receipts, delay).await)
     }
 
-    async fn reject(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-        self.metrics.settled(self.reject_messages(receipts).await)
+    async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
+        self.metrics.settled(self.give_up(letters).await)
+    }
+
+    async fn visibility_timeout(&self) -> Option<Duration> {
+        match self.facts().await {
+            Ok(facts) => Some(facts.visibility),
+            Err(error) => {
+                warn!(%error, "cannot read the command queue's visibility timeout");
+                None
+            }
+        }
+    }
+
+    async fn extend(
+        &self,
+        receipts: Vec<Receipt>,
+        visibility: Duration,
+    ) -> Result<(), SourceError> {
+        self.metrics
+            .settled(self.change_visibility(receipts, visibility).await)
     }
 }
 
@@ -422,6 +580,13 @@ fn inbound(message: Message) -> Option<InboundMessage> {
     let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
+    let attributes = message
+        .message_attributes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| attribute(name, value))
+        .collect();
     let message_id = message.message_id.unwrap_or_default();
     let Some(receipt) = message.receipt_handle else {
         warn!(%message_id, "SQS message without a receipt handle, skipped");
@@ -433,5 +598,20 @@ fn inbound(message: Message) -> Option<InboundMessage> {
         receipt: Receipt::new(receipt),
         sent_at,
         receive_count,
+        attributes,
+        group_id,
+    })
+}
+
+fn attribute(name: String, value: MessageAttributeValue) -> Option<MessageAttribute> {
+    let value_of = match (value.string_value, value.binary_value) {
+        (Some(text), _) => AttributeValue::Text(text),
+        (None, Some(blob)) => AttributeValue::Binary(blob.into_inner()),
+        (None, None) => return None,
+    };
+    Some(MessageAttribute {
+        name,
+        data_type: value.data_type,
+        value: value_of,
     })
 }

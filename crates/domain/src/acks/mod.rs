@@ -1,0 +1,399 @@
+//! Client-acknowledged delivery (SPEC §3, `ack=true`): a Command handed to a
+//! connection that opted in waits here, receipt in hand, until the client
+//! answers `{"ack_delivery": "<id>"}` — then it is deleted from the source —
+//! or until the ack timeout — then it is released to be delivered again.
+//! While it waits its message stays invisible: [`PendingAcks::tick`] extends
+//! the visibility ahead of expiry, so the ack timeout is the only clock that
+//! decides a redelivery.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::client_id::ClientId;
+use crate::dedup::RecentIds;
+use crate::ports::{CommandSource, Frame, InboundMessage, Receipt};
+use crate::stats::{bump, Stats};
+
+mod table;
+
+use table::{Held, Table};
+
+/// Identifies one hand-off of one Command to the connections of its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryId(u64);
+
+impl From<u64> for DeliveryId {
+    fn from(n: u64) -> Self {
+        Self(n)
+    }
+}
+
+impl DeliveryId {
+    /// Parses the id as the client sends it back.
+    pub fn parse(text: &str) -> Option<Self> {
+        text.parse().ok().map(Self)
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The frame an acknowledging connection gets:
+/// `{"delivery_id": "<id>", "command": <the Command JSON as published>}`.
+pub fn ack_frame(id: DeliveryId, command: &str) -> Frame {
+    Frame::from(format!(r#"{{"delivery_id":"{id}","command":{command}}}"#))
+}
+
+/// Why an acknowledgement was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    /// No delivery with this id is waiting for this client (never sent,
+    /// already acknowledged, released, or another client's).
+    #[error("no delivery {0:?} is waiting for an acknowledgement")]
+    Unknown(String),
+}
+
+/// What became of a received copy of a message whose de-duplication key a
+/// held delivery owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CopyFate {
+    /// No held delivery owns the key.
+    NotHeld,
+    /// The source handed the held message out again: the hold takes the new
+    /// receipt (the only one that still settles it) and keeps it invisible.
+    Adopted,
+    /// Another message with the same key: a true duplicate of a Command
+    /// that is held, safe to delete.
+    Duplicate,
+}
+
+/// What one [`PendingAcks::tick`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// Deliveries released because their acknowledgement was overdue.
+    pub released: usize,
+    /// Deliveries whose visibility was extended.
+    pub extended: usize,
+}
+
+/// SQS's cap on a message's invisibility, counted from its receive.
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+/// Deliveries acknowledged with one call to the source.
+const ACK_BATCH: usize = 10;
+
+/// The deliveries waiting for a client's acknowledgement.
+///
+/// A delivery is entered before its frame is queued on any connection (so
+/// an acknowledgement cannot outrun it), and leaves on the client's
+/// acknowledgement (the message is deleted, in batches), on its ack timeout,
+/// when its client's last acknowledging connection closes, or at shutdown
+/// (the message is made visible again at once, and delivered again). While
+/// it waits, the hold keeps the message invisible ([`PendingAcks::tick`])
+/// and owns its de-duplication key: a redelivered copy is adopted, never
+/// deleted as a duplicate.
+pub struct PendingAcks {
+    source: Arc<dyn CommandSource>,
+    recent: Arc<RecentIds>,
+    stats: Arc<Stats>,
+    timeout: Duration,
+    max_per_client: usize,
+    next_id: AtomicU64,
+    table: Mutex<Table>,
+    /// Receipts of acknowledged deliveries, not yet deleted.
+    confirmed: Mutex<Vec<Receipt>>,
+    /// The source's visibility timeout, asked once a delivery is held
+    /// (until the source knows one: AMQP never does).
+    visibility: OnceLock<Duration>,
+    /// Called when an acknowledgement is waiting to be deleted.
+    waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl PendingAcks {
+    pub(crate) fn new(
+        source: Arc<dyn CommandSource>,
+        recent: Arc<RecentIds>,
+        stats: Arc<Stats>,
+        timeout: Duration,
+        max_per_client: usize,
+    ) -> Self {
+        Self {
+            source,
+            recent,
+            stats,
+            timeout,
+            max_per_client: max_per_client.max(1),
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(Table::default()),
+            confirmed: Mutex::new(Vec::new()),
+            visibility: OnceLock::new(),
+            waker: OnceLock::new(),
+        }
+    }
+
+    /// A fresh delivery id, for a Command that is not held.
+    pub(crate) fn next_id(&self) -> DeliveryId {
+        DeliveryId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// `wake` is called whenever an acknowledgement waits to be deleted,
+    /// so the caller runs [`PendingAcks::settle_confirmed`] soon. Set once.
+    pub fn set_waker(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.waker.set(Box::new(wake));
+    }
+
+    /// Enters a delivery of `message` to `client_id` before it is handed to
+    /// any connection; `None` when the client already has its limit of
+    /// unacknowledged deliveries (the Command must wait).
+    pub(crate) fn reserve(
+        &self,
+        client_id: &ClientId,
+        message: &InboundMessage,
+        dedup_key: &str,
+    ) -> Option<DeliveryId> {
+        let mut table = self.lock();
+        if table.count_of(client_id) >= self.max_per_client {
+            return None;
+        }
+        let id = self.next_id();
+        let now = Instant::now();
+        table.insert(
+            id,
+            Held {
+                client_id: client_id.clone(),
+                receipt: message.receipt.clone(),
+                message_id: message.message_id.clone(),
+                dedup_key: dedup_key.to_owned(),
+                deadline: now + self.timeout,
+                received_at: now,
+                visible_since: now,
+            },
+        );
+        Some(id)
+    }
+
+    /// No connection awaits an acknowledgement of `id` after all.
+    pub(crate) fn cancel(&self, id: DeliveryId) {
+        self.lock().remove(id);
+    }
+
+    /// A message with `dedup_key` was received while that key is claimed:
+    /// says whether it is a copy of a held delivery (adopted) or a duplicate.
+    pub(crate) fn adopt_copy(&self, dedup_key: &str, message: &InboundMessage) -> CopyFate {
+        let mut table = self.lock();
+        let Some(id) = table.id_of_key(dedup_key) else {
+            return CopyFate::NotHeld;
+        };
+        let Some(held) = table.get_mut(id) else {
+            return CopyFate::NotHeld;
+        };
+        if held.message_id != message.message_id {
+            return CopyFate::Duplicate;
+        }
+        held.receipt = message.receipt.clone();
+        held.visible_since = Instant::now();
+        CopyFate::Adopted
+    }
+
+    /// The client acknowledged `delivery_id`: its message is deleted with
+    /// the next [`PendingAcks::settle_confirmed`]. Never waits.
+    pub fn confirm(&self, client_id: &ClientId, delivery_id: &str) -> Result<(), ConfirmError> {
+        let unknown = || ConfirmError::Unknown(delivery_id.to_owned());
+        let id = DeliveryId::parse(delivery_id).ok_or_else(unknown)?;
+        let held = {
+            let mut table = self.lock();
+            // A client may only acknowledge its own deliveries.
+            match table.get(id) {
+                Some(held) if &held.client_id == client_id => table.remove(id),
+                _ => None,
+            }
+        }
+        .ok_or_else(unknown)?;
+        bump(&self.stats.downlink.acknowledged_by_client, 1);
+        lock(&self.confirmed).push(held.receipt);
+        if let Some(wake) = self.waker.get() {
+            wake();
+        }
+        Ok(())
+    }
+
+    /// Deletes up to one batch of acknowledged deliveries' messages; returns
+    /// how many it tried. A failed delete is logged (and counted by the
+    /// source): the message comes back after its visibility timeout and is
+    /// then deleted as a duplicate, since its key stays remembered.
+    pub async fn settle_confirmed(&self) -> usize {
+        let batch: Vec<Receipt> = {
+            let mut confirmed = lock(&self.confirmed);
+            let take = confirmed.len().min(ACK_BATCH);
+            confirmed.drain(..take).collect()
+        };
+        let count = batch.len();
+        if count > 0 {
+            if let Err(error) = self.source.acknowledge(batch).await {
+                warn!(%error, "deleting acknowledged deliveries failed");
+            }
+        }
+        count
+    }
+
+    /// How many acknowledged deliveries wait to be deleted.
+    pub fn confirmed_len(&self) -> usize {
+        lock(&self.confirmed).len()
+    }
+
+    /// How often [`PendingAcks::tick`] should run: often enough to extend a
+    /// message's visibility well before it lapses.
+    pub fn tick_interval(&self) -> Duration {
+        match self.visibility.get().copied() {
+            Some(vt) => (vt / 6).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            None => Duration::from_millis(250),
+        }
+    }
+
+    /// Releases every delivery whose acknowledgement is overdue, and extends
+    /// the visibility of those still waiting whose visibility is half spent.
+    pub async fn tick(&self) -> Tick {
+        let now = Instant::now();
+        let released = self
+            .release_where(|held| held.deadline <= now, "acknowledgement timed out")
+            .await;
+        let extended = self.extend_due().await;
+        self.stats
+            .held_deliveries
+            .store(self.len() as u64, Ordering::Relaxed);
+        let window = u64::try_from(self.recent.window().as_millis()).unwrap_or(u64::MAX);
+        self.stats.dedup_window_ms.store(window, Ordering::Relaxed);
+        Tick { released, extended }
+    }
+
+    /// Releases every delivery whose acknowledgement is overdue; returns how many.
+    pub async fn release_expired(&self) -> usize {
+        self.tick().await.released
+    }
+
+    /// The last acknowledging connection of `client_id` closed: its
+    /// deliveries are released at once, so it gets them again when it
+    /// reconnects, here or elsewhere.
+    pub async fn release_client(&self, client_id: &ClientId) -> usize {
+        self.release_where(|held| &held.client_id == client_id, "client disconnected")
+            .await
+    }
+
+    /// Releases every waiting delivery at once (shutdown).
+    pub async fn release_all(&self) -> usize {
+        self.release_where(|_| true, "released at shutdown").await
+    }
+
+    /// How many deliveries wait for an acknowledgement.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no delivery waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn release_where(&self, due: impl Fn(&Held) -> bool, why: &'static str) -> usize {
+        let released = self.lock().take_where(due);
+        if released.is_empty() {
+            return 0;
+        }
+        let count = released.len();
+        let receipts = released
+            .into_iter()
+            .map(|held| {
+                // Delivered again when it comes back: not a duplicate.
+                self.recent.forget(&held.dedup_key);
+                debug!(client_id = %held.client_id, reason = why, "delivery released");
+                held.receipt
+            })
+            .collect();
+        bump(&self.stats.downlink.ack_released, count as u64);
+        if let Err(error) = self.source.release(receipts, Duration::ZERO).await {
+            warn!(%error, "releasing unacknowledged deliveries failed");
+        }
+        count
+    }
+
+    /// Sets the visibility of every held message whose visibility is half
+    /// spent back to the full timeout (never past 12 h from its receive).
+    async fn extend_due(&self) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let visibility = match self.visibility.get() {
+            Some(known) => *known,
+            None => match self.source.visibility_timeout().await {
+                Some(asked) => *self.visibility.get_or_init(|| asked),
+                None => return 0,
+            },
+        };
+        if visibility.is_zero() {
+            return 0;
+        }
+        let now = Instant::now();
+        // One call per distinct visibility (nearly always one), batched
+        // across every held message that is due.
+        let mut due: Vec<(Duration, Receipt)> = Vec::new();
+        for held in self.lock().iter_mut() {
+            if now.duration_since(held.visible_since) < visibility / 2 {
+                continue;
+            }
+            let left = MAX_VISIBILITY.saturating_sub(now.duration_since(held.received_at));
+            let extend_to = visibility.min(left);
+            if extend_to < Duration::from_secs(1) {
+                continue;
+            }
+            held.visible_since = now;
+            due.push((extend_to, held.receipt.clone()));
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        due.sort_by_key(|(extend_to, _)| *extend_to);
+        let mut extended = 0;
+        for group in due.chunk_by(|a, b| a.0 == b.0) {
+            let extend_to = group[0].0;
+            let receipts: Vec<Receipt> = group.iter().map(|(_, r)| r.clone()).collect();
+            let count = receipts.len();
+            match self.source.extend(receipts, extend_to).await {
+                Ok(()) => extended += count,
+                Err(error) => warn!(%error, "extending the visibility of held deliveries failed"),
+            }
+        }
+        bump(&self.stats.downlink.visibility_extended, extended as u64);
+        extended
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_frame_wraps_the_command_verbatim() {
+        let frame = ack_frame(DeliveryId(42), r#"{"client_id":"a", "command":"x"}"#);
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"delivery_id": "42", "command": {"client_id": "a", "command": "x"}})
+        );
+        assert_eq!(DeliveryId::parse("42"), Some(DeliveryId(42)));
+        assert_eq!(DeliveryId::parse("x"), None);
+    }
+}
