@@ -28,6 +28,15 @@ pub(crate) enum Exit {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A fragmented message not completed within its deadline: 1008. A
+    /// policy violation, not a size problem: the client holds server memory
+    /// without finishing what it started.
+    FragmentTimeout,
+    /// The instance holds as many bytes of incomplete messages as its budget
+    /// allows: 1013. The message itself is within the limit (that would be
+    /// 1009), the server is at capacity: the same message may go through
+    /// later, once other connections finish theirs.
+    FragmentBudget,
     /// A text message that is not UTF-8: 1007.
     InvalidUtf8,
     /// A binary message on a connection that takes only text: 1003.
@@ -78,6 +87,14 @@ impl Exit {
             Self::WriteStalled => (CloseCode::Again, "client stopped reading".to_owned()),
             Self::IdleTimeout => (CloseCode::Away, "heartbeat timeout".to_owned()),
             Self::TooBig { limit } => (CloseCode::Size, format!("message over {limit} bytes")),
+            Self::FragmentTimeout => (
+                CloseCode::Policy,
+                "fragmented message not completed in time".to_owned(),
+            ),
+            Self::FragmentBudget => (
+                CloseCode::Again,
+                "server holds too many incomplete messages, try again later".to_owned(),
+            ),
             Self::InvalidUtf8 => (CloseCode::Invalid, "text is not valid UTF-8".to_owned()),
             Self::Binary => (
                 CloseCode::Unsupported,
@@ -106,6 +123,8 @@ impl Exit {
             Self::WriteStalled => "write_stalled",
             Self::IdleTimeout => "idle_timeout",
             Self::TooBig { .. } => "too_big",
+            Self::FragmentTimeout => "fragment_timeout",
+            Self::FragmentBudget => "fragment_budget",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::Binary => "binary_refused",
             Self::RateAbuse => "rate_abuse",
@@ -140,10 +159,12 @@ mod tests {
         assert_eq!(code(&Exit::Binary), Some(1003));
         assert_eq!(code(&Exit::InvalidUtf8), Some(1007));
         assert_eq!(code(&Exit::RateAbuse), Some(1008));
+        assert_eq!(code(&Exit::FragmentTimeout), Some(1008));
         assert_eq!(code(&Exit::TooBig { limit: 1 }), Some(1009));
         assert_eq!(code(&Exit::Internal("x")), Some(1011));
         assert_eq!(code(&Exit::Slow), Some(1013));
         assert_eq!(code(&Exit::WriteStalled), Some(1013));
+        assert_eq!(code(&Exit::FragmentBudget), Some(1013));
     }
 
     #[test]

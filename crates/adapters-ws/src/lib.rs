@@ -13,14 +13,16 @@
 //!
 //! Close codes used: 1000 answering a client's close, 1001 on shutdown and on
 //! heartbeat timeout, 1002 protocol violation, 1003 binary message, 1007 text
-//! that is not UTF-8, 1008 sustained message-rate abuse, 1009 message over
-//! the size limit, 1011 internal error, 1013 slow client (outgoing queue
-//! full, or not reading).
+//! that is not UTF-8, 1008 sustained message-rate abuse or a fragmented
+//! message not completed in time, 1009 message over the size limit, 1011
+//! internal error, 1013 slow client (outgoing queue full, or not reading) or
+//! the instance's budget for incomplete messages spent.
 //!
 //! Connection limits (per client id, per IP address, in total) are enforced
 //! by the registry when a session starts, before the upgrade is answered.
 
 mod close;
+mod fragment_budget;
 mod fragments;
 mod frame_limit;
 mod rate;

@@ -17,6 +17,9 @@
 //! are one step, under the same shard locks, so two connections racing for
 //! the last slot cannot both get it. Per-IP counts live in a second sharded
 //! map; the total is one atomic counter.
+//!
+//! The registry also owns the instance's [`FragmentBudget`]: the bytes all
+//! its connections hold in incomplete messages, which every session charges.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +35,8 @@ use domain::{ClientId, ClientRegistry, Frame, Handoff};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::fragment_budget::FragmentBudget;
 
 /// How many shards the map is split into; a power of two.
 const SHARDS: usize = 64;
@@ -127,6 +132,7 @@ struct Inner {
     connections: AtomicUsize,
     /// Told the client id whose last acknowledging connection closed.
     on_last_acknowledging_gone: OnceLock<ClientGone>,
+    fragments: FragmentBudget,
 }
 
 /// Told a client id that can no longer acknowledge anything.
@@ -297,6 +303,7 @@ impl WsClientRegistry {
                 next_id: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 on_last_acknowledging_gone: OnceLock::new(),
+                fragments: FragmentBudget::default(),
             }),
         }
     }
@@ -421,6 +428,23 @@ impl WsClientRegistry {
     /// How many connections are registered, over all client ids.
     pub fn connection_count(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the connections hold in incomplete (fragmented) messages now,
+    /// at most the sessions' `fragment_budget_bytes`.
+    pub fn fragment_bytes_held(&self) -> usize {
+        self.inner.fragments.held()
+    }
+
+    /// The most bytes the connections ever held in incomplete messages at
+    /// once.
+    pub fn fragment_bytes_peak(&self) -> usize {
+        self.inner.fragments.peak()
+    }
+
+    /// The budget every session charges the fragments it holds to.
+    pub(crate) fn fragment_budget(&self) -> &FragmentBudget {
+        &self.inner.fragments
     }
 
     /// How many connections `client_id` has registered.

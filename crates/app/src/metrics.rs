@@ -13,6 +13,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `wsbridge_open_connections` | gauge | |
+//! | `wsbridge_fragment_bytes_held` | gauge | |
 //! | `wsbridge_ready` | gauge | |
 //! | `wsbridge_commands_total` | counter | `outcome` |
 //! | `wsbridge_client_messages_total` | counter | `outcome` |
@@ -41,6 +42,8 @@ pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0;
 pub struct Snapshot {
     /// Open WebSocket connections.
     pub open_connections: u64,
+    /// Bytes held in incomplete (fragmented) client messages.
+    pub fragment_bytes_held: u64,
     /// Whether `/ready` answers 200.
     pub ready: bool,
     /// The downlink's counters.
@@ -64,11 +67,13 @@ impl Snapshot {
     pub fn take(
         stats: &Stats,
         open_connections: usize,
+        fragment_bytes_held: usize,
         ready: bool,
         refused: Vec<(&'static str, u64)>,
     ) -> Self {
         Self {
             open_connections: open_connections as u64,
+            fragment_bytes_held: fragment_bytes_held as u64,
             ready,
             downlink: stats.downlink.snapshot(),
             uplink: stats.uplink.snapshot(),
@@ -136,6 +141,13 @@ impl Collector for Snapshot {
             "wsbridge_open_connections",
             "Open WebSocket connections.",
             self.open_connections,
+        )?;
+        gauge(
+            &mut encoder,
+            "wsbridge_fragment_bytes_held",
+            "Bytes held in incomplete (fragmented) client messages, over all connections; \
+             at most fragment_budget_bytes.",
+            self.fragment_bytes_held,
         )?;
         gauge(
             &mut encoder,
@@ -290,7 +302,7 @@ mod tests {
         stats.close_codes.record(Some(1000));
         stats.forward_latency.record(Duration::from_millis(3));
         stats.forward_latency.record(Duration::from_millis(40));
-        Snapshot::take(&stats, 4, true, vec![("origin_not_allowed", 1)])
+        Snapshot::take(&stats, 4, 1500, true, vec![("origin_not_allowed", 1)])
     }
 
     /// The `# TYPE` lines of `text`: every family's name and type.
@@ -310,6 +322,8 @@ mod tests {
         for line in [
             "# TYPE wsbridge_open_connections gauge\n",
             "wsbridge_open_connections 4\n",
+            "# TYPE wsbridge_fragment_bytes_held gauge\n",
+            "wsbridge_fragment_bytes_held 1500\n",
             "wsbridge_ready 1\n",
             "# TYPE wsbridge_commands_total counter\n",
             "wsbridge_commands_total{outcome=\"received\"} 5\n",

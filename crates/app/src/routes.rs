@@ -242,6 +242,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let snapshot = Snapshot::take(
         &state.stats,
         state.registry.connection_count(),
+        state.registry.fragment_bytes_held(),
         not_ready_because(&state).is_none(),
         state.refused.snapshot(),
     );

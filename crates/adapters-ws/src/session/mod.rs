@@ -12,7 +12,10 @@
 //!
 //! Inbound size is limited twice: the body stream refuses a frame whose
 //! header declares more than the limit before buffering it (see
-//! `frame_limit`), and fragments are reassembled under the same limit.
+//! `frame_limit`), and fragments are reassembled under the same limit. A
+//! fragmented message must also be complete within the fragment timeout
+//! (over it: 1008), and its fragments are charged to the budget all
+//! connections share (see `fragment_budget`; over it: 1013).
 //!
 //! Each complete data message takes a token from the connection's bucket
 //! (see `rate`): a message over the rate is answered with a `rate_limited`
@@ -42,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, Instrument};
 
 use crate::close::Exit;
+use crate::fragments::Reassembler;
 use crate::frame_limit::FrameLimit;
 use crate::registry::{Registration, WsClientRegistry};
 use crate::uplink_worker;
@@ -51,7 +55,7 @@ mod settings;
 
 pub use settings::{Peer, SessionMode, SessionSettings, StartError};
 
-use serve::{serve, Signals, UplinkPath};
+use serve::{serve, Incoming, Signals, UplinkPath};
 
 /// How long a closing handshake may wait for room in the socket's buffer
 /// before the connection is dropped without a close frame.
@@ -107,11 +111,19 @@ pub fn start_session(
         client_id = %peer.client_id,
         connection_id = %registration.id,
     );
+    let fragments = Reassembler::new(
+        settings.max_frame_bytes,
+        settings.fragment_timeout,
+        registry
+            .fragment_budget()
+            .charge(settings.fragment_budget_bytes),
+    );
     let connection = Connection {
         client_id: peer.client_id,
         mode: peer.mode,
         session,
         stream,
+        fragments,
         registration,
         uplink,
         settings,
@@ -127,6 +139,7 @@ struct Connection {
     mode: SessionMode,
     session: Session,
     stream: MessageStream,
+    fragments: Reassembler,
     registration: Registration,
     uplink: Arc<Uplink>,
     settings: SessionSettings,
@@ -140,6 +153,7 @@ impl Connection {
             mode,
             mut session,
             mut stream,
+            fragments,
             registration,
             uplink,
             settings,
@@ -174,9 +188,13 @@ impl Connection {
             shutdown: &shutdown,
             write_timeout: settings.client_timeout,
         };
+        let incoming = Incoming {
+            stream: &mut stream,
+            fragments,
+        };
         let exit = match serve(
             &mut session,
-            &mut stream,
+            incoming,
             &mut outbound,
             &UplinkPath {
                 queue: &to_uplink,

@@ -1,7 +1,8 @@
 //! The loop that serves one connection until it must close: the `select!`
 //! over inbound frames, the outgoing queue, the slow-client signal, the
-//! shutdown token and the heartbeat; the per-connection rate gate; and the
-//! write that every frame goes through, raced against the reasons to close.
+//! shutdown token, the heartbeat and the deadline of a fragmented message;
+//! the per-connection rate gate; and the write that every frame goes
+//! through, raced against the reasons to close.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -41,6 +42,23 @@ impl Signals<'_> {
             () = self.slow.cancelled() => Err(Exit::Slow),
             () = tokio::time::sleep(self.write_timeout) => Err(Exit::WriteStalled),
         }
+    }
+}
+
+/// What the client sends: its frames, and the message being reassembled
+/// from their fragments. [`serve`] takes it by value, so the bytes the
+/// reassembler holds go back to the fragment budget the moment the loop
+/// ends, not after the closing handshake.
+pub(super) struct Incoming<'a> {
+    pub(super) stream: &'a mut MessageStream,
+    pub(super) fragments: Reassembler,
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -122,7 +140,7 @@ impl RateGate {
 /// Serves the connection until it must close; returns why.
 pub(super) async fn serve(
     session: &mut Session,
-    stream: &mut MessageStream,
+    incoming: Incoming<'_>,
     outbound: &mut mpsc::Receiver<Frame>,
     to_uplink: &UplinkPath<'_>,
     signals: &Signals<'_>,
@@ -133,7 +151,10 @@ pub(super) async fn serve(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut fragments = Reassembler::new(settings.max_frame_bytes);
+    let Incoming {
+        stream,
+        mut fragments,
+    } = incoming;
     let mut rate = RateGate::new(settings);
     // Room in the uplink queue for the next message; the socket is read only
     // while there is some.
@@ -143,6 +164,10 @@ pub(super) async fn serve(
         tokio::select! {
             () = signals.shutdown.cancelled() => return Err(Exit::Shutdown),
             () = signals.slow.cancelled() => return Err(Exit::Slow),
+            // While a fragmented message is under way the socket is always
+            // read (its permit was taken before its first fragment), so the
+            // deadline only ever runs against the client.
+            () = until(fragments.deadline()) => return Err(Exit::FragmentTimeout),
             frame = outbound.recv() => {
                 // The registry keeps the sender for as long as the guard lives.
                 let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
@@ -174,6 +199,7 @@ pub(super) async fn serve(
                         Err(FragmentError::TooBig) => {
                             return Err(Exit::TooBig { limit: settings.max_frame_bytes })
                         }
+                        Err(FragmentError::OverBudget) => return Err(Exit::FragmentBudget),
                         Err(FragmentError::InvalidUtf8) => return Err(Exit::InvalidUtf8),
                     },
                     Message::Ping(payload) => {

@@ -20,6 +20,16 @@ pub struct SessionSettings {
     /// Largest message accepted from a client, in bytes, whether sent as one
     /// frame or in fragments; a larger one closes the connection with 1009.
     pub max_frame_bytes: usize,
+    /// How long a message sent in fragments may take from its first
+    /// fragment to its last; a connection that takes longer is closed with
+    /// 1008. Its own timer, not the HTTP handshake timeout: that one bounds a
+    /// request head of a few hundred bytes, this one up to
+    /// `max_frame_bytes` from a client on a slow link.
+    pub fragment_timeout: Duration,
+    /// Most bytes all connections together may hold in incomplete
+    /// (fragmented) messages, counted by the registry; a fragment that would
+    /// take them over closes its connection with 1013.
+    pub fragment_budget_bytes: usize,
     /// How often the server pings the client.
     pub heartbeat_interval: Duration,
     /// How long the client may stay silent (no frame, no pong) before it is
@@ -41,6 +51,8 @@ impl Default for SessionSettings {
         Self {
             outbound_capacity: 256,
             max_frame_bytes: 64 * 1024,
+            fragment_timeout: Duration::from_secs(10),
+            fragment_budget_bytes: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(45),
             message_rate: MessageRate {

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod fragments;
 mod limits;
 
 use std::future::Future;

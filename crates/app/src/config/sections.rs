@@ -271,6 +271,8 @@ impl Config {
             session: SessionSettings {
                 outbound_capacity: s.outbound_queue,
                 max_frame_bytes: s.max_message_bytes,
+                fragment_timeout: Duration::from_millis(s.fragment_timeout_ms),
+                fragment_budget_bytes: s.fragment_budget_bytes,
                 heartbeat_interval: Duration::from_secs(s.heartbeat_secs),
                 client_timeout: Duration::from_secs(s.client_timeout_secs),
                 message_rate: MessageRate {

@@ -147,6 +147,16 @@ settings! {
         /// Largest client frame accepted, in bytes (at most 262144, SNS's
         /// message limit).
         max_message_bytes: usize = 65_536, range 1..=262_144;
+        /// A message sent in fragments must be complete this long after its
+        /// first fragment, in milliseconds (over it: closed with 1008). Its
+        /// own setting, not handshake_timeout_ms: that bounds a request head
+        /// of a few hundred bytes, this up to max_message_bytes from a
+        /// client on a slow link.
+        fragment_timeout_ms: u64 = 10_000, range 100..=600_000;
+        /// Most bytes all connections together may hold in incomplete
+        /// (fragmented) messages (at least max_message_bytes); a fragment
+        /// over it closes its connection with 1013, try again later.
+        fragment_budget_bytes: usize = 67_108_864, range 1..=4_294_967_295;
         /// Frames queued per connection before the client counts as too slow
         /// (closed with 1013).
         outbound_queue: usize = 256, range 1..=65_536;

@@ -58,6 +58,14 @@ impl Settings {
             ),
         );
         check(
+            self.fragment_budget_bytes >= self.max_message_bytes,
+            format!(
+                "fragment_budget_bytes: {} must be at least max_message_bytes ({}): a \
+                 message that size sent in fragments could never complete",
+                self.fragment_budget_bytes, self.max_message_bytes
+            ),
+        );
+        check(
             self.gc_stale_after_secs > self.instance_heartbeat_secs,
             format!(
                 "gc_stale_after_secs: {} must be longer than instance_heartbeat_secs ({})",

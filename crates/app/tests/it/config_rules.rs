@@ -73,6 +73,8 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "rate_limit_strikes" => ("5", vec![]),
         "rate_limit_window_secs" => ("60", vec![]),
         "max_message_bytes" => ("1024", vec![]),
+        "fragment_timeout_ms" => ("2000", vec![]),
+        "fragment_budget_bytes" => ("1048576", vec![]),
         "outbound_queue" => ("64", vec![]),
         "heartbeat_secs" => ("5", vec![]),
         "client_timeout_secs" => ("20", vec![]),
@@ -176,6 +178,32 @@ fn out_of_range_values_exit_naming_the_setting_value_and_range() {
         error.problems[0].starts_with("ack_timeout_secs:"),
         "{error}"
     );
+}
+
+#[test]
+fn a_fragment_budget_below_the_message_limit_is_refused() {
+    let dir = TempDir::new("cfg-fragment-budget");
+    let error = load_err(&sources(
+        &dir,
+        &[
+            ("BRIDGE_MAX_MESSAGE_BYTES", "4096"),
+            ("BRIDGE_FRAGMENT_BUDGET_BYTES", "4095"),
+        ],
+    ));
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert!(
+        error.problems[0]
+            .starts_with("fragment_budget_bytes: 4095 must be at least max_message_bytes (4096)"),
+        "{error}"
+    );
+    Settings::load(&sources(
+        &dir,
+        &[
+            ("BRIDGE_MAX_MESSAGE_BYTES", "4096"),
+            ("BRIDGE_FRAGMENT_BUDGET_BYTES", "4096"),
+        ],
+    ))
+    .unwrap();
 }
 
 #[test]
@@ -341,6 +369,7 @@ proptest! {
                     config.uplink.publish_linger,
                     config.session.heartbeat_interval,
                     config.session.client_timeout,
+                    config.session.fragment_timeout,
                     config.session.abuse.window,
                     config.fleet.heartbeat,
                     config.fleet.gc_stale_after,

@@ -251,6 +251,7 @@ async fn metrics_count_what_the_bridge_did() {
     let text = response.text().await.unwrap();
     for line in [
         "wsbridge_open_connections 1\n",
+        "wsbridge_fragment_bytes_held 0\n",
         "wsbridge_ready 1\n",
         "wsbridge_commands_total{outcome=\"forwarded\"} 1\n",
         "wsbridge_commands_total{outcome=\"malformed\"} 0\n",
