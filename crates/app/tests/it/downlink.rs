@@ -1,13 +1,16 @@
 //! Downlink end to end, what is particular to SNS / SQS (SPEC §1, §3): SNS
 //! envelopes redelivered, a queue without a dead-letter queue, the retry
-//! window against the redrive policy. The behaviours every broker shares
+//! window against the redrive policy, a held delivery outliving the queue's
+//! visibility timeout. The behaviours every broker shares
 //! (routing, several connections per client, malformed messages
 //! dead-lettered, the `retry` and `drop` policies) are in
 //! `brokers::downlink`, run against moto and RabbitMQ.
 
+use std::time::Duration;
+
 use crate::support::{
-    assert_silent, client_id, command, envelope, next_json, test_settings, wait_until, Bridge, Env,
-    PATIENCE, QUIET,
+    assert_silent, client_id, command, connect, envelope, next_json, send_text, test_settings,
+    wait_until, Bridge, Env, PATIENCE, QUIET,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,4 +129,53 @@ async fn a_command_older_than_the_retry_window_is_given_up() {
 fn uuid_like() -> String {
     let name = testkit::unique_name("m");
     name.trim_start_matches("m-").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delivery_outlives_a_short_visibility_timeout() {
+    // Queue visibility 3 s, ack timeout 8 s: the bridge keeps the message
+    // invisible for the whole 8 s, so the ack timeout alone decides when the
+    // unacknowledged Command is delivered again (not SQS after ~3 s, and
+    // not never, as when the copy was taken for a duplicate).
+    let env = Env::new(5).await;
+    env.set_visibility_timeout(3).await;
+    let bridge = env.bridge(|s| s.ack_timeout_secs = 8).await;
+    let alice = client_id("alice");
+    let mut ws = connect(&bridge.ws_url(&format!("/ws?client_id={alice}&ack=true"))).await;
+    let sent = command(&alice, "hold-me");
+    env.aws
+        .send(&env.infra.command_queue_url, &sent.to_string())
+        .await;
+    let first = next_json(&mut ws).await;
+    let delivered = std::time::Instant::now();
+    assert_eq!(first["command"], sent, "{first}");
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        env.aws.queue_counts(&env.infra.command_queue_url).await,
+        (0, 1),
+        "still invisible past the queue's visibility timeout"
+    );
+    let again = next_json(&mut ws).await;
+    let took = delivered.elapsed();
+    assert_eq!(again["command"], sent, "{again}");
+    assert_ne!(again["delivery_id"], first["delivery_id"]);
+    assert!(
+        took >= Duration::from_millis(7_500) && took <= Duration::from_secs(12),
+        "delivered again after {took:?}"
+    );
+    send_text(
+        &mut ws,
+        &serde_json::json!({"ack_delivery": again["delivery_id"]}).to_string(),
+    )
+    .await;
+    assert_eq!(env.wait_for_queue_counts((0, 0)).await, (0, 0));
+    assert_silent(&mut ws, QUIET).await;
+    let stats = bridge.stats.downlink.snapshot();
+    assert!(stats.visibility_extended >= 2, "{stats:?}");
+    assert_eq!((stats.ack_released, stats.duplicate), (1, 0), "{stats:?}");
+    eprintln!(
+        "measured: redelivered {took:?} after the first delivery (visibility 3 s, ack timeout 8 s)"
+    );
+    bridge.stop().await;
 }

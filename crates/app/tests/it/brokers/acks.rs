@@ -4,6 +4,8 @@
 //! acknowledged) when the bridge stops is back in the queue at once, and
 //! the next bridge delivers it.
 
+use std::collections::BTreeSet;
+
 use serde_json::json;
 
 use super::{Broker, Pending};
@@ -13,6 +15,8 @@ both_brokers!(
     a_command_is_removed_only_after_the_client_acknowledges_it,
     an_unacknowledged_command_is_delivered_again_to_another_connection,
     a_command_received_but_not_delivered_comes_back_after_shutdown,
+    acknowledgements_are_never_rate_limited,
+    a_client_that_reconnects_gets_its_unacknowledged_commands_at_once,
 );
 
 async fn a_command_is_removed_only_after_the_client_acknowledges_it(broker: Broker) {
@@ -110,4 +114,91 @@ async fn a_command_received_but_not_delivered_comes_back_after_shutdown(broker: 
     let stats = next.stats.downlink.snapshot();
     assert_eq!(stats.forwarded, 1, "{stats:?}");
     next.stop().await;
+}
+
+async fn acknowledgements_are_never_rate_limited(broker: Broker) {
+    // One message a second, a burst of one, closed after three refusals:
+    // acknowledging 60 Commands as fast as they arrive would be refused and
+    // then closed if acknowledgements counted as messages.
+    let env = broker.env().await;
+    let bridge = env
+        .bridge(|s| {
+            s.ack_timeout_secs = 30;
+            s.message_rate_per_sec = 1;
+            s.message_burst = 1;
+            s.rate_limit_strikes = 3;
+        })
+        .await;
+    let alice = client_id("alice");
+    let mut ws = connect(&bridge.ws_url(&format!("/ws?client_id={alice}&ack=true"))).await;
+    let total = 60;
+    for n in 0..total {
+        env.send_command(&command(&alice, &format!("c{n}")).to_string(), false)
+            .await;
+    }
+
+    let mut seen = BTreeSet::new();
+    while seen.len() < total {
+        let frame = next_json(&mut ws).await;
+        let delivery_id = frame["delivery_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a delivery, got {frame}"))
+            .to_owned();
+        seen.insert(frame["command"]["command"].as_str().unwrap().to_owned());
+        send_text(&mut ws, &json!({"ack_delivery": delivery_id}).to_string()).await;
+    }
+
+    // Nothing refused, nothing delivered twice, nothing left in the queue.
+    assert_silent(&mut ws, QUIET).await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    let (down, up) = (
+        bridge.stats.downlink.snapshot(),
+        bridge.stats.uplink.snapshot(),
+    );
+    assert_eq!(
+        (
+            down.acknowledged_by_client,
+            down.ack_released,
+            up.rate_limited
+        ),
+        (total as u64, 0, 0),
+        "(acknowledged, released, rate limited)"
+    );
+    // Still open: a foreign id is answered, not punished.
+    send_text(&mut ws, &json!({"ack_delivery": "no-such"}).to_string()).await;
+    assert_eq!(
+        next_json(&mut ws).await["error"]["code"],
+        "unknown_delivery"
+    );
+    bridge.stop().await;
+}
+
+async fn a_client_that_reconnects_gets_its_unacknowledged_commands_at_once(broker: Broker) {
+    // An ack timeout far beyond the test: only the release on disconnect
+    // can bring the Command back in time.
+    let env = broker.env().await;
+    let bridge = env.bridge(|s| s.ack_timeout_secs = 600).await;
+    let alice = client_id("alice");
+    let url = bridge.ws_url(&format!("/ws/{alice}?ack=true"));
+    let mut first = connect(&url).await;
+    let sent = command(&alice, "resume-me");
+    env.send_command(&sent.to_string(), true).await;
+    assert_eq!(next_json(&mut first).await["command"], sent);
+
+    first.close(None).await.unwrap();
+    drop(first);
+    let started = std::time::Instant::now();
+    let mut second = connect(&url).await;
+    let again = next_json(&mut second).await;
+    assert_eq!(again["command"], sent, "{again}");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    send_text(
+        &mut second,
+        &json!({"ack_delivery": again["delivery_id"]}).to_string(),
+    )
+    .await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    eprintln!("measured: redelivered {took:?} after the reconnect (ack timeout 600 s)");
+    bridge.stop().await;
 }
