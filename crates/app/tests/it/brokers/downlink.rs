@@ -162,8 +162,8 @@ fn malformed_bodies(client: &str) -> Vec<String> {
 }
 
 async fn malformed_messages_are_never_forwarded_and_are_dead_lettered(broker: Broker) {
-    // SQS: left for the redrive policy, which moves them within seconds;
-    // AMQP: rejected, so the dead-letter exchange routes them to `.dlq`.
+    // SQS: sent to the redrive target at their first receive; AMQP:
+    // routed by the queue's dead-letter exchange to `.dlq`.
     let env = broker.env_with(Resources::fast_redrive()).await;
     let bridge = env.bridge(|_| {}).await;
     let erin = client_id("erin");
