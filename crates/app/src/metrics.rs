@@ -179,7 +179,8 @@ impl Collector for Snapshot {
             "Commands by outcome: received from the queue; forwarded (handed to at least one \
              connection); undeliverable (deleted, client absent); released (made visible again \
              for a later attempt); malformed; duplicate; frames_queued (one per connection \
-             written to); acknowledged_by_client, ack_released, visibility_extended and \
+             written to); acknowledged_by_client, ack_released, ack_redelivered (delivered \
+             again from the hold after the ack timeout), visibility_extended and \
              deferred (ack=true connections); dead_lettered (given up: sent to the dead-letter \
              queue, or deleted where there is none).",
             "outcome",
@@ -193,6 +194,7 @@ impl Collector for Snapshot {
                 ("frames_queued", d.frames_queued),
                 ("acknowledged_by_client", d.acknowledged_by_client),
                 ("ack_released", d.ack_released),
+                ("ack_redelivered", d.ack_redelivered),
                 ("visibility_extended", d.visibility_extended),
                 ("deferred", d.deferred),
                 ("dead_lettered", d.dead_lettered),

@@ -114,6 +114,7 @@ impl Downlink {
         let recent = Arc::new(RecentIds::new(settings.dedup_capacity, settings.dedup_ttl));
         let acks = Arc::new(PendingAcks::new(
             source.clone(),
+            registry.clone(),
             recent.clone(),
             stats.clone(),
             settings.ack_timeout,
@@ -239,14 +240,17 @@ impl Downlink {
 
         // Entered before any connection can see the frame, so an
         // acknowledgement cannot arrive before its delivery is known.
-        let Some(delivery) = self.acks.reserve(&command.client_id, &message, dedup_key) else {
+        let frame: Frame = command.json;
+        let Some(delivery) = self
+            .acks
+            .reserve(&command.client_id, &message, dedup_key, &frame)
+        else {
             debug!("client has its limit of unacknowledged deliveries, command deferred");
             self.recent.forget(dedup_key);
             bump(&stats.deferred, 1);
             outcome.deferred.push(message.receipt);
             return;
         };
-        let frame: Frame = command.json;
         let handoff = self.registry.deliver(&command.client_id, &frame, delivery);
         if handoff.awaiting_ack == 0 {
             self.acks.cancel(delivery);

@@ -54,6 +54,9 @@ counters! {
         acknowledged_by_client,
         /// Deliveries released unacknowledged (timeout, client gone, shutdown).
         ack_released,
+        /// Deliveries whose acknowledgement timed out, delivered again from
+        /// the hold to the client's connections here.
+        ack_redelivered,
         /// Held deliveries whose visibility was extended (one per message and extension).
         visibility_extended,
         /// Commands deferred because their client had its limit of

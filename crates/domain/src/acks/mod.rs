@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::client_id::ClientId;
 use crate::dedup::RecentIds;
-use crate::ports::{CommandSource, Frame, InboundMessage, Receipt};
+use crate::ports::{ClientRegistry, CommandSource, Frame, InboundMessage, Receipt};
 use crate::stats::{bump, Stats};
 
 mod table;
@@ -77,7 +77,10 @@ pub(crate) enum CopyFate {
 /// What one [`PendingAcks::tick`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tick {
-    /// Deliveries released because their acknowledgement was overdue.
+    /// Overdue deliveries delivered again to the client's connections here.
+    pub redelivered: usize,
+    /// Overdue deliveries released to the source (no connection here took
+    /// them again).
     pub released: usize,
     /// Deliveries whose visibility was extended.
     pub extended: usize,
@@ -100,6 +103,7 @@ const ACK_BATCH: usize = 10;
 /// deleted as a duplicate.
 pub struct PendingAcks {
     source: Arc<dyn CommandSource>,
+    registry: Arc<dyn ClientRegistry>,
     recent: Arc<RecentIds>,
     stats: Arc<Stats>,
     timeout: Duration,
@@ -118,6 +122,7 @@ pub struct PendingAcks {
 impl PendingAcks {
     pub(crate) fn new(
         source: Arc<dyn CommandSource>,
+        registry: Arc<dyn ClientRegistry>,
         recent: Arc<RecentIds>,
         stats: Arc<Stats>,
         timeout: Duration,
@@ -125,6 +130,7 @@ impl PendingAcks {
     ) -> Self {
         Self {
             source,
+            registry,
             recent,
             stats,
             timeout,
@@ -156,6 +162,7 @@ impl PendingAcks {
         client_id: &ClientId,
         message: &InboundMessage,
         dedup_key: &str,
+        frame: &Frame,
     ) -> Option<DeliveryId> {
         let mut table = self.lock();
         if table.count_of(client_id) >= self.max_per_client {
@@ -170,6 +177,7 @@ impl PendingAcks {
                 receipt: message.receipt.clone(),
                 message_id: message.message_id.clone(),
                 dedup_key: dedup_key.to_owned(),
+                frame: frame.clone(),
                 deadline: now + self.timeout,
                 received_at: now,
                 visible_since: now,
@@ -256,25 +264,94 @@ impl PendingAcks {
         }
     }
 
-    /// Releases every delivery whose acknowledgement is overdue, and extends
-    /// the visibility of those still waiting whose visibility is half spent.
+    /// Delivers every delivery whose acknowledgement is overdue again —
+    /// to the client's connections here, from the hold, or, when none takes
+    /// it, by releasing it to the source — and extends the visibility of
+    /// those still waiting whose visibility is half spent.
     pub async fn tick(&self) -> Tick {
         let now = Instant::now();
-        let released = self
-            .release_where(|held| held.deadline <= now, "acknowledgement timed out")
-            .await;
+        let (redelivered, released) = self.deliver_overdue(now).await;
         let extended = self.extend_due().await;
         self.stats
             .held_deliveries
             .store(self.len() as u64, Ordering::Relaxed);
         let window = u64::try_from(self.recent.window().as_millis()).unwrap_or(u64::MAX);
         self.stats.dedup_window_ms.store(window, Ordering::Relaxed);
-        Tick { released, extended }
+        Tick {
+            redelivered,
+            released,
+            extended,
+        }
     }
 
-    /// Releases every delivery whose acknowledgement is overdue; returns how many.
+    /// The overdue deliveries, delivered again. Redelivering from the hold
+    /// (same message, same receipt, still invisible) rather than through
+    /// the queue keeps a Command whose client is connected here from being
+    /// received by another replica that does not hold the client.
+    async fn deliver_overdue(&self, now: Instant) -> (usize, usize) {
+        let overdue = self.lock().take_where(|held| held.deadline <= now);
+        if overdue.is_empty() {
+            return (0, 0);
+        }
+        let mut redelivered = 0;
+        let mut release = Vec::new();
+        let mut delete = Vec::new();
+        for held in overdue {
+            let id = self.next_id();
+            // Entered first, as at the first delivery: an acknowledgement
+            // cannot outrun it.
+            let client_id = held.client_id.clone();
+            let frame = held.frame.clone();
+            let receipt = held.receipt.clone();
+            let dedup_key = held.dedup_key.clone();
+            self.lock().insert(
+                id,
+                Held {
+                    deadline: now + self.timeout,
+                    ..held
+                },
+            );
+            let handoff = self.registry.deliver(&client_id, &frame, id);
+            if handoff.awaiting_ack > 0 {
+                debug!(%client_id, "acknowledgement timed out, delivered again");
+                redelivered += 1;
+                continue;
+            }
+            if self.lock().remove(id).is_none() {
+                // Acknowledged in between: nothing left to do.
+                continue;
+            }
+            if handoff.immediate > 0 {
+                // Only plain connections took it: at-most-once from here.
+                delete.push(receipt);
+            } else {
+                self.recent.forget(&dedup_key);
+                debug!(%client_id, "acknowledgement timed out, released");
+                release.push(receipt);
+            }
+        }
+        bump(&self.stats.downlink.ack_redelivered, redelivered as u64);
+        let released = release.len();
+        if !delete.is_empty() {
+            lock(&self.confirmed).extend(delete);
+            if let Some(wake) = self.waker.get() {
+                wake();
+            }
+        }
+        if !release.is_empty() {
+            bump(&self.stats.downlink.ack_released, released as u64);
+            if let Err(error) = self.source.release(release, Duration::ZERO).await {
+                warn!(%error, "releasing unacknowledged deliveries failed");
+            }
+        }
+        (redelivered, released)
+    }
+
+    /// Delivers every overdue delivery again (here or through the source);
+    /// returns how many.
     pub async fn release_expired(&self) -> usize {
-        self.tick().await.released
+        let tick = self.tick().await;
+        tick.redelivered + tick.released
     }
 
     /// The last acknowledging connection of `client_id` closed: its

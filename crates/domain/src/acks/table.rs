@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::DeliveryId;
 use crate::client_id::ClientId;
-use crate::ports::Receipt;
+use crate::ports::{Frame, Receipt};
 
 /// One Command handed to acknowledging connections, waiting for their answer.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub(super) struct Held {
     pub(super) message_id: String,
     /// The key the de-duplication memory knows the Command by.
     pub(super) dedup_key: String,
+    /// The Command as its client gets it, for a delivery again from here.
+    pub(super) frame: Frame,
     /// When the acknowledgement is overdue.
     pub(super) deadline: Instant,
     /// When the message was received (SQS counts its 12 h cap from there).
@@ -109,6 +111,7 @@ mod tests {
             receipt: Receipt::new(format!("r-{key}")),
             message_id: format!("m-{key}"),
             dedup_key: key.into(),
+            frame: Frame::from("{}"),
             deadline: now,
             received_at: now,
             visible_since: now,

@@ -940,7 +940,37 @@ async fn a_delivery_awaiting_ack_is_held_then_deleted_when_the_client_acknowledg
 }
 
 #[tokio::test]
-async fn an_unacknowledged_delivery_is_released_after_the_timeout_and_delivered_again() {
+async fn an_overdue_delivery_is_delivered_again_from_the_hold_while_its_client_is_here() {
+    let h = Harness::new(RETRY, vec![Ok(vec![message("sqs-1", bare("alice", "go"))])]);
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+
+    assert_eq!(acks.release_expired().await, 0, "before the timeout");
+    tokio::time::sleep(ACK_TIMEOUT + Duration::from_millis(50)).await;
+    assert_eq!(acks.release_expired().await, 1);
+
+    // Not through the queue (another replica, without alice, could take
+    // it): from the hold, with a new delivery id, still invisible.
+    assert!(h.calls.released().is_empty());
+    assert_eq!(h.calls.delivered().len(), 2);
+    let ids = h.calls.delivery_ids();
+    assert_ne!(ids[0], ids[1], "each hand-off has its own delivery id");
+    let alice = client("alice");
+    assert_eq!(
+        acks.confirm(&alice, &ids[0].to_string()),
+        Err(ConfirmError::Unknown(ids[0].to_string())),
+        "the overdue id is no longer taken"
+    );
+    acks.confirm(&alice, &ids[1].to_string()).unwrap();
+    acks.settle_confirmed().await;
+    assert_eq!(h.calls.acknowledged(), vec![receipts(&["rcpt-sqs-1"])]);
+    let counters = h.counters();
+    assert_eq!((counters.ack_redelivered, counters.ack_released), (1, 0));
+}
+
+#[tokio::test]
+async fn an_overdue_delivery_whose_client_left_is_released_and_delivered_when_it_comes_back() {
     let h = Harness::new(
         RETRY,
         vec![
@@ -951,13 +981,8 @@ async fn an_unacknowledged_delivery_is_released_after_the_timeout_and_delivered_
     h.connect_with("alice", 0, 1);
     h.poll().await;
     let acks = h.downlink.acks();
+    h.connect_with("alice", 0, 0);
 
-    assert_eq!(
-        acks.release_expired().await,
-        0,
-        "released before the timeout"
-    );
-    assert!(h.calls.released().is_empty());
     tokio::time::sleep(ACK_TIMEOUT + Duration::from_millis(50)).await;
     assert_eq!(acks.release_expired().await, 1);
     assert_eq!(
@@ -966,14 +991,13 @@ async fn an_unacknowledged_delivery_is_released_after_the_timeout_and_delivered_
     );
 
     // The same message comes back: delivered again, not taken for a duplicate.
+    h.connect_with("alice", 0, 1);
     let outcome = h.poll().await;
     assert_eq!(outcome.held, receipts(&["rcpt-sqs-1"]));
-    assert_eq!(h.calls.delivered().len(), 2);
-    let ids = h.calls.delivery_ids();
-    assert_ne!(ids[0], ids[1], "each hand-off has its own delivery id");
     let counters = h.counters();
     assert_eq!(counters.duplicate, 0);
-    assert_eq!(counters.ack_released, 1);
+    assert_eq!((counters.ack_redelivered, counters.ack_released), (0, 1));
+    assert_eq!(acks.len(), 1);
 }
 
 #[tokio::test]
@@ -1024,7 +1048,7 @@ fn client(id: &str) -> domain::ClientId {
 #[tokio::test]
 async fn a_held_delivery_keeps_its_message_invisible_until_the_ack_timeout() {
     // Visibility 1 s, ack timeout 2.5 s: extended each time half of the
-    // visibility is spent, released only when the ack timeout ends.
+    // visibility is spent, delivered again only when the ack timeout ends.
     let h = Harness::build(
         DownlinkSettings {
             ack_timeout: Duration::from_millis(2_500),
@@ -1037,10 +1061,10 @@ async fn a_held_delivery_keeps_its_message_invisible_until_the_ack_timeout() {
     h.poll().await;
     let acks = h.downlink.acks();
 
-    let mut released = 0;
+    let mut redelivered = 0;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        released += acks.tick().await.released;
+        redelivered += acks.tick().await.redelivered;
     }
     let extended = h.calls.extended();
     assert!(
@@ -1050,11 +1074,8 @@ async fn a_held_delivery_keeps_its_message_invisible_until_the_ack_timeout() {
     assert!(extended
         .iter()
         .all(|(r, vt)| *r == receipts(&["rcpt-sqs-1"]) && *vt == VISIBILITY));
-    assert_eq!(released, 1, "released by the ack timeout only");
-    assert_eq!(
-        h.calls.released(),
-        vec![(receipts(&["rcpt-sqs-1"]), Duration::ZERO)]
-    );
+    assert_eq!(redelivered, 1, "delivered again by the ack timeout only");
+    assert!(h.calls.released().is_empty(), "never given back meanwhile");
     assert_eq!(h.counters().visibility_extended, extended.len() as u64);
 }
 
