@@ -28,8 +28,25 @@ pub const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a publish may take with all its retries.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The timeouts [`load`] puts on the shared configuration, which the SQS
+/// client (long polls) keeps: [`ATTEMPT_TIMEOUT`] per attempt,
+/// [`RECEIVE_TIMEOUT`] in all. Public so that a configuration made elsewhere
+/// (a test's, pointed at a proxy) can carry production's budgets.
+pub fn sqs_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(RECEIVE_TIMEOUT)
+        .build()
+}
+
 /// Loads region, credentials and endpoint (`AWS_ENDPOINT_URL`, `AWS_REGION`,
-/// the usual credential chain) from the environment.
+/// the default credential chain) from the environment.
+///
+/// Credentials come from a provider, not a value: the SDK caches what it
+/// returns and asks again shortly before the expiry (a few seconds ahead,
+/// jittered), so temporary credentials (assumed roles, web identity, ECS/IMDS)
+/// are renewed while traffic flows.
 ///
 /// The SDK crates are built without their default HTTP stack, so the client
 /// is chosen here: hyper with rustls on the `ring` provider.
@@ -37,14 +54,9 @@ pub async fn load() -> SdkConfig {
     let http_client = Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .operation_timeout(RECEIVE_TIMEOUT)
-        .build();
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client)
-        .timeout_config(timeouts)
+        .timeout_config(sqs_timeouts())
         .load()
         .await
 }
@@ -91,5 +103,27 @@ impl Clients {
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             sns: aws_sdk_sns::Client::from_conf(sns),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQS's longest long poll.
+    const LONGEST_WAIT: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn a_healthy_long_poll_fits_an_attempt_and_a_black_hole_ends_within_two() {
+        // Below: a 20 s long poll must never time out.
+        assert!(ATTEMPT_TIMEOUT > LONGEST_WAIT);
+        // Above: a poller under a black hole is back, and `/ready` says
+        // why, within two long polls with their attempt timeouts.
+        assert!(RECEIVE_TIMEOUT >= ATTEMPT_TIMEOUT);
+        assert!(RECEIVE_TIMEOUT <= (LONGEST_WAIT + ATTEMPT_TIMEOUT) * 2);
+        assert!(SETTLE_TIMEOUT >= SETTLE_ATTEMPT_TIMEOUT);
+        let timeouts = sqs_timeouts();
+        assert_eq!(timeouts.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
+        assert_eq!(timeouts.operation_timeout(), Some(RECEIVE_TIMEOUT));
     }
 }

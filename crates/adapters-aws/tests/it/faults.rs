@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use adapters_aws::metrics::AwsSnapshot;
-use adapters_aws::sdk::{Clients, PUBLISH_TIMEOUT};
+use adapters_aws::sdk::{Clients, PUBLISH_TIMEOUT, SETTLE_ATTEMPT_TIMEOUT, SETTLE_TIMEOUT};
 use adapters_aws::{SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings};
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
@@ -24,7 +24,9 @@ use aws_sdk_sqs::operation::change_message_visibility_batch::{
 use aws_sdk_sqs::operation::delete_message_batch::{
     DeleteMessageBatchInput, DeleteMessageBatchOutput,
 };
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchResultEntry, DeleteMessageBatchResultEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchResultEntry, DeleteMessageBatchResultEntry, QueueAttributeName,
+};
 use aws_smithy_mocks::{
     create_mock_http_client, mock, MockResponse, MockResponseInterceptor, Rule, RuleMode,
 };
@@ -200,6 +202,85 @@ async fn a_black_holed_receive_ends_at_the_attempt_timeout_and_recovers_when_hea
     let got = receive_one(&source).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].message_id, id);
+}
+
+#[tokio::test]
+async fn a_black_holed_delete_gives_up_within_the_settle_budget() {
+    let aws = moto().aws().await;
+    let queue = aws
+        .create_queue_with(
+            &unique_name("fault-hole-delete"),
+            &[(QueueAttributeName::VisibilityTimeout, "2".into())],
+        )
+        .await;
+    let proxy = FaultProxy::start(moto().endpoint());
+    // The production clients: the settle client the source derives from
+    // the SQS client carries SETTLE_ATTEMPT_TIMEOUT / SETTLE_TIMEOUT.
+    let clients = Clients::from_config(&proxy.sdk_config().await);
+    let retries = 1;
+    let source = SqsCommandSource::new(
+        clients.sqs,
+        &queue.url,
+        SqsSourceSettings {
+            wait_time: Duration::from_secs(1),
+            settle_retries: retries,
+            ..SqsSourceSettings::default()
+        },
+    );
+    let id = aws.send(&queue.url, "held-by-the-hole").await;
+    let got = receive_one(&source).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+
+    proxy.inject_for(
+        "DeleteMessageBatch",
+        Fault::BlackHole,
+        Limit::For(Duration::from_secs(120)),
+    );
+    // Each delete call ends at SETTLE_TIMEOUT, and is made 1 + retries times.
+    let budget = SETTLE_TIMEOUT * (retries + 1);
+    let started = Instant::now();
+    let result = tokio::time::timeout(budget * 3, source.acknowledge(vec![got[0].receipt.clone()]))
+        .await
+        .expect("a black-holed delete hung far past its budget");
+    let took = started.elapsed();
+    assert!(
+        matches!(&result, Err(SourceError::Partial { failed, .. }) if failed.len() == 1),
+        "{result:?}"
+    );
+    assert!(took >= SETTLE_TIMEOUT, "gave up after {took:?}");
+    assert!(
+        took <= budget + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+    let holes = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.operation == "DeleteMessageBatch" && s.outcome == Outcome::BlackHoled)
+        .count();
+    // Each call's attempts end at SETTLE_ATTEMPT_TIMEOUT, until SETTLE_TIMEOUT.
+    let per_call = (SETTLE_TIMEOUT.as_secs() / SETTLE_ATTEMPT_TIMEOUT.as_secs() + 1) as usize;
+    assert!(
+        (2..=per_call * (retries as usize + 1)).contains(&holes),
+        "{holes} attempts: {:?}",
+        proxy.seen()
+    );
+    let counted = source.metrics().snapshot();
+    assert_eq!((counted.settle_errors, counted.delete_failed), (1, 1));
+
+    // Not lost: back after its visibility timeout, and deleted once healed.
+    proxy.heal();
+    let again = receive_one(&source).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].message_id, id);
+    source
+        .acknowledge(vec![again[0].receipt.clone()])
+        .await
+        .unwrap();
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
+    eprintln!(
+        "measured: black-holed DeleteMessageBatch ({retries} retry): gave up after {took:?} \
+         (budget {budget:?}), {holes} attempts timed out"
+    );
 }
 
 #[tokio::test]

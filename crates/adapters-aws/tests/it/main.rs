@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod bootstrap;
+mod credentials;
 mod fanout;
 mod faults;
 mod metrics;

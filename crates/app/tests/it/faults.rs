@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use adapters_aws::sdk::{ATTEMPT_TIMEOUT, RECEIVE_TIMEOUT};
+use app::config::Settings;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use serde_json::{json, Value};
@@ -26,13 +28,13 @@ use crate::support::{
 /// The per-attempt timeout of the bridges' SDK clients in these tests: above
 /// the tests' 1 s long polls plus moto's answer, as production's 25 s is
 /// above the 20 s long poll.
-const ATTEMPT: Duration = Duration::from_secs(5);
+pub(crate) const ATTEMPT: Duration = Duration::from_secs(5);
 /// Production's connect timeout (adapters_aws::sdk).
 const CONNECT: Duration = Duration::from_secs(3);
 
 /// An SDK configuration whose clients go through `proxy`, with production's
 /// connect timeout and the given per-attempt timeout.
-async fn via(proxy: &FaultProxy, attempt: Duration) -> SdkConfig {
+pub(crate) async fn via(proxy: &FaultProxy, attempt: Duration) -> SdkConfig {
     let mut config = proxy.sdk_config().await.into_builder();
     config.set_timeout_config(Some(
         TimeoutConfig::builder()
@@ -43,11 +45,11 @@ async fn via(proxy: &FaultProxy, attempt: Duration) -> SdkConfig {
     config.build()
 }
 
-fn proxy() -> FaultProxy {
+pub(crate) fn proxy() -> FaultProxy {
     FaultProxy::start(testkit::moto().endpoint())
 }
 
-async fn send_command(env: &Env, client: &str, name: &str) {
+pub(crate) async fn send_command(env: &Env, client: &str, name: &str) {
     env.aws
         .send(
             &env.infra.command_queue_url,
@@ -83,7 +85,7 @@ async fn send_commands_at_once(env: &Env, commands: &[Value]) {
 
 /// Reads frames until `n` Commands arrived or `within` passed; returns their
 /// `command` names in arrival order.
-async fn commands(ws: &mut Ws, n: usize, within: Duration) -> Vec<String> {
+pub(crate) async fn commands(ws: &mut Ws, n: usize, within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     while got.len() < n {
@@ -115,7 +117,7 @@ async fn http_status(url: &str) -> Option<u16> {
 }
 
 /// Polls `GET /ready` until it answers `status`; returns how long that took.
-async fn wait_for_ready(port: u16, status: u16, within: Duration) -> Duration {
+pub(crate) async fn wait_for_ready(port: u16, status: u16, within: Duration) -> Duration {
     let url = format!("http://127.0.0.1:{port}/ready");
     let started = Instant::now();
     loop {
@@ -287,6 +289,70 @@ async fn sqs_black_holed_trips_the_attempt_timeout_and_the_poll_loop_survives() 
     eprintln!(
         "measured: SQS black-holed 12 s (2 s attempt timeout): {swallowed} attempts timed out, \
          {receive_errors} receives failed; all deliveries resumed {resumed_after:?} after healing"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_black_hole_pollers_are_back_and_ready_is_503_within_two_waits_plus_attempts() {
+    // Production's budgets scaled down: a 1 s long poll (20 s), a 2 s
+    // attempt timeout (25 s) and the operation timeout in production's
+    // proportion to it (RECEIVE_TIMEOUT 50 s = 2 × ATTEMPT_TIMEOUT).
+    let wait = Duration::from_secs(1);
+    let attempt = Duration::from_secs(2);
+    let operation = attempt.mul_f64(RECEIVE_TIMEOUT.as_secs_f64() / ATTEMPT_TIMEOUT.as_secs_f64());
+    let bound = (wait + attempt) * 2;
+    let env = Env::new(5).await;
+    let proxy = proxy();
+    let mut config = proxy.sdk_config().await.into_builder();
+    config.set_timeout_config(Some(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT)
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(operation)
+            .build(),
+    ));
+    let settings = Settings {
+        receive_wait_secs: wait.as_secs(),
+        ..env.settings()
+    };
+    let bridge = Bridge::start_with(settings, &config.build()).await;
+    wait_for_ready(bridge.port, 200, PATIENCE).await;
+    // After its first receive a poller learns the queue's facts (its
+    // visibility timeout, its dead-letter queue's URL) on the settle
+    // budget, not the receive one: the hole opens once both pollers are
+    // back to long polls.
+    wait_until("the queue's facts learnt", || {
+        let learnt = proxy.seen().iter().any(|s| s.operation == "GetQueueUrl");
+        async move { learnt }
+    })
+    .await;
+    tokio::time::sleep(wait * 2).await;
+    let aws = bridge.aws().clone();
+    let failed_before = aws.snapshot().receive_errors;
+
+    proxy.set(Fault::BlackHole);
+    let hole = Instant::now();
+    let not_ready_after = wait_for_ready(bridge.port, 503, bound).await;
+    // Both pollers' receives, stuck in the hole, have ended.
+    while aws.snapshot().receive_errors < failed_before + 2 {
+        assert!(
+            hole.elapsed() <= bound,
+            "the pollers' receives were not back within {bound:?}: {:?}",
+            aws.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back_after = hole.elapsed();
+    let reason = aws.not_ready_reason().unwrap_or_default();
+    assert!(reason.contains("timeout"), "{reason}");
+
+    proxy.heal();
+    let ready_after = wait_for_ready(bridge.port, 200, PATIENCE).await;
+    eprintln!(
+        "measured: black hole, {wait:?} long polls, {attempt:?} attempts, {operation:?} per \
+         receive: /ready 503 after {not_ready_after:?}, both pollers back after {back_after:?} \
+         (bound {bound:?}); /ready 200 {ready_after:?} after healing"
     );
     bridge.stop().await;
 }

@@ -80,7 +80,7 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream) {
             Ok(None) | Err(_) => break Stop::Closed,
         };
         let operation = request.operation();
-        let reply = match shared.decide(&operation) {
+        let reply = match shared.decide(&operation, request.access_key_id()) {
             Fault::Refuse => break Stop::Reset,
             Fault::BlackHole => {
                 bump(&shared.counters.black_holed);

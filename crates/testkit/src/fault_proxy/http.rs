@@ -58,6 +58,17 @@ impl Message {
             .to_owned()
     }
 
+    /// The access key id the request was signed with: the `Credential=`
+    /// of a SigV4 `Authorization` header up to its first `/`; empty when
+    /// the request is not signed that way.
+    pub(super) fn access_key_id(&self) -> String {
+        self.header("authorization")
+            .and_then(|auth| auth.split("Credential=").nth(1))
+            .and_then(|credential| credential.split('/').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub(super) fn is_json_protocol(&self) -> bool {
         self.header("x-amz-target").is_some()
             || self

@@ -27,6 +27,10 @@ pub struct Seen {
     pub operation: String,
     /// What the proxy did.
     pub outcome: Outcome,
+    /// The access key id that signed it (`Credential=KEY/…` of its SigV4
+    /// `Authorization` header); empty for a refused connection or an
+    /// unsigned request. Lets a test check which credentials were used when.
+    pub access_key_id: String,
 }
 
 /// Counts of what the proxy did.

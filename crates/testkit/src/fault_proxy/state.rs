@@ -87,11 +87,13 @@ impl Shared {
             at: Instant::now(),
             operation: operation.to_owned(),
             outcome,
+            access_key_id: String::new(),
         });
     }
 
-    /// Picks the fault for a request and records the request.
-    pub(super) fn decide(&self, operation: &str) -> Fault {
+    /// Picks the fault for a request and records the request (its
+    /// operation and the access key id that signed it).
+    pub(super) fn decide(&self, operation: &str, access_key_id: String) -> Fault {
         let now = Instant::now();
         let mut state = self.lock();
         state.rules.retain(|r| r.live(now));
@@ -121,6 +123,7 @@ impl Shared {
             at: now,
             operation: operation.to_owned(),
             outcome,
+            access_key_id,
         });
         fault
     }

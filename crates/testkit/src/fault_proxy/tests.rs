@@ -404,3 +404,21 @@ async fn chunked_and_close_delimited_answers_are_passed_whole() {
     let answer = client.call(&sns("Publish", "/"), SOON).await;
     assert!(matches!(answer, Some(Err(_))), "{answer:?}");
 }
+
+#[tokio::test]
+async fn records_the_access_key_that_signed_each_request() {
+    let (target, _) = upstream().await;
+    let proxy = FaultProxy::start(&target);
+    let mut client = Client::connect(&proxy).await;
+    let signed = String::from_utf8(sqs("ReceiveMessage")).unwrap().replacen(
+        "Host: sqs\r\n",
+        "Host: sqs\r\nAuthorization: AWS4-HMAC-SHA256 \
+         Credential=AKIDEXAMPLE7/20250101/us-east-1/sqs/aws4_request, \
+         SignedHeaders=host, Signature=0f\r\n",
+        1,
+    );
+    client.ok(signed.as_bytes()).await;
+    client.ok(&sqs("ReceiveMessage")).await;
+    let keys: Vec<String> = proxy.seen().into_iter().map(|s| s.access_key_id).collect();
+    assert_eq!(keys, ["AKIDEXAMPLE7", ""]);
+}
