@@ -5,8 +5,9 @@
 //!
 //! - [`AmqpCommandSource`] implements `domain::CommandSource` over a durable
 //!   queue: manual acknowledgements, prefetch (`basic.qos`) as the
-//!   flow-control knob, rejects dead-lettered through the queue's
-//!   dead-letter exchange, releases with a delay through a TTL delay queue.
+//!   flow-control knob, given-up messages copied with their reason to the
+//!   queue's dead-letter exchange, releases with a delay through a TTL
+//!   delay queue.
 //! - [`AmqpEventSink`] implements `domain::EventSink` over an exchange, with
 //!   publisher confirms: `publish` returns once the broker has the event.
 //! - [`bootstrap`] declares exchanges, queues and bindings, idempotently.

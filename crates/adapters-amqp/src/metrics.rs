@@ -49,9 +49,11 @@ pub(crate) mod op {
     pub(crate) const PUBLISH: &str = "basic.publish";
     /// `basic.publish` of a batch of delayed copies, until every confirm.
     pub(crate) const PUBLISH_DELAYED: &str = "basic.publish.delay";
+    /// `basic.publish` of a batch of dead-letter copies, until every confirm.
+    pub(crate) const PUBLISH_DEAD_LETTER: &str = "basic.publish.dead_letter";
 
     /// Every operation, in the order they are exported.
-    pub(crate) const ALL: [&str; 7] = [
+    pub(crate) const ALL: [&str; 8] = [
         CONNECT,
         CHANNEL_OPEN,
         CONSUME_WAIT,
@@ -59,6 +61,7 @@ pub(crate) mod op {
         NACK,
         PUBLISH,
         PUBLISH_DELAYED,
+        PUBLISH_DEAD_LETTER,
     ];
 }
 

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::in_flight::Held;
-use super::release::Publisher;
+use super::publisher::Publisher;
 use super::{
     lock, now_ms, Live, Shared, DELIVERY_COUNT_HEADER, FIRST_RECEIVED_HEADER, RECEIVE_COUNT_HEADER,
 };
@@ -75,7 +75,7 @@ impl Session for Consuming {
         let live = Arc::new(Live {
             generation,
             consume,
-            publisher: tokio::sync::Mutex::new(Publisher::Untried),
+            publisher: tokio::sync::Mutex::new(Publisher::default()),
         });
         self.shared.begin(&live);
         debug!(queue = %settings.queue, generation, prefetch = settings.prefetch, "consuming commands");
@@ -168,6 +168,7 @@ impl Shared {
             message_id,
             body: delivery.data,
             properties: delivery.properties,
+            routing_key: delivery.routing_key,
             receive_count,
             received_at_ms: now_ms(),
         };

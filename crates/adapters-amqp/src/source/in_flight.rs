@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use domain::Receipt;
+use lapin::types::ShortString;
 use lapin::BasicProperties;
 
 use super::{lock, Live, Shared};
@@ -18,12 +19,15 @@ pub(super) struct InFlight {
     held: HashMap<u64, Held>,
 }
 
-/// What a release with a delay needs to publish a copy.
+/// What a release with a delay or a dead letter needs to publish a copy.
 #[derive(Debug)]
 pub(super) struct Held {
     pub(super) message_id: String,
     pub(super) body: Vec<u8>,
     pub(super) properties: BasicProperties,
+    /// The routing key it was published with (the broker's own
+    /// dead-lettering keeps it).
+    pub(super) routing_key: ShortString,
     pub(super) receive_count: u32,
     pub(super) received_at_ms: u64,
 }

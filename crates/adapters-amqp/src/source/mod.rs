@@ -8,7 +8,9 @@
 //! Every consuming channel gets a new *generation*; receipts carry it (see
 //! `receipt.rs`), and a receipt of a channel that has died is never
 //! settled on its successor ([`in_flight`]). Acknowledge, requeue and
-//! reject are in [`settle`], releases with a delay in [`release`].
+//! reject are in [`settle`], releases with a delay in [`release`], giving
+//! up (a copy with the reason to the dead-letter exchange) in
+//! [`dead_letter`]; both publish on the connection of [`publisher`].
 //!
 //! # At-least-once across failures
 //!
@@ -41,7 +43,9 @@
 //! prefetch slot, and a requeued message goes back near the head.
 
 mod consumer;
+mod dead_letter;
 mod in_flight;
+mod publisher;
 mod release;
 mod settle;
 
@@ -63,7 +67,7 @@ use crate::url::AmqpUrl;
 
 use consumer::{Arrival, Consuming};
 use in_flight::InFlight;
-use release::Publisher;
+use publisher::Publisher;
 use settle::Settle;
 
 /// Header in which a released copy carries how many times the message had
@@ -97,7 +101,9 @@ pub struct AmqpSourceSettings {
     pub queue: String,
     /// Most unacknowledged deliveries the broker hands this source at once
     /// (`basic.qos`): the flow-control knob. Must cover every batch in
-    /// process plus Commands waiting for a client's ack (and held releases).
+    /// process plus Commands waiting for a client's ack (and held releases):
+    /// above all more than one client may hold unacknowledged, or a client
+    /// that never acknowledges fills the window and stalls every other.
     pub prefetch: u16,
     /// Most messages one `receive` returns.
     pub max_messages: usize,
@@ -107,14 +113,22 @@ pub struct AmqpSourceSettings {
     pub wait_time: Duration,
     /// How releases with a delay are done.
     pub release_delay: ReleaseDelay,
-    /// How long the broker may take to confirm the copies of released messages.
+    /// The queue's dead-letter exchange (its `x-dead-letter-exchange`, e.g.
+    /// [`crate::bootstrap::Topology::dead_letter_exchange`]): `dead_letter`
+    /// publishes each given-up message there with its reason headers, then
+    /// acknowledges it. `None`, or an exchange the broker does not have:
+    /// the message is rejected instead, and the broker dead-letters it
+    /// without the reason.
+    pub dead_letter_exchange: Option<String>,
+    /// How long the broker may take to confirm the copies of released and
+    /// given-up messages.
     pub confirm_timeout: Duration,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
     /// Pauses between reconnection attempts.
     pub reconnect: Reconnect,
     /// The consuming connection's name on the broker (`connection_name`
-    /// client property); the one for delayed copies is `<name>.delay`.
+    /// client property); the one copies are published on is `<name>.publish`.
     pub connection_name: String,
 }
 
@@ -126,6 +140,7 @@ impl Default for AmqpSourceSettings {
             max_messages: 10,
             wait_time: Duration::from_secs(5),
             release_delay: ReleaseDelay::DelayQueue,
+            dead_letter_exchange: None,
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             reconnect: Reconnect::default(),
@@ -255,7 +270,7 @@ struct Shared {
 struct Live {
     generation: u64,
     consume: Channel,
-    /// Where copies go to the delay queue, opened at first need.
+    /// Where copies are published, opened at first need.
     publisher: tokio::sync::Mutex<Publisher>,
 }
 
@@ -313,10 +328,7 @@ impl CommandSource for AmqpCommandSource {
     }
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
-        // Not requeued: the queue's dead-letter exchange takes it, or, when
-        // the queue has none, the broker drops it.
-        let receipts = letters.into_iter().map(|l| l.message.receipt).collect();
-        self.shared.settle(Settle::Reject, receipts).await
+        self.shared.dead_letter(letters).await
     }
 
     async fn visibility_timeout(&self) -> Option<Duration> {

@@ -1,60 +1,30 @@
 //! Releases with a delay. [`ReleaseDelay::DelayQueue`]: a copy of each
-//! message goes, with publisher confirms, on a connection of its own, to the
-//! delay queue `<queue>.delay` with a per-message TTL, and only once the
-//! broker has confirmed the copy is the original acknowledged.
-//! [`ReleaseDelay::Hold`] (also the fallback when the delay queue cannot be
-//! used): the delivery stays unacknowledged for the delay, then is
-//! requeued. See the source's module docs for why.
+//! message goes, with publisher confirms, on the publishing connection
+//! ([`super::publisher`]), to the delay queue `<queue>.delay` with a
+//! per-message TTL, and only once the broker has confirmed the copy is the
+//! original acknowledged. [`ReleaseDelay::Hold`] (also the fallback when
+//! the delay queue cannot be used): the delivery stays unacknowledged for
+//! the delay, then is requeued. See the source's module docs for why.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{Receipt, SourceError};
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use tokio::time::Instant;
+use lapin::BasicProperties;
 use tracing::{debug, warn};
 
 use super::in_flight::Held;
+use super::publisher::{Destination, Outgoing};
 use super::{
     lock, Live, ReleaseDelay, Shared, DELIVERY_COUNT_HEADER, FIRST_RECEIVED_HEADER,
     RECEIVE_COUNT_HEADER,
 };
 use crate::bootstrap;
-use crate::link::{self, Failure};
+use crate::link;
 use crate::metrics::op;
 use crate::receipt::DeliveryRef;
-
-/// A connection of its own for the copies to the delay queue: a broker
-/// under a resource alarm blocks connections that publish, reading nothing
-/// more from them, and acknowledgements must keep flowing on the consuming
-/// one meanwhile (RabbitMQ's advice: never publish and consume on one
-/// connection).
-#[derive(Debug)]
-pub(super) enum Publisher {
-    Untried,
-    Ready(Box<PublisherLink>),
-    /// The delay queue cannot be used (declared differently, access
-    /// refused): until the next consuming channel, releases hold instead.
-    Unusable,
-}
-
-#[derive(Debug)]
-pub(super) struct PublisherLink {
-    connection: Connection,
-    channel: Channel,
-}
-
-impl Live {
-    /// The consuming channel is gone: so is its publisher connection.
-    pub(super) async fn retire_publisher(&self) {
-        let publisher = std::mem::replace(&mut *self.publisher.lock().await, Publisher::Unusable);
-        if let Publisher::Ready(link) = publisher {
-            link::close_connection(&link.connection, "consumer gone").await;
-        }
-    }
-}
 
 impl Shared {
     pub(super) async fn release_later(
@@ -75,7 +45,7 @@ impl Shared {
         }
         let mut to_hold = Vec::new();
         let publisher = match self.settings.release_delay {
-            ReleaseDelay::DelayQueue => self.publisher(&live).await,
+            ReleaseDelay::DelayQueue => self.publisher(&live, Destination::DelayQueue).await,
             ReleaseDelay::Hold => None,
         };
         match publisher {
@@ -116,63 +86,11 @@ impl Shared {
         self.finish(failed)
     }
 
-    /// The confirm-mode channel for delayed copies, with the delay queue
-    /// declared; `None` when it cannot be had now.
-    async fn publisher(&self, live: &Live) -> Option<Channel> {
-        let mut publisher = live.publisher.lock().await;
-        match &*publisher {
-            Publisher::Ready(link) if link.channel.status().connected() => {
-                return Some(link.channel.clone())
-            }
-            Publisher::Unusable => return None,
-            Publisher::Ready(_) | Publisher::Untried => {}
-        }
-        if let Publisher::Ready(link) = std::mem::replace(&mut *publisher, Publisher::Untried) {
-            link::close_connection(&link.connection, "reopening").await;
-        }
-        let name = format!("{}.delay", self.settings.connection_name);
-        let timer = self.metrics.time(op::CONNECT);
-        let connected = link::connect(&self.url, &name, self.settings.connect_timeout).await;
-        timer.stop();
-        let connection = match connected {
-            Ok(connection) => connection,
-            Err(failure) => {
-                warn!(queue = %self.settings.queue, error = %failure, "no connection for delayed copies; holding the deliveries instead");
-                return None;
-            }
-        };
-        let timer = self.metrics.time(op::CHANNEL_OPEN);
-        let opened = async {
-            let channel = link::open_confirm_channel(&connection).await?;
-            bootstrap::declare_delay_queue(&channel, &self.settings.queue).await?;
-            Ok::<_, Failure>(channel)
-        }
-        .await;
-        timer.stop();
-        match opened {
-            Ok(channel) => {
-                *publisher = Publisher::Ready(Box::new(PublisherLink {
-                    connection,
-                    channel: channel.clone(),
-                }));
-                Some(channel)
-            }
-            Err(failure) => {
-                link::close_connection(&connection, "delay queue unusable").await;
-                warn!(queue = %self.settings.queue, error = %failure, "delay queue unusable; releases with a delay hold the delivery instead");
-                if failure.misconfigured {
-                    *publisher = Publisher::Unusable;
-                }
-                None
-            }
-        }
-    }
-
     /// Publishes a copy of each message to the delay queue, then waits for
-    /// the broker's confirms (one deadline for the whole batch).
+    /// the broker's confirms.
     async fn copy_to_delay_queue(
         &self,
-        channel: &Channel,
+        channel: &lapin::Channel,
         held: Vec<(Receipt, DeliveryRef, Held)>,
         delay: Duration,
     ) -> Vec<(Receipt, DeliveryRef, Result<(), String>)> {
@@ -186,52 +104,22 @@ impl Shared {
                     .collect()
             }
         };
-        let mut pending: Vec<(Receipt, DeliveryRef, Result<PublisherConfirm, String>)> =
-            Vec::with_capacity(held.len());
-        for (receipt, delivery, held) in held {
-            let published = channel
-                .basic_publish(
-                    "".into(),
-                    routing_key.clone(),
-                    // Mandatory: a missing delay queue comes back as a
-                    // return instead of the copy vanishing.
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &held.body,
-                    delayed_copy(&held, delay),
-                )
-                .await
-                .map_err(|e| format!("basic.publish to {delay_queue:?}: {e}"));
-            pending.push((receipt, delivery, published));
-        }
-        let timer = self.metrics.time(op::PUBLISH_DELAYED);
-        let deadline = Instant::now() + self.settings.confirm_timeout;
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for (receipt, delivery, published) in pending {
-            let outcome = match published {
-                Err(e) => Err(e),
-                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                    Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-                    Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                        Err(format!("no queue {delay_queue:?} to take the copy"))
-                    }
-                    Ok(Ok(Confirmation::Nack(_))) => Err("the broker nacked the copy".to_owned()),
-                    Ok(Ok(Confirmation::NotRequested)) => {
-                        Err("publisher confirms are off on the delay channel".to_owned())
-                    }
-                    Ok(Err(e)) => Err(format!("confirm of the copy: {e}")),
-                    Err(_) => Err(format!(
-                        "no confirm of the copy within {:?}",
-                        self.settings.confirm_timeout
-                    )),
-                },
-            };
-            outcomes.push((receipt, delivery, outcome));
-        }
-        timer.stop();
-        outcomes
+        let copies = held
+            .iter()
+            .map(|(_, _, held)| Outgoing {
+                routing_key: routing_key.clone(),
+                body: &held.body,
+                properties: delayed_copy(held, delay),
+            })
+            .collect();
+        let what = format!("delay queue {delay_queue:?}");
+        let outcomes = self
+            .publish_confirmed(channel, "", copies, &what, op::PUBLISH_DELAYED)
+            .await;
+        held.into_iter()
+            .zip(outcomes)
+            .map(|((receipt, delivery, _), outcome)| (receipt, delivery, outcome))
+            .collect()
     }
 
     /// Keeps deliveries unacknowledged for `delay`, then requeues them. If
@@ -306,6 +194,7 @@ mod tests {
             message_id: "amqp-1-1-7".to_owned(),
             body: b"{}".to_vec(),
             properties,
+            routing_key: "q".into(),
             receive_count: 3,
             received_at_ms: 1_700_000_000_123,
         }

@@ -7,8 +7,9 @@ use domain::{Receipt, SourceError};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::debug;
 
-use super::Shared;
+use super::{Live, Shared};
 use crate::metrics::op;
+use crate::receipt::DeliveryRef;
 
 /// What to do with a delivery.
 pub(super) enum Settle {
@@ -35,55 +36,76 @@ impl Shared {
     ) -> Result<(), SourceError> {
         let taken = self.take(receipts);
         let mut failed = taken.refused;
-        if !taken.stale.is_empty() {
-            let reason = "delivered on a channel that has closed since: the broker has taken the message back and delivers it again";
-            match how {
-                // Taking it back is what a release asks for.
-                Settle::Requeue => {
-                    debug!(count = taken.stale.len(), "stale receipts released")
-                }
-                Settle::Ack | Settle::Reject => {
-                    failed.extend(taken.stale.into_iter().map(|r| (r, reason.to_owned())))
-                }
-            }
-        }
+        failed.extend(self.stale(&how, taken.stale));
         if let Some(live) = taken.live {
-            for (receipt, delivery, _) in taken.held {
-                let result = match how {
-                    Settle::Ack => {
-                        let timer = self.metrics.time(op::ACK);
-                        let acked = live
-                            .consume
-                            .basic_ack(delivery.tag, BasicAckOptions::default())
-                            .await;
-                        timer.stop();
-                        if acked.is_ok() {
-                            self.metrics.acked();
-                        }
-                        acked
-                    }
-                    Settle::Requeue | Settle::Reject => {
-                        let timer = self.metrics.time(op::NACK);
-                        let nacked = live
-                            .consume
-                            .basic_nack(
-                                delivery.tag,
-                                BasicNackOptions {
-                                    multiple: false,
-                                    requeue: matches!(how, Settle::Requeue),
-                                },
-                            )
-                            .await;
-                        timer.stop();
-                        nacked
-                    }
-                };
-                if let Err(error) = result {
-                    failed.push((receipt, format!("{}: {error}", how.name())));
-                }
-            }
+            let deliveries = taken.held.into_iter().map(|(r, d, _)| (r, d));
+            failed.extend(self.settle_on(&live, &how, deliveries).await);
         }
         self.finish(failed)
+    }
+
+    /// Receipts of a closed channel: nothing to do for a release (the
+    /// broker has taken the message back, as asked), a failure otherwise.
+    pub(super) fn stale(&self, how: &Settle, stale: Vec<Receipt>) -> Vec<(Receipt, String)> {
+        if stale.is_empty() {
+            return Vec::new();
+        }
+        match how {
+            Settle::Requeue => {
+                debug!(count = stale.len(), "stale receipts released");
+                Vec::new()
+            }
+            Settle::Ack | Settle::Reject => {
+                let reason = "delivered on a channel that has closed since: the broker has taken the message back and delivers it again";
+                stale.into_iter().map(|r| (r, reason.to_owned())).collect()
+            }
+        }
+    }
+
+    /// Settles each delivery on `live`, the channel that delivered it;
+    /// returns those that failed, and why.
+    pub(super) async fn settle_on(
+        &self,
+        live: &Live,
+        how: &Settle,
+        deliveries: impl IntoIterator<Item = (Receipt, DeliveryRef)>,
+    ) -> Vec<(Receipt, String)> {
+        let mut failed = Vec::new();
+        for (receipt, delivery) in deliveries {
+            let result = match how {
+                Settle::Ack => {
+                    let timer = self.metrics.time(op::ACK);
+                    let acked = live
+                        .consume
+                        .basic_ack(delivery.tag, BasicAckOptions::default())
+                        .await;
+                    timer.stop();
+                    if acked.is_ok() {
+                        self.metrics.acked();
+                    }
+                    acked
+                }
+                Settle::Requeue | Settle::Reject => {
+                    let timer = self.metrics.time(op::NACK);
+                    let nacked = live
+                        .consume
+                        .basic_nack(
+                            delivery.tag,
+                            BasicNackOptions {
+                                multiple: false,
+                                requeue: matches!(how, Settle::Requeue),
+                            },
+                        )
+                        .await;
+                    timer.stop();
+                    nacked
+                }
+            };
+            if let Err(error) = result {
+                failed.push((receipt, format!("{}: {error}", how.name())));
+            }
+        }
+        failed
     }
 
     /// The answer to a settle call that could not settle `failed`, counted.

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapters_amqp::bootstrap::{self, QueueType};
 use adapters_amqp::{AmqpCommandSource, AmqpSourceSettings, ReleaseDelay};
-use domain::{CommandSource, Receipt, SourceError};
+use domain::{
+    CommandSource, DeadLetter, GiveUpReason, Receipt, SourceError, DETAIL_ATTRIBUTE,
+    REASON_ATTRIBUTE,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
@@ -344,39 +347,110 @@ async fn an_unusable_delay_queue_falls_back_to_holding() {
     source.close().await;
 }
 
+/// A header of a message as text, if it is a string.
+fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        AMQPValue::ShortString(value) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
 #[tokio::test]
-async fn reject_dead_letters_the_message_through_the_dead_letter_exchange() {
-    let scratch = Scratch::new("src-reject").await;
+async fn dead_letter_publishes_a_copy_with_the_reason_to_the_dead_letter_exchange() {
+    let scratch = Scratch::new("src-dead-letter").await;
     let topology = scratch.bootstrap().await;
     let queue = &topology.command_queue;
+    let mut headers = FieldTable::default();
+    headers.insert("trace".into(), AMQPValue::LongString("t-1".into()));
+    let body = "not json \u{0} \u{fffd}";
     scratch
-        .publish(queue, "not json", command_properties("poison", T0))
+        .publish(
+            queue,
+            body,
+            command_properties("poison", T0).with_headers(headers),
+        )
         .await;
     let source = AmqpCommandSource::spawn(url(), source_settings(queue));
 
     let got = receive_n(&source, 1).await;
     assert_eq!(got.len(), 1);
-    source.dead_letter(letters(&got)).await.unwrap();
+    let letter = DeadLetter::new(
+        got[0].clone(),
+        GiveUpReason::Malformed,
+        "expected value at line 1 column 1",
+    );
+    source.dead_letter(vec![letter]).await.unwrap();
     let dead = scratch
         .get_eventually(&topology.dead_letter_queue)
         .await
-        .expect("rejected message in the dead-letter queue");
-    assert_eq!(dead.delivery.data, b"not json");
+        .expect("given-up message in the dead-letter queue");
+    let properties = &dead.delivery.properties;
+    assert_eq!(dead.delivery.data, body.as_bytes());
     assert_eq!(
-        dead.delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str()),
+        properties.message_id().as_ref().map(|id| id.as_str()),
         Some("poison")
     );
-    let headers = dead.delivery.properties.headers().clone().unwrap();
-    let Some(AMQPValue::LongString(reason)) = headers.inner().get("x-first-death-reason") else {
-        panic!("no death reason: {headers:?}");
-    };
-    assert_eq!(reason.to_string(), "rejected");
+    assert_eq!(*properties.timestamp(), Some(T0));
+    assert_eq!(*properties.delivery_mode(), Some(2));
+    assert_eq!(text_header(properties, "trace").as_deref(), Some("t-1"));
+    assert_eq!(
+        text_header(properties, REASON_ATTRIBUTE).as_deref(),
+        Some("malformed")
+    );
+    assert_eq!(
+        text_header(properties, DETAIL_ATTRIBUTE).as_deref(),
+        Some("expected value at line 1 column 1")
+    );
+    // A copy, published once the original was taken: not also rejected.
+    assert_eq!(text_header(properties, "x-first-death-reason"), None);
+    assert!(scratch.get(&topology.dead_letter_queue).await.is_none());
     source.close().await;
     assert_eq!(scratch.depth(queue).await, Some(0));
+}
+
+#[tokio::test]
+async fn without_a_dead_letter_exchange_to_publish_to_a_given_up_message_is_rejected() {
+    let scratch = Scratch::new("src-dl-fallback").await;
+    let topology = scratch.bootstrap().await;
+    let queue = &topology.command_queue;
+    // None configured, and one the broker does not have: either way the
+    // broker dead-letters the rejected message itself, without the reason.
+    for (n, exchange) in [None, Some(scratch.name("no-such-exchange"))]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("poison-{n}");
+        scratch
+            .publish(queue, "not json", command_properties(&id, T0))
+            .await;
+        let settings = AmqpSourceSettings {
+            dead_letter_exchange: exchange.clone(),
+            ..source_settings(queue)
+        };
+        let source = AmqpCommandSource::spawn(url(), settings);
+        let got = receive_n(&source, 1).await;
+        assert_eq!(got.len(), 1, "{exchange:?}");
+        source.dead_letter(letters(&got)).await.unwrap();
+        let dead = scratch
+            .get_eventually(&topology.dead_letter_queue)
+            .await
+            .unwrap_or_else(|| panic!("{exchange:?}: rejected message in the dead-letter queue"));
+        let properties = &dead.delivery.properties;
+        assert_eq!(dead.delivery.data, b"not json");
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            text_header(properties, "x-first-death-reason").as_deref(),
+            Some("rejected"),
+            "{exchange:?}"
+        );
+        assert_eq!(text_header(properties, REASON_ATTRIBUTE), None);
+        source.close().await;
+        assert_eq!(scratch.depth(queue).await, Some(0));
+    }
 }
 
 #[tokio::test]

@@ -66,7 +66,7 @@ pub fn event(client_id: &str, action: &str, body: impl Into<String>) -> Outbound
 }
 
 /// Source settings for tests: short waits and reconnection pauses, a
-/// connection name unique to the test.
+/// connection name unique to the test, the queue's dead-letter exchange.
 pub fn source_settings(queue: &str) -> AmqpSourceSettings {
     AmqpSourceSettings {
         queue: queue.to_owned(),
@@ -74,6 +74,8 @@ pub fn source_settings(queue: &str) -> AmqpSourceSettings {
         reconnect: fast_reconnect(),
         connection_name: format!("{queue}.source"),
         release_delay: ReleaseDelay::DelayQueue,
+        // As `Topology::new` names it.
+        dead_letter_exchange: Some(format!("{queue}.dlx")),
         ..AmqpSourceSettings::default()
     }
 }

@@ -39,7 +39,11 @@ pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
         resources.url.clone(),
         AmqpSourceSettings {
             queue: resources.command_queue.clone(),
+            prefetch: resources.prefetch,
             wait_time: config.downlink.receive_wait,
+            // The one `dev`'s bootstrap declares; a queue declared with
+            // another has its given-up messages rejected to it instead.
+            dead_letter_exchange: Some(topology(resources).dead_letter_exchange),
             ..AmqpSourceSettings::default()
         },
         metrics.clone(),

@@ -108,6 +108,8 @@ pub struct AmqpResources {
     pub command_queue: String,
     /// The topic exchange client messages are published to.
     pub events_exchange: String,
+    /// Most unacknowledged deliveries the broker hands the bridge at once.
+    pub prefetch: u16,
 }
 
 /// How replicas share the command stream (SPEC §5).
@@ -211,6 +213,7 @@ impl Config {
                     })?,
                     command_queue: s.amqp_command_queue.clone(),
                     events_exchange: s.amqp_events_exchange.clone(),
+                    prefetch: s.amqp_prefetch,
                 })
             }
         };

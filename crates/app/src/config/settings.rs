@@ -61,6 +61,12 @@ settings! {
         /// With broker = "amqp", the topic exchange client messages are published
         /// to (routing key = action, headers client_id and action).
         amqp_events_exchange: String = "wsbridge.events".into();
+        /// With broker = "amqp", the most unacknowledged deliveries the broker
+        /// hands the bridge at once (basic.qos), sized for throughput. Commands
+        /// held for a client's acknowledgement occupy it, so it must exceed
+        /// max_unacked_per_client: one client that never acknowledges can then
+        /// never fill it and stall every other client.
+        amqp_prefetch: u16 = 500, range 1..=65_535;
     }
     "scale" {
         /// "shared": every instance consumes the one command queue.

@@ -109,12 +109,16 @@ impl Settings {
                 "amqp_events_exchange",
                 self.amqp_events_exchange != defaults.amqp_events_exchange,
             ),
+            (
+                "amqp_prefetch",
+                self.amqp_prefetch != defaults.amqp_prefetch,
+            ),
         ];
-        let (ignored, applies_to) = match self.broker {
-            Broker::Aws => (amqp_only, "broker = \"amqp\""),
-            Broker::Amqp => (aws_only, "broker = \"aws\""),
+        let (ignored, applies_to): (&[(&str, bool)], _) = match self.broker {
+            Broker::Aws => (&amqp_only, "broker = \"amqp\""),
+            Broker::Amqp => (&aws_only, "broker = \"aws\""),
         };
-        for (field, set) in ignored {
+        for &(field, set) in ignored {
             check(!set, format!("{field}: applies only with {applies_to}"));
         }
         let mode_only = [
@@ -149,6 +153,16 @@ impl Settings {
                     "mode: fanout and sharded need SNS; with broker = \"amqp\" bind one queue \
                      per instance instead"
                         .into(),
+                );
+                // Held deliveries keep their prefetch slots until acknowledged:
+                // one client's allowance must leave slots for everyone else.
+                check(
+                    usize::from(self.amqp_prefetch) > self.max_unacked_per_client,
+                    format!(
+                        "amqp_prefetch: {} must exceed max_unacked_per_client ({}), or one \
+                         client that never acknowledges fills the channel",
+                        self.amqp_prefetch, self.max_unacked_per_client
+                    ),
                 );
                 for (field, value) in [
                     ("amqp_command_queue", &self.amqp_command_queue),

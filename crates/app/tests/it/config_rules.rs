@@ -50,6 +50,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "amqp_url" => ("amqp://guest:guest@127.0.0.1:5672/%2f", vec![AMQP]),
         "amqp_command_queue" => ("other.commands", vec![AMQP, AMQP_URL]),
         "amqp_events_exchange" => ("other.events", vec![AMQP, AMQP_URL]),
+        "amqp_prefetch" => ("250", vec![AMQP, AMQP_URL]),
         "mode" => ("fanout", vec![TOPIC]),
         "shards" => ("16", vec![]),
         "shard_owner" => ("0/2", vec![("BRIDGE_MODE", "sharded"), TOPIC]),
@@ -204,6 +205,31 @@ fn a_fragment_budget_below_the_message_limit_is_refused() {
         ],
     ))
     .unwrap();
+}
+
+#[test]
+fn an_amqp_prefetch_not_above_the_unacknowledged_allowance_is_refused() {
+    let dir = TempDir::new("cfg-prefetch");
+    let amqp = [
+        ("BRIDGE_BROKER", "amqp"),
+        ("BRIDGE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    ];
+    let with = |prefetch: &'static str| {
+        let mut pairs = amqp.to_vec();
+        pairs.push(("BRIDGE_MAX_UNACKED_PER_CLIENT", "100"));
+        pairs.push(("BRIDGE_AMQP_PREFETCH", prefetch));
+        sources(&dir, &pairs)
+    };
+    let error = load_err(&with("100"));
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert!(
+        error.problems[0]
+            .starts_with("amqp_prefetch: 100 must exceed max_unacked_per_client (100)"),
+        "{error}"
+    );
+    Settings::load(&with("101")).unwrap();
+    // The default prefetch leaves room for the default allowance.
+    Settings::load(&sources(&dir, &amqp)).unwrap();
 }
 
 #[test]

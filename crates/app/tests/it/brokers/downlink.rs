@@ -162,8 +162,9 @@ fn malformed_bodies(client: &str) -> Vec<String> {
 }
 
 async fn malformed_messages_are_never_forwarded_and_are_dead_lettered(broker: Broker) {
-    // SQS: sent to the redrive target at their first receive; AMQP:
-    // routed by the queue's dead-letter exchange to `.dlq`.
+    // Given up at their first receive: sent with their reason to the
+    // dead-letter queue (SQS: the RedrivePolicy target; AMQP: through the
+    // queue's dead-letter exchange to `.dlq`).
     let env = broker.env_with(Resources::fast_redrive()).await;
     let bridge = env.bridge(|_| {}).await;
     let erin = client_id("erin");
@@ -179,10 +180,22 @@ async fn malformed_messages_are_never_forwarded_and_are_dead_lettered(broker: Br
     // Only the valid Command reaches the client.
     assert_eq!(next_json(&mut ws).await, good);
 
-    // Each malformed body, byte for byte, in the dead-letter queue.
-    let dead: BTreeSet<String> = env.dead_letters(bad.len()).await.into_iter().collect();
+    // Each malformed body, byte for byte, in the dead-letter queue, with
+    // the reason it was given up.
+    let dead = env.dead_letters(bad.len()).await;
+    let bodies: BTreeSet<String> = dead.iter().map(|d| d.body.clone()).collect();
     let expected: BTreeSet<String> = bad.iter().cloned().collect();
-    assert_eq!(dead, expected);
+    assert_eq!(bodies, expected);
+    for letter in &dead {
+        assert_eq!(letter.reason(), Some("malformed"), "{letter:?}");
+        assert!(
+            letter
+                .attributes
+                .get(domain::DETAIL_ATTRIBUTE)
+                .is_some_and(|detail| !detail.is_empty()),
+            "{letter:?}"
+        );
+    }
     assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
 
     // Never forwarded, however often it was received.
@@ -253,7 +266,7 @@ async fn with_the_drop_policy_a_command_for_an_absent_client_is_removed(broker: 
         "{snapshot:?}"
     );
     // Gone for good: not dead-lettered, and hank connecting now gets nothing.
-    assert_eq!(env.dead_letters(0).await, Vec::<String>::new());
+    assert_eq!(env.dead_letters(0).await, Vec::new());
     let mut ws = bridge.connect(&hank).await;
     assert_silent(&mut ws, QUIET).await;
     assert_eq!(env.pending_commands().await, Pending::NONE);

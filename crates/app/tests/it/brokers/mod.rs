@@ -52,6 +52,7 @@ macro_rules! both_brokers {
 
 mod acks;
 mod downlink;
+mod unacked_limit;
 mod uplink;
 
 /// The broker behind a bridge under test.
@@ -140,6 +141,25 @@ pub struct Event {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// A message taken from the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// The body, as the bridge received it.
+    pub body: String,
+    /// SQS message attributes / AMQP headers with text values (among them
+    /// `wsbridge_reason` and `wsbridge_detail`).
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl DeadLettered {
+    /// The `wsbridge_reason` the bridge gave it.
+    pub fn reason(&self) -> Option<&str> {
+        self.attributes
+            .get(domain::REASON_ATTRIBUTE)
+            .map(String::as_str)
+    }
+}
+
 /// The resources of one test on one broker.
 pub enum TestEnv {
     /// On moto.
@@ -217,7 +237,7 @@ impl TestEnv {
     /// Takes the bodies from the dead-letter queue until at least
     /// `at_least` have arrived or [`PATIENCE`] has passed, then whatever
     /// else arrives within a short while.
-    pub async fn dead_letters(&self, at_least: usize) -> Vec<String> {
+    pub async fn dead_letters(&self, at_least: usize) -> Vec<DeadLettered> {
         match self {
             TestEnv::Moto(env) => env.dead_letters(at_least).await,
             TestEnv::Rabbit(env) => env.dead_letters(at_least).await,

@@ -10,7 +10,7 @@ use app::broker::Connection;
 use app::config::Settings;
 use testkit::{Aws, Received, TestQueue};
 
-use super::{json, Event, Pending, Resources};
+use super::{json, DeadLettered, Event, Pending, Resources};
 use crate::support::{Env, PATIENCE};
 
 /// One test's resources on moto.
@@ -63,7 +63,7 @@ impl MotoEnv {
         Pending::new(visible, in_flight)
     }
 
-    pub async fn dead_letters(&self, at_least: usize) -> Vec<String> {
+    pub async fn dead_letters(&self, at_least: usize) -> Vec<DeadLettered> {
         let queue = &self.env.infra.dead_letter_queue_url;
         let mut got = self
             .env
@@ -71,7 +71,12 @@ impl MotoEnv {
             .receive_at_least(queue, at_least, PATIENCE)
             .await;
         got.extend(self.env.aws.receive_all(queue, LINGER).await);
-        got.into_iter().map(|m| m.body).collect()
+        got.into_iter()
+            .map(|m| DeadLettered {
+                body: m.body,
+                attributes: m.attributes,
+            })
+            .collect()
     }
 }
 

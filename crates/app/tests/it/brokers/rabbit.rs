@@ -7,6 +7,7 @@
 //! queue counts come from `rabbitmqctl` (AMQP itself does not tell how many
 //! messages are unacknowledged).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use adapters_amqp::bootstrap::{self, Topology};
@@ -14,10 +15,11 @@ use adapters_amqp::tools::{self, Monitor, SeenEvent, Target};
 use adapters_amqp::AmqpUrl;
 use app::config::{Broker, Settings};
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
-use super::{json, Event, Pending};
+use super::{json, DeadLettered, Event, Pending};
 use crate::support::{envelope, test_settings, PATIENCE};
 
 /// The broker under test: `WSBRIDGE_TEST_AMQP_URL`, or the local RabbitMQ.
@@ -158,7 +160,7 @@ impl RabbitEnv {
         Pending::new(ready, unacked + delayed + delayed_unacked)
     }
 
-    pub async fn dead_letters(&self, at_least: usize) -> Vec<String> {
+    pub async fn dead_letters(&self, at_least: usize) -> Vec<DeadLettered> {
         let queue = self.topology.dead_letter_queue.as_str();
         let mut got = Vec::new();
         let deadline = Instant::now() + PATIENCE;
@@ -170,7 +172,10 @@ impl RabbitEnv {
                 .await
                 .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
             if let Some(message) = taken {
-                got.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+                got.push(DeadLettered {
+                    body: String::from_utf8_lossy(&message.delivery.data).into_owned(),
+                    attributes: text_headers(&message.delivery.properties),
+                });
                 continue;
             }
             let now = Instant::now();
@@ -185,6 +190,25 @@ impl RabbitEnv {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The headers of a message that hold text.
+fn text_headers(properties: &BasicProperties) -> BTreeMap<String, String> {
+    let Some(headers) = properties.headers() else {
+        return BTreeMap::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(name, value)| {
+            let text = match value {
+                AMQPValue::LongString(text) => text.to_string(),
+                AMQPValue::ShortString(text) => text.to_string(),
+                _ => return None,
+            };
+            Some((name.to_string(), text))
+        })
+        .collect()
 }
 
 impl Drop for RabbitEnv {
