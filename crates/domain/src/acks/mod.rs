@@ -18,8 +18,10 @@ use crate::dedup::RecentIds;
 use crate::ports::{ClientRegistry, CommandSource, Frame, InboundMessage, Receipt};
 use crate::stats::{bump, Stats};
 
+mod extensions;
 mod table;
 
+use extensions::Extensions;
 use table::{Held, Table};
 
 /// Identifies one hand-off of one Command to the connections of its client.
@@ -117,6 +119,8 @@ pub struct PendingAcks {
     visibility: OnceLock<Duration>,
     /// Called when an acknowledgement is waiting to be deleted.
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Extensions in flight, so that no release is undone by one.
+    extensions: Extensions,
 }
 
 impl PendingAcks {
@@ -140,6 +144,7 @@ impl PendingAcks {
             confirmed: Mutex::new(Vec::new()),
             visibility: OnceLock::new(),
             waker: OnceLock::new(),
+            extensions: Extensions::default(),
         }
     }
 
@@ -340,9 +345,7 @@ impl PendingAcks {
         }
         if !release.is_empty() {
             bump(&self.stats.downlink.ack_released, released as u64);
-            if let Err(error) = self.source.release(release, Duration::ZERO).await {
-                warn!(%error, "releasing unacknowledged deliveries failed");
-            }
+            self.release_now(release).await;
         }
         (redelivered, released)
     }
@@ -393,10 +396,16 @@ impl PendingAcks {
             })
             .collect();
         bump(&self.stats.downlink.ack_released, count as u64);
+        self.release_now(receipts).await;
+        count
+    }
+
+    /// Makes the messages visible again at once.
+    async fn release_now(&self, receipts: Vec<Receipt>) {
+        self.extensions.releasing(&receipts);
         if let Err(error) = self.source.release(receipts, Duration::ZERO).await {
             warn!(%error, "releasing unacknowledged deliveries failed");
         }
-        count
     }
 
     /// Sets the visibility of every held message whose visibility is half
@@ -419,17 +428,23 @@ impl PendingAcks {
         // One call per distinct visibility (nearly always one), batched
         // across every held message that is due.
         let mut due: Vec<(Duration, Receipt)> = Vec::new();
-        for held in self.lock().iter_mut() {
-            if now.duration_since(held.visible_since) < visibility / 2 {
-                continue;
+        {
+            let mut table = self.lock();
+            for held in table.iter_mut() {
+                if now.duration_since(held.visible_since) < visibility / 2 {
+                    continue;
+                }
+                let left = MAX_VISIBILITY.saturating_sub(now.duration_since(held.received_at));
+                let extend_to = visibility.min(left);
+                if extend_to < Duration::from_secs(1) {
+                    continue;
+                }
+                held.visible_since = now;
+                due.push((extend_to, held.receipt.clone()));
             }
-            let left = MAX_VISIBILITY.saturating_sub(now.duration_since(held.received_at));
-            let extend_to = visibility.min(left);
-            if extend_to < Duration::from_secs(1) {
-                continue;
-            }
-            held.visible_since = now;
-            due.push((extend_to, held.receipt.clone()));
+            // Marked before the table is unlocked: a release that takes one of
+            // these from the table from now on is seen by the extension.
+            self.extensions.begin(due.iter().map(|(_, r)| r.clone()));
         }
         if due.is_empty() {
             return 0;
@@ -440,9 +455,20 @@ impl PendingAcks {
             let extend_to = group[0].0;
             let receipts: Vec<Receipt> = group.iter().map(|(_, r)| r.clone()).collect();
             let count = receipts.len();
-            match self.source.extend(receipts, extend_to).await {
+            let result = self.source.extend(receipts.clone(), extend_to).await;
+            match result {
                 Ok(()) => extended += count,
                 Err(error) => warn!(%error, "extending the visibility of held deliveries failed"),
+            }
+            let again = self.extensions.end(&receipts);
+            if !again.is_empty() {
+                debug!(
+                    count = again.len(),
+                    "released during their extension: released again"
+                );
+                if let Err(error) = self.source.release(again, Duration::ZERO).await {
+                    warn!(%error, "releasing unacknowledged deliveries failed");
+                }
             }
         }
         bump(&self.stats.downlink.visibility_extended, extended as u64);
