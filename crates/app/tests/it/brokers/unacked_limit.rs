@@ -129,7 +129,8 @@ async fn a_client_that_never_acknowledges_does_not_stall_the_others(broker: Brok
     );
     let stats = bridge.stats.downlink.snapshot();
     assert!(stats.deferred > 0, "{stats:?}");
-    assert!(stats.ack_released > 0, "{stats:?}");
+    // Still connected: delivered again from the hold, not through the queue.
+    assert!(stats.ack_redelivered > 0, "{stats:?}");
     assert_eq!(
         stats.acknowledged_by_client,
         (ACKING_CLIENTS * PER_ACKING_CLIENT) as u64,
