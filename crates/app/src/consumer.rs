@@ -1,51 +1,137 @@
-//! The command consumer: a few long-poll loops driving the downlink use case,
-//! backing off with jitter while the source fails, stopping on shutdown
-//! without abandoning a batch it already holds, nor (within a grace period)
-//! a receive already in flight.
+//! The command consumer: long-poll loops driving the downlink use case,
+//! as many as the load asks for between a floor and a ceiling, backing off
+//! with jitter while the source fails, stopping on shutdown without
+//! abandoning a batch it already holds, nor (within a grace period) a
+//! receive already in flight.
+//!
+//! # Adapting to the load
+//!
+//! Against a remote queue each receive costs a round trip (10–20 ms in an
+//! AWS region), so one loop cannot take more than a few hundred Commands a
+//! second. The consumer starts `min` loops; a loop whose receive came back
+//! full (as many messages as one receive may take) starts another, up to
+//! `max`; a loop whose receive came back short retires, down to `min`. At
+//! the floor the loops long-poll an idle queue, so idling costs what it did
+//! with a fixed number of loops. (AWS's own guidance for SQS consumers:
+//! scale the number of concurrent receivers on the batch sizes they get.)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{Downlink, SourceError};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// First and largest pause after a failed receive.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Starts `pollers` loops; each starts no new receive once `stop` is
-/// cancelled. A receive in flight then is waited for, for at most
+/// How many receive loops run, and what one receive may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pollers {
+    /// Loops that always run.
+    pub min: usize,
+    /// Loops that may run under load.
+    pub max: usize,
+    /// Messages one receive may take: a receive that brings this many is full.
+    pub batch: usize,
+}
+
+/// The loops' shared view: how many run, and where a loop asks for another.
+struct Crew {
+    pollers: Pollers,
+    running: AtomicUsize,
+    grow: mpsc::UnboundedSender<()>,
+}
+
+impl Crew {
+    /// A full receive: one more loop, unless at the ceiling.
+    fn ask_for_another(&self) {
+        let _ = self.grow.send(());
+    }
+
+    /// A short receive: whether this loop may retire (above the floor).
+    /// Decided and counted in one step, so the floor is never crossed.
+    fn may_retire(&self) -> bool {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > self.pollers.min).then(|| n - 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Starts the consumer; the returned task ends once every loop has stopped
+/// after `stop` was cancelled. Each loop starts no new receive once `stop`
+/// is cancelled; a receive in flight then is waited for, for at most
 /// `receive_grace`, and what it brings is settled.
 pub fn spawn(
     downlink: Arc<Downlink>,
-    pollers: usize,
+    pollers: Pollers,
     stop: CancellationToken,
     receive_grace: Duration,
-) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    for poller in 0..pollers {
-        tasks.spawn(poll_loop(
-            poller,
-            downlink.clone(),
-            stop.clone(),
-            receive_grace,
-        ));
-    }
-    tasks
+) -> JoinHandle<()> {
+    let pollers = Pollers {
+        min: pollers.min.max(1),
+        max: pollers.max.max(pollers.min.max(1)),
+        batch: pollers.batch.max(1),
+    };
+    let (grow, mut asked) = mpsc::unbounded_channel();
+    let crew = Arc::new(Crew {
+        pollers,
+        running: AtomicUsize::new(0),
+        grow,
+    });
+    tokio::spawn(async move {
+        let mut loops = JoinSet::new();
+        let mut next_id = 0usize;
+        let mut start = |loops: &mut JoinSet<()>| {
+            crew.running.fetch_add(1, Ordering::AcqRel);
+            loops.spawn(poll_loop(
+                next_id,
+                downlink.clone(),
+                crew.clone(),
+                stop.clone(),
+                receive_grace,
+            ));
+            next_id += 1;
+        };
+        for _ in 0..pollers.min {
+            start(&mut loops);
+        }
+        loop {
+            tokio::select! {
+                Some(()) = asked.recv(), if !stop.is_cancelled() => {
+                    if crew.running.load(Ordering::Acquire) < pollers.max {
+                        start(&mut loops);
+                        debug!(running = crew.running.load(Ordering::Acquire), "receive loop added");
+                    }
+                }
+                joined = loops.join_next() => {
+                    if joined.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
 }
 
 async fn poll_loop(
     poller: usize,
     downlink: Arc<Downlink>,
+    crew: Arc<Crew>,
     stop: CancellationToken,
     receive_grace: Duration,
 ) {
-    info!(poller, "command poller started");
+    debug!(poller, "command poller started");
     let mut failures: u32 = 0;
     loop {
         if stop.is_cancelled() {
+            crew.running.fetch_sub(1, Ordering::AcqRel);
             break;
         }
         // SQS hands messages to a receive request, not to a connection:
@@ -66,17 +152,25 @@ async fn poll_loop(
                         "receive still in flight at shutdown abandoned; what it takes \
                          comes back after the queue's visibility timeout"
                     );
+                    crew.running.fetch_sub(1, Ordering::AcqRel);
                     break;
                 }
             },
         };
         match received {
             Ok(batch) => {
+                let full = batch.len() >= crew.pollers.batch;
                 downlink.process(batch).await;
                 if failures > 0 {
                     info!(poller, failures, "command source reachable again");
                 }
                 failures = 0;
+                if full {
+                    crew.ask_for_another();
+                } else if crew.may_retire() {
+                    debug!(poller, "receive loop retired");
+                    break;
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -90,14 +184,21 @@ async fn poll_loop(
                     }
                     _ => {}
                 }
+                // A failing source is no load: back to the floor.
+                if crew.may_retire() {
+                    break;
+                }
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stop.cancelled() => {
+                        crew.running.fetch_sub(1, Ordering::AcqRel);
+                        break;
+                    }
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
     }
-    info!(poller, "command poller stopped");
+    debug!(poller, "command poller stopped");
 }
 
 /// Exponential backoff with full jitter in the upper half.
@@ -121,5 +222,23 @@ mod tests {
         }
         assert!(backoff(1) <= BACKOFF_MIN);
         assert!(backoff(10) >= BACKOFF_MAX / 2);
+    }
+
+    #[test]
+    fn loops_retire_down_to_the_floor_and_never_below() {
+        let (grow, _asked) = mpsc::unbounded_channel();
+        let crew = Crew {
+            pollers: Pollers {
+                min: 2,
+                max: 8,
+                batch: 10,
+            },
+            running: AtomicUsize::new(4),
+            grow,
+        };
+        assert!(crew.may_retire());
+        assert!(crew.may_retire());
+        assert!(!crew.may_retire(), "two loops stay");
+        assert_eq!(crew.running.load(Ordering::Acquire), 2);
     }
 }

@@ -19,5 +19,6 @@ pub mod consumer;
 pub mod jwt_crypto;
 pub mod metrics;
 pub mod routes;
+pub mod settler;
 pub mod startup;
 pub mod telemetry;

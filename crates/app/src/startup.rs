@@ -126,9 +126,13 @@ impl Application {
         let mut server = tokio::spawn(self.server);
         let polling = CancellationToken::new();
         let deadline = self.config.server.shutdown_timeout;
-        let mut pollers: JoinSet<()> = consumer::spawn(
+        let pollers = consumer::spawn(
             self.downlink.clone(),
-            self.config.downlink.pollers,
+            consumer::Pollers {
+                min: self.config.downlink.pollers,
+                max: self.config.downlink.pollers_max,
+                batch: RECEIVE_BATCH,
+            },
             polling.clone(),
             receive_grace(self.config.downlink.receive_wait, deadline),
         );
@@ -165,7 +169,7 @@ impl Application {
             // What cannot be handed off from here on is released at once.
             self.downlink.drain();
             polling.cancel();
-            while pollers.join_next().await.is_some() {}
+            let _ = pollers.await;
             let _ = sweeper.await;
             self.closing.cancel();
             // Before waiting on any client (a stalled one may hold the wait
@@ -216,6 +220,10 @@ impl Application {
 fn receive_grace(receive_wait: Duration, deadline: Duration) -> Duration {
     (receive_wait + Duration::from_secs(1)).min(deadline / 2)
 }
+
+/// Messages one receive takes at most (SQS's limit): a receive that brings
+/// this many is full, and the consumer adds a loop.
+const RECEIVE_BATCH: usize = 10;
 
 /// What a graceful shutdown that missed its deadline left behind.
 struct Leftovers {

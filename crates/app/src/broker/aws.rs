@@ -15,19 +15,25 @@ use tracing::{info, warn};
 
 use super::{BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
 use crate::config::{AwsResources, BrokerConfig, Config, ConfigError};
+use crate::settler::{Settler, SettlerSettings};
 
 /// The resource names `dev` uses when the configuration names none.
 const DEV_COMMAND_QUEUE: &str = "wsbridge-commands";
 const DEV_EVENTS_TOPIC: &str = "wsbridge-events";
 const DEV_COMMANDS_TOPIC: &str = "wsbridge-commands";
 
-/// What shutdown flushes: every publish already queued is answered.
-pub struct Closer(SnsEventSink);
+/// What shutdown flushes: every delete and release already queued is sent,
+/// every publish already queued is answered.
+pub struct Closer {
+    settler: Arc<Settler>,
+    sink: SnsEventSink,
+}
 
 impl Closer {
-    /// Waits for the sink's pending publishes.
+    /// Waits for the settler's queued settles and the sink's pending publishes.
     pub async fn close(&self) {
-        self.0.flush().await;
+        self.settler.close().await;
+        self.sink.flush().await;
     }
 }
 
@@ -59,12 +65,21 @@ pub fn connect(
         },
         metrics.clone(),
     );
-    let source: Arc<dyn CommandSource> = Arc::new(source);
+    // Deletes and releases leave the receive path: batched across pollers
+    // and sent in the background.
+    let settler = Settler::spawn(
+        Arc::new(source),
+        SettlerSettings {
+            linger: config.downlink.settle_linger,
+            ..SettlerSettings::default()
+        },
+    );
+    let source: Arc<dyn CommandSource> = settler.clone();
     let events: Arc<dyn EventSink> = Arc::new(sink.clone());
     Ok(Ports {
         source,
         sink: events,
-        closer: super::Closer(CloserKind::Aws(Closer(sink))),
+        closer: super::Closer(CloserKind::Aws(Closer { settler, sink })),
         status: BrokerStatus::new({
             let metrics = metrics.clone();
             move || metrics.not_ready_reason()

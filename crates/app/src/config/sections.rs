@@ -145,8 +145,12 @@ pub struct Fleet {
 /// The command consumer and the delivery rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Downlink {
-    /// Concurrent long-poll loops.
+    /// Long-poll loops that always run.
     pub pollers: usize,
+    /// Long-poll loops that may run under load.
+    pub pollers_max: usize,
+    /// How long a delete or release waits for others to share its call.
+    pub settle_linger: Duration,
     /// Long-poll wait of each receive.
     pub receive_wait: Duration,
     /// The delivery rules of the downlink use case.
@@ -259,6 +263,8 @@ impl Config {
             },
             downlink: Downlink {
                 pollers: s.pollers,
+                pollers_max: s.pollers_max.max(s.pollers),
+                settle_linger: Duration::from_millis(s.settle_linger_ms),
                 receive_wait: Duration::from_secs(s.receive_wait_secs),
                 delivery: DownlinkSettings {
                     undeliverable,

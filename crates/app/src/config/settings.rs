@@ -100,8 +100,19 @@ settings! {
         gc_stale_after_secs: u64 = 300, range 2..=2_592_000;
     }
     "downlink" {
-        /// Concurrent long-poll loops.
+        /// Long-poll loops that always run (the floor; at it an idle queue
+        /// costs one long poll per loop per receive_wait_secs).
         pollers: usize = 2, range 1..=64;
+        /// Long-poll loops that may run under load: a receive that comes back
+        /// full starts another loop, up to this many; one that comes back short
+        /// retires its loop, down to `pollers`. Against SQS (10–20 ms a call)
+        /// one loop takes a few hundred Commands a second. Values below
+        /// `pollers` count as `pollers`.
+        pollers_max: usize = 32, range 1..=256;
+        /// With broker = "aws": how long a delete or visibility change waits
+        /// for others to share its batch call, in milliseconds (deletes are
+        /// sent in the background, never on a poller's receive path).
+        settle_linger_ms: u64 = 5, range 0..=10_000;
         /// Long-poll wait of each receive, in seconds (SQS allows 0..=20).
         receive_wait_secs: u64 = 20, range 0..=20;
         /// What happens to a Command for a client not connected here: "retry"

@@ -98,6 +98,14 @@ impl Settings {
             ("command_queue_url", self.command_queue_url.is_some()),
             ("events_topic_arn", self.events_topic_arn.is_some()),
             ("commands_topic_arn", self.commands_topic_arn.is_some()),
+            (
+                "dead_letter_queue_url",
+                self.dead_letter_queue_url.is_some(),
+            ),
+            (
+                "settle_linger_ms",
+                self.settle_linger_ms != defaults.settle_linger_ms,
+            ),
         ];
         let amqp_only = [
             ("amqp_url", self.amqp_url.is_some()),

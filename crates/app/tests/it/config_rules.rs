@@ -60,6 +60,8 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "instance_heartbeat_secs" => ("30", vec![]),
         "gc_stale_after_secs" => ("600", vec![]),
         "pollers" => ("4", vec![]),
+        "pollers_max" => ("12", vec![]),
+        "settle_linger_ms" => ("20", vec![]),
         "receive_wait_secs" => ("3", vec![]),
         "undeliverable" => ("drop", vec![]),
         "retry_delay_secs" => ("6", vec![]),
