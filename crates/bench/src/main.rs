@@ -52,9 +52,11 @@ struct Cli {
     /// Do not run `cargo build` for the wsbridge binary.
     #[arg(long)]
     no_build: bool,
-    /// Latency of every stub call, in ms (AWS: 10–30).
-    #[arg(long, default_value_t = 0)]
-    latency_ms: u64,
+    /// Latency of every stub call, in ms (AWS: 10–30); several,
+    /// comma-separated (e.g. 0,5,20), run the workloads once per latency,
+    /// each row tagged with its latency.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64])]
+    latency_ms: Vec<u64>,
     /// BRIDGE_POLLERS for the bridge (default: the bridge's own default).
     #[arg(long)]
     pollers: Option<usize>,
@@ -203,8 +205,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     let report = runtime.block_on(async {
+        let first_latency = cli.latency_ms.first().copied().unwrap_or(0);
         let mut ctx =
-            workloads::Ctx::new(cli.smoke, bin.clone(), target.join("logs"), cli.latency_ms);
+            workloads::Ctx::new(cli.smoke, bin.clone(), target.join("logs"), first_latency);
         ctx.pollers = cli.pollers;
         ctx.rates = cli.rates.clone();
         ctx.sizes = cli.sizes.clone();
@@ -218,24 +221,37 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             .unwrap_or_default();
         ctx.report.mode = if cli.smoke { "smoke" } else { "full" }.into();
         ctx.report.machine = procfs::machine();
-        ctx.report
-            .settings
-            .insert("stub_latency_ms".into(), cli.latency_ms.into());
+        ctx.report.settings.insert(
+            "stub_latency_ms".into(),
+            serde_json::to_value(&cli.latency_ms).unwrap_or_default(),
+        );
         ctx.report
             .settings
             .insert("bridge_binary".into(), bin.display().to_string().into());
         ctx.report.settings.insert(
             "bridge_pollers".into(),
             cli.pollers
-                .map_or("default (2)".into(), |p| p.to_string())
+                .map_or("default (2, adaptive up to 32)".into(), |p| p.to_string())
                 .into(),
         );
         ctx.report.settings.insert(
             "load_average_at_start".into(),
             procfs::load_average().into(),
         );
-        for name in &names {
-            workloads::run(&mut ctx, name).await;
+        let tag = cli.latency_ms.len() > 1;
+        for &latency in &cli.latency_ms {
+            // A stub of its own per latency.
+            ctx.finish().await;
+            ctx.latency_ms = latency;
+            let first_row = ctx.report.rows.len();
+            for name in &names {
+                workloads::run(&mut ctx, name).await;
+            }
+            if tag {
+                for row in &mut ctx.report.rows[first_row..] {
+                    row.case = format!("{} @{latency}ms", row.case);
+                }
+            }
         }
         ctx.report
             .settings
