@@ -251,7 +251,94 @@ async fn send(inner: &dyn CommandSource, settle: Settle, receipts: Vec<Receipt>)
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex as StdMutex;
+
     use super::*;
+
+    /// A source that takes 50 ms per settle call and records each.
+    #[derive(Default)]
+    struct Slow {
+        calls: StdMutex<Vec<(Settle, usize)>>,
+    }
+
+    #[async_trait]
+    impl CommandSource for Slow {
+        async fn receive(&self) -> Result<Vec<InboundMessage>, SourceError> {
+            Ok(Vec::new())
+        }
+        async fn acknowledge(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.calls
+                .lock()
+                .unwrap()
+                .push((Settle::Acknowledge, receipts.len()));
+            Ok(())
+        }
+        async fn release(
+            &self,
+            receipts: Vec<Receipt>,
+            delay: Duration,
+        ) -> Result<(), SourceError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.calls
+                .lock()
+                .unwrap()
+                .push((Settle::Release(delay), receipts.len()));
+            Ok(())
+        }
+        async fn dead_letter(&self, _: Vec<DeadLetter>) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn visibility_timeout(&self) -> Option<Duration> {
+            None
+        }
+        async fn extend(&self, _: Vec<Receipt>, _: Duration) -> Result<(), SourceError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn settles_are_answered_at_once_batched_and_flushed() {
+        let slow = Arc::new(Slow::default());
+        let settler = Settler::spawn(
+            slow.clone(),
+            SettlerSettings {
+                linger: Duration::from_secs(60),
+                concurrency: 4,
+            },
+        );
+        let started = std::time::Instant::now();
+        for chunk in receipts(25).chunks(5) {
+            settler.acknowledge(chunk.to_vec()).await.unwrap();
+        }
+        settler
+            .release(receipts(3), Duration::from_secs(7))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(40),
+            "the pollers never wait for a settle call"
+        );
+        // Full batches go without waiting for the linger.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            *slow.calls.lock().unwrap(),
+            vec![(Settle::Acknowledge, 10), (Settle::Acknowledge, 10)]
+        );
+        // The rest waits for its linger, or a flush.
+        settler.close().await;
+        let mut calls = slow.calls.lock().unwrap().clone();
+        calls.sort_by_key(|(s, n)| (format!("{s:?}"), *n));
+        assert_eq!(
+            calls,
+            vec![
+                (Settle::Acknowledge, 5),
+                (Settle::Acknowledge, 10),
+                (Settle::Acknowledge, 10),
+                (Settle::Release(Duration::from_secs(7)), 3),
+            ]
+        );
+    }
 
     fn receipts(n: usize) -> Vec<Receipt> {
         (0..n).map(|i| Receipt::new(format!("r{i}"))).collect()
