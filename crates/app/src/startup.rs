@@ -11,7 +11,6 @@ use adapters_aws::AwsMetrics;
 use adapters_ws::WsClientRegistry;
 use anyhow::Context;
 use domain::{Downlink, PendingAcks, Stats, Uplink};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -257,30 +256,23 @@ async fn tend_held_deliveries(acks: Arc<PendingAcks>, stop: CancellationToken) {
     }
 }
 
-/// Deletes the messages of acknowledged deliveries in batches, several
-/// calls at once, as soon as acknowledgements arrive; once `stop` is
-/// cancelled, deletes what is left and returns.
+/// Hands the acknowledged deliveries' messages to the source for deletion
+/// as soon as acknowledgements arrive (on SQS the settler batches them and
+/// answers at once; an AMQP ack is a local channel write); once `stop` is
+/// cancelled, hands over what is left and returns.
 async fn settle_acknowledged(acks: Arc<PendingAcks>, stop: CancellationToken) {
-    /// Delete calls in flight at once.
-    const CONCURRENT: usize = 8;
     let wake = Arc::new(tokio::sync::Notify::new());
     {
         let wake = wake.clone();
         acks.set_waker(move || wake.notify_one());
     }
-    let mut calls = JoinSet::new();
     loop {
-        while acks.confirmed_len() > 0 && calls.len() < CONCURRENT {
-            let acks = acks.clone();
-            calls.spawn(async move { acks.settle_confirmed().await });
-        }
+        while acks.settle_confirmed().await > 0 {}
         tokio::select! {
             _ = wake.notified() => {}
-            Some(_) = calls.join_next(), if !calls.is_empty() => {}
             _ = stop.cancelled() => break,
         }
     }
-    while calls.join_next().await.is_some() {}
     while acks.settle_confirmed().await > 0 {}
 }
 

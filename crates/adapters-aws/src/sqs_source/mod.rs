@@ -185,11 +185,12 @@ impl SqsCommandSource {
     /// deletes them.
     async fn give_up(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
         let facts = self.facts().await?;
+        // The downlink has logged each one (id, reason, body); here only
+        // where they went.
         for letter in &letters {
-            warn!(
+            debug!(
                 message_id = %letter.message.message_id,
                 reason = letter.reason.as_str(),
-                detail = %letter.detail,
                 dead_letter_queue = facts.dead_letter_url.as_deref().unwrap_or("none: deleted"),
                 "command given up"
             );
