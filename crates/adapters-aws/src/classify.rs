@@ -1,4 +1,5 @@
-//! Turning SDK errors into the domain's decisions, in one place.
+//! Turning SDK and lean-client errors into the domain's decisions, in one
+//! place.
 
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -21,12 +22,22 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let code = err.code().map(str::to_owned);
     let text = format!("{operation}: {}", DisplayErrorContext(&err));
+    classified(err.code(), text)
+}
+
+/// [`SourceError::Misconfigured`] when AWS's error `code` says the queue or
+/// the credentials are wrong, else [`SourceError::Unavailable`].
+pub(crate) fn classified(code: Option<&str>, text: String) -> SourceError {
     match code {
-        Some(code) if MISCONFIGURED.contains(&code.as_str()) => SourceError::Misconfigured(text),
+        Some(code) if MISCONFIGURED.contains(&code) => SourceError::Misconfigured(text),
         _ => SourceError::Unavailable(text),
     }
+}
+
+/// An error with its cause chain, on one line.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    DisplayErrorContext(err).to_string()
 }
 
 /// A readable one-line rendering of any SDK error, with its cause chain.
@@ -52,6 +63,11 @@ where
         (Some(code), None) => code.to_owned(),
         (None, _) => DisplayErrorContext(err).to_string(),
     };
+    reason_line(service, operation, &detail)
+}
+
+/// `"<service> <operation>: <detail>"` on one line, cut to [`REASON_CHARS`].
+pub(crate) fn reason_line(service: &str, operation: &str, detail: &str) -> String {
     let line: String = format!("{service} {operation}: {detail}")
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

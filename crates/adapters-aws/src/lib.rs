@@ -2,6 +2,8 @@
 //!
 //! - [`SqsCommandSource`] implements `domain::CommandSource` over an SQS queue
 //!   (long polling, batched deletes, visibility changes).
+//!   Its three hot calls go through [`SqsHttpClient`], a lean client on the
+//!   SDK's signing crate, when the bridge is so configured (the default).
 //! - [`SnsEventSink`] implements `domain::EventSink` over an SNS topic
 //!   (`PublishBatch` after a short linger, `client_id`/`action` attributes).
 //! - [`AwsMetrics`] holds what both count and time of their calls and the
@@ -23,9 +25,11 @@ pub mod metrics;
 pub mod sdk;
 pub mod sharded;
 mod sns_sink;
+mod sqs_http;
 mod sqs_source;
 pub mod tools;
 
 pub use metrics::AwsMetrics;
 pub use sns_sink::{SnsEventSink, SnsSinkSettings};
+pub use sqs_http::SqsHttpClient;
 pub use sqs_source::{SqsCommandSource, SqsSourceSettings};

@@ -1,5 +1,6 @@
 //! Loading the shared AWS SDK configuration.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
@@ -68,6 +69,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     /// SNS client.
     pub sns: aws_sdk_sns::Client,
+    /// The configuration they were built from (for the lean SQS client).
+    pub config: Arc<SdkConfig>,
 }
 
 impl Clients {
@@ -102,6 +105,7 @@ impl Clients {
         Self {
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             sns: aws_sdk_sns::Client::from_conf(sns),
+            config: Arc::new(config.clone()),
         }
     }
 }

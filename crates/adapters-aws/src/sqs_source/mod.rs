@@ -4,26 +4,24 @@
 //! dead-letter queue) is in `queue`; the dead-letter entries in `dead_letter`.
 
 mod dead_letter;
+mod inbound;
 mod queue;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
-    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
 };
 use aws_sdk_sqs::Client;
 use domain::stats::Histogram;
-use domain::{
-    AttributeValue, CommandSource, DeadLetter, InboundMessage, MessageAttribute, Receipt,
-    SourceError,
-};
+use domain::{CommandSource, DeadLetter, InboundMessage, Receipt, SourceError};
 use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
@@ -31,6 +29,8 @@ use tracing::{debug, warn};
 use crate::classify::{failure_reason, source_error};
 use crate::metrics::AwsMetrics;
 use crate::sdk::{SETTLE_ATTEMPT_TIMEOUT, SETTLE_TIMEOUT};
+use crate::sqs_http::{BatchEntry, BatchFailure, CallError, SqsHttpClient};
+use inbound::SYSTEM_ATTRIBUTES;
 use queue::QueueFacts;
 
 /// SQS's limit on entries in one batch call.
@@ -73,6 +73,9 @@ pub struct SqsCommandSource {
     /// visibility changes and dead-letter sends: a black-holed endpoint
     /// must not pin a poller in its settle for minutes.
     settle_client: Client,
+    /// When set, receives, deletes and visibility changes go through it
+    /// instead of the SDK (which keeps every other call).
+    http: Option<SqsHttpClient>,
     queue_url: String,
     settings: SqsSourceSettings,
     /// The queue's visibility timeout and dead-letter queue, learnt once.
@@ -135,6 +138,7 @@ impl SqsCommandSource {
         Self {
             settle_client: Client::from_conf(settle_config),
             client,
+            http: None,
             queue_url: queue_url.into(),
             settings,
             facts: OnceCell::new(),
@@ -150,6 +154,13 @@ impl SqsCommandSource {
     pub fn with_metrics(mut self, metrics: AwsMetrics) -> Self {
         self.calls = SqsCalls::new(&metrics);
         self.metrics = metrics;
+        self
+    }
+
+    /// Sends the three hot calls (ReceiveMessage, DeleteMessageBatch,
+    /// ChangeMessageVisibilityBatch) through `http` instead of the SDK.
+    pub fn with_http_client(mut self, http: SqsHttpClient) -> Self {
+        self.http = Some(http);
         self
     }
 
@@ -265,6 +276,63 @@ impl SqsCommandSource {
         Ok((sent, reason))
     }
 
+    /// A receive through the SDK; on failure, the error and `/ready`'s reason.
+    async fn receive_sdk(
+        &self,
+        wait: Duration,
+    ) -> Result<Vec<InboundMessage>, (SourceError, String)> {
+        let mut call = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(self.settings.max_messages)
+            .wait_time_seconds(wait.as_secs() as i32)
+            // Kept so that a message given up reaches the dead-letter queue
+            // with them.
+            .message_attribute_names("All");
+        for name in SYSTEM_ATTRIBUTES {
+            call = call.message_system_attribute_names(MessageSystemAttributeName::from(name));
+        }
+        // Includes the long-poll wait: an idle queue reads as slow receives.
+        match timed(&self.calls.receive, call.send()).await {
+            Ok(out) => Ok(out
+                .messages
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(inbound::inbound)
+                .collect()),
+            Err(e) => {
+                let reason = failure_reason("SQS", "ReceiveMessage", &e);
+                Err((source_error("ReceiveMessage", e), reason))
+            }
+        }
+    }
+
+    /// A receive through the lean client.
+    async fn receive_http(
+        &self,
+        http: &SqsHttpClient,
+        wait: Duration,
+    ) -> Result<Vec<InboundMessage>, (SourceError, String)> {
+        let call = http.receive(
+            &self.queue_url,
+            self.settings.max_messages,
+            wait,
+            &SYSTEM_ATTRIBUTES,
+            &["All"],
+        );
+        match timed(&self.calls.receive, call).await {
+            Ok(messages) => Ok(messages
+                .into_iter()
+                .filter_map(inbound::from_wire)
+                .collect()),
+            Err(e) => Err((
+                e.source_error("ReceiveMessage"),
+                e.failure_reason("ReceiveMessage"),
+            )),
+        }
+    }
+
     async fn delete(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
         let receipts = distinct(receipts);
         let distinct = receipts.len() as u64;
@@ -280,6 +348,17 @@ impl SqsCommandSource {
     }
 
     async fn delete_batches(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
+        if let Some(http) = &self.http {
+            return self
+                .in_batches("DeleteMessageBatch", receipts, |chunk| {
+                    let entries = http_entries(chunk, None);
+                    async move {
+                        let call = http.delete_batch(&self.queue_url, entries);
+                        http_failures("DeleteMessageBatch", timed(&self.calls.delete, call).await)
+                    }
+                })
+                .await;
+        }
         self.in_batches("DeleteMessageBatch", receipts, |chunk| {
             let entries = chunk
                 .iter()
@@ -314,6 +393,24 @@ impl SqsCommandSource {
         delay: Duration,
     ) -> Result<(), SourceError> {
         let seconds = delay.min(MAX_VISIBILITY).as_secs_f64().ceil() as i32;
+        if let Some(http) = &self.http {
+            return self
+                .in_batches(
+                    "ChangeMessageVisibilityBatch",
+                    distinct(receipts),
+                    |chunk| {
+                        let entries = http_entries(chunk, Some(seconds));
+                        async move {
+                            let call = http.change_visibility_batch(&self.queue_url, entries);
+                            http_failures(
+                                "ChangeMessageVisibilityBatch",
+                                timed(&self.calls.change_visibility, call).await,
+                            )
+                        }
+                    },
+                )
+                .await;
+        }
         self.in_batches(
             "ChangeMessageVisibilityBatch",
             distinct(receipts),
@@ -480,6 +577,34 @@ fn failed_entries(failed: &[BatchResultErrorEntry]) -> Vec<FailedEntry> {
         .collect()
 }
 
+/// Batch entries of the lean client: ids are positions in the chunk.
+fn http_entries(chunk: &[Receipt], visibility: Option<i32>) -> Vec<BatchEntry> {
+    chunk
+        .iter()
+        .zip(ENTRY_IDS)
+        .map(|(r, id)| BatchEntry {
+            id,
+            receipt_handle: r.token().to_owned(),
+            visibility_timeout: visibility,
+        })
+        .collect()
+}
+
+/// The lean client's batch answer as the source's failed entries.
+fn http_failures(
+    operation: &str,
+    answer: Result<Vec<BatchFailure>, CallError>,
+) -> Result<Vec<FailedEntry>, SourceError> {
+    let failed = answer.map_err(|e| e.source_error(operation))?;
+    Ok(failed
+        .into_iter()
+        .map(|f| {
+            let reason = describe_entry(&f.code, f.message.as_deref());
+            (f.id, f.sender_fault, reason)
+        })
+        .collect())
+}
+
 fn describe_entry(code: &str, message: Option<&str>) -> String {
     match message {
         Some(message) => format!("{code}: {message}"),
@@ -501,26 +626,15 @@ impl CommandSource for SqsCommandSource {
         } else {
             Duration::ZERO
         };
-        let call = self
-            .client
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(self.settings.max_messages)
-            .wait_time_seconds(wait.as_secs() as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            // Kept so that a message given up reaches the dead-letter queue
-            // with them.
-            .message_attribute_names("All")
-            .send();
-        // Includes the long-poll wait: an idle queue reads as slow receives.
-        let out = match timed(&self.calls.receive, call).await {
-            Ok(out) => out,
-            Err(e) => {
-                self.metrics
-                    .receive_failed(failure_reason("SQS", "ReceiveMessage", &e));
-                return Err(source_error("ReceiveMessage", e));
+        let received = match &self.http {
+            Some(http) => self.receive_http(http, wait).await,
+            None => self.receive_sdk(wait).await,
+        };
+        let messages = match received {
+            Ok(messages) => messages,
+            Err((error, reason)) => {
+                self.metrics.receive_failed(reason);
+                return Err(error);
             }
         };
         self.metrics.receive_succeeded();
@@ -531,12 +645,7 @@ impl CommandSource for SqsCommandSource {
                 warn!(%error, "cannot read the command queue's attributes yet");
             }
         }
-        Ok(out
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(inbound)
-            .collect())
+        Ok(messages)
     }
 
     async fn acknowledge(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
@@ -570,49 +679,4 @@ impl CommandSource for SqsCommandSource {
         self.metrics
             .settled(self.change_visibility(receipts, visibility).await)
     }
-}
-
-fn inbound(message: Message) -> Option<InboundMessage> {
-    let system = message.attributes.as_ref();
-    let attr = |name: MessageSystemAttributeName| system.and_then(|a| a.get(&name));
-    let sent_at = attr(MessageSystemAttributeName::SentTimestamp)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
-    let attributes = message
-        .message_attributes
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(name, value)| attribute(name, value))
-        .collect();
-    let message_id = message.message_id.unwrap_or_default();
-    let Some(receipt) = message.receipt_handle else {
-        warn!(%message_id, "SQS message without a receipt handle, skipped");
-        return None;
-    };
-    Some(InboundMessage {
-        message_id,
-        body: message.body.unwrap_or_default(),
-        receipt: Receipt::new(receipt),
-        sent_at,
-        receive_count,
-        attributes,
-        group_id,
-    })
-}
-
-fn attribute(name: String, value: MessageAttributeValue) -> Option<MessageAttribute> {
-    let value_of = match (value.string_value, value.binary_value) {
-        (Some(text), _) => AttributeValue::Text(text),
-        (None, Some(blob)) => AttributeValue::Binary(blob.into_inner()),
-        (None, None) => return None,
-    };
-    Some(MessageAttribute {
-        name,
-        data_type: value.data_type,
-        value: value_of,
-    })
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use adapters_aws::sdk::Clients;
 use adapters_aws::{
-    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings,
+    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsHttpClient, SqsSourceSettings,
 };
 use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
@@ -82,6 +82,16 @@ impl ProvideCredentials for Expiring {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_credentials_are_renewed_under_traffic_without_an_error_or_a_loss() {
+    renewed_under_traffic(false).await;
+}
+
+/// The same through the lean SQS client, which caches credentials itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_sqs_client_renews_expiring_credentials_too() {
+    renewed_under_traffic(true).await;
+}
+
+async fn renewed_under_traffic(lean: bool) {
     let aws = moto().aws().await;
     let topic = aws.create_topic(&unique_name("creds-topic")).await;
     let queue = aws.create_queue(&unique_name("creds-queue")).await;
@@ -100,8 +110,11 @@ async fn expiring_credentials_are_renewed_under_traffic_without_an_error_or_a_lo
         wait_time: Duration::from_secs(1),
         ..SqsSourceSettings::default()
     };
-    let source =
+    let mut source =
         SqsCommandSource::new(clients.sqs, &queue.url, settings).with_metrics(metrics.clone());
+    if lean {
+        source = source.with_http_client(SqsHttpClient::from_config(&config).unwrap());
+    }
     let sink = SnsEventSink::spawn_with_metrics(
         clients.sns,
         &topic,
@@ -155,7 +168,7 @@ async fn expiring_credentials_are_renewed_under_traffic_without_an_error_or_a_lo
     );
     assert_eq!(counted.deleted, sent.len() as u64);
 
-    // The SDK asked the provider again, several times.
+    // The clients asked the provider again, several times.
     let asked = provider.asked();
     assert!(asked > 5, "asked {asked} times in {RUN:?}");
     // And signed every request with a key that was still valid, switching

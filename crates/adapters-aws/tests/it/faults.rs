@@ -33,14 +33,22 @@ use aws_smithy_mocks::{
 use domain::{CommandSource, EventSink, PublishError, Receipt, SourceError};
 use testkit::{moto, unique_name, Fault, FaultProxy, Limit, Outcome};
 
-use crate::support::{event, WAIT};
+use crate::support::{event, source_with, with_client, Client, WAIT};
 
 // ---------------------------------------------------------------------------
 // Through the fault proxy
 
+both_clients!(
+    throttling_and_server_errors_are_retried_then_reported_unavailable,
+    a_refused_endpoint_is_unavailable_and_the_source_recovers_when_it_is_back,
+    a_black_holed_receive_ends_at_the_attempt_timeout_and_recovers_when_healed,
+    a_black_holed_delete_gives_up_within_the_settle_budget,
+);
+
 /// A source over `queue_url` whose SQS client goes through `proxy`, with
 /// short long polls and the given attempt timeout (none: the SDK's default).
 async fn proxied_source(
+    client: Client,
     proxy: &FaultProxy,
     queue_url: &str,
     attempt_timeout: Option<Duration>,
@@ -53,9 +61,9 @@ async fn proxied_source(
                 .build(),
         ));
     }
-    let client = aws_sdk_sqs::Client::new(&config.build());
-    SqsCommandSource::new(
+    source_with(
         client,
+        &config.build(),
         queue_url,
         SqsSourceSettings {
             wait_time: Duration::from_secs(1),
@@ -76,12 +84,11 @@ async fn receive_one(source: &SqsCommandSource) -> Vec<domain::InboundMessage> {
     Vec::new()
 }
 
-#[tokio::test]
-async fn throttling_and_server_errors_are_retried_by_the_sdk_then_reported_unavailable() {
+async fn throttling_and_server_errors_are_retried_then_reported_unavailable(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("fault-throttle")).await;
     let proxy = FaultProxy::start(moto().endpoint());
-    let source = proxied_source(&proxy, &queue.url, None).await;
+    let source = proxied_source(client, &proxy, &queue.url, None).await;
     let id = aws.send(&queue.url, "m").await;
 
     for fault in [Fault::Throttle, Fault::ServerError] {
@@ -134,12 +141,11 @@ async fn throttling_and_server_errors_are_retried_by_the_sdk_then_reported_unava
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
 }
 
-#[tokio::test]
-async fn a_refused_endpoint_is_unavailable_and_the_source_recovers_when_it_is_back() {
+async fn a_refused_endpoint_is_unavailable_and_the_source_recovers_when_it_is_back(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("fault-refuse")).await;
     let proxy = FaultProxy::start(moto().endpoint());
-    let source = proxied_source(&proxy, &queue.url, None).await;
+    let source = proxied_source(client, &proxy, &queue.url, None).await;
     // A first receive keeps a connection in the SDK's pool.
     assert_eq!(source.receive().await, Ok(Vec::new()));
 
@@ -166,15 +172,16 @@ async fn a_refused_endpoint_is_unavailable_and_the_source_recovers_when_it_is_ba
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_black_holed_receive_ends_at_the_attempt_timeout_and_recovers_when_healed() {
+async fn a_black_holed_receive_ends_at_the_attempt_timeout_and_recovers_when_healed(
+    client: Client,
+) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("fault-hole")).await;
     let proxy = FaultProxy::start(moto().endpoint());
     // Above the 1 s long poll plus moto's answer, as in production (25 s
     // over 20 s): a healthy receive never times out.
     let attempt = Duration::from_secs(2);
-    let source = proxied_source(&proxy, &queue.url, Some(attempt)).await;
+    let source = proxied_source(client, &proxy, &queue.url, Some(attempt)).await;
     assert_eq!(source.receive().await, Ok(Vec::new()));
     assert_eq!(source.receive().await, Ok(Vec::new()));
 
@@ -204,8 +211,7 @@ async fn a_black_holed_receive_ends_at_the_attempt_timeout_and_recovers_when_hea
     assert_eq!(got[0].message_id, id);
 }
 
-#[tokio::test]
-async fn a_black_holed_delete_gives_up_within_the_settle_budget() {
+async fn a_black_holed_delete_gives_up_within_the_settle_budget(client: Client) {
     let aws = moto().aws().await;
     let queue = aws
         .create_queue_with(
@@ -218,14 +224,18 @@ async fn a_black_holed_delete_gives_up_within_the_settle_budget() {
     // the SQS client carries SETTLE_ATTEMPT_TIMEOUT / SETTLE_TIMEOUT.
     let clients = Clients::from_config(&proxy.sdk_config().await);
     let retries = 1;
-    let source = SqsCommandSource::new(
-        clients.sqs,
-        &queue.url,
-        SqsSourceSettings {
-            wait_time: Duration::from_secs(1),
-            settle_retries: retries,
-            ..SqsSourceSettings::default()
-        },
+    let source = with_client(
+        client,
+        &clients.config,
+        SqsCommandSource::new(
+            clients.sqs,
+            &queue.url,
+            SqsSourceSettings {
+                wait_time: Duration::from_secs(1),
+                settle_retries: retries,
+                ..SqsSourceSettings::default()
+            },
+        ),
     );
     let id = aws.send(&queue.url, "held-by-the-hole").await;
     let got = receive_one(&source).await;

@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[macro_use]
+mod support;
+
 mod bootstrap;
 mod credentials;
 mod fanout;
@@ -15,5 +18,4 @@ mod metrics;
 mod sharded;
 mod sns_sink;
 mod sqs_source;
-mod support;
 mod tools;

@@ -1,4 +1,6 @@
-//! `SqsCommandSource` against moto.
+//! `SqsCommandSource` against moto, through each client of its hot calls:
+//! every test runs twice, `::sdk` (the AWS SDK) and `::lean`
+//! (`SqsHttpClient`), and both must behave the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -8,13 +10,33 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use domain::{CommandSource, DeadLetter, GiveUpReason, InboundMessage, Receipt, SourceError};
 use testkit::{moto, unique_name, Aws};
 
-use crate::support::{closed_port, take_raw, WAIT};
+use crate::support::{closed_port, source_with, take_raw, Client, WAIT};
+
+both_clients!(
+    receive_returns_body_id_receipt_sent_time_and_receive_count,
+    receive_takes_at_most_ten_messages_at_a_time,
+    first_receive_does_not_wait_later_ones_long_poll,
+    acknowledge_deletes_exactly_the_given_messages,
+    acknowledge_more_than_ten_receipts_in_one_call,
+    acknowledge_with_a_repeated_receipt_succeeds,
+    release_without_delay_makes_the_message_receivable_at_once,
+    release_with_a_delay_keeps_the_message_invisible_that_long,
+    a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason,
+    the_dead_letter_queue_setting_wins_over_the_redrive_policy,
+    a_failed_dead_letter_send_leaves_the_message_in_the_source,
+    a_fifo_dead_letter_keeps_the_group_and_a_derived_deduplication_id,
+    without_a_dead_letter_queue_a_given_up_message_is_deleted,
+    extending_keeps_a_held_message_invisible_past_its_visibility_timeout,
+    receive_from_a_missing_queue_is_misconfigured,
+    receive_from_a_closed_port_is_unavailable,
+);
 
 /// A source whose long polls are short, so a test never waits 20 s on an
 /// empty queue.
-fn source(aws: &Aws, queue_url: &str) -> SqsCommandSource {
-    SqsCommandSource::new(
-        aws.sqs.clone(),
+fn source(client: Client, aws: &Aws, queue_url: &str) -> SqsCommandSource {
+    source_with(
+        client,
+        &aws.config,
         queue_url,
         SqsSourceSettings {
             wait_time: Duration::from_secs(1),
@@ -37,11 +59,10 @@ fn receipts(messages: &[InboundMessage]) -> Vec<Receipt> {
     messages.iter().map(|m| m.receipt.clone()).collect()
 }
 
-#[tokio::test]
-async fn receive_returns_body_id_receipt_sent_time_and_receive_count() {
+async fn receive_returns_body_id_receipt_sent_time_and_receive_count(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-recv")).await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     assert_eq!(source.queue_url(), queue.url);
 
     let body = r#"{"client_id":"c1","command":"ping","data":{"n":1}}"#;
@@ -77,8 +98,7 @@ async fn receive_returns_body_id_receipt_sent_time_and_receive_count() {
     assert_ne!(again[0].receipt, m.receipt);
 }
 
-#[tokio::test]
-async fn receive_takes_at_most_ten_messages_at_a_time() {
+async fn receive_takes_at_most_ten_messages_at_a_time(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-ten")).await;
     let mut sent = BTreeMap::new();
@@ -86,7 +106,7 @@ async fn receive_takes_at_most_ten_messages_at_a_time() {
         let body = format!(r#"{{"client_id":"c1","command":"n{i}"}}"#);
         sent.insert(aws.send(&queue.url, &body).await, body);
     }
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
 
     let first = source.receive().await.unwrap();
     // Moto hands out everything visible up to the maximum (real SQS may
@@ -100,12 +120,12 @@ async fn receive_takes_at_most_ten_messages_at_a_time() {
     assert_eq!(received, sent);
 }
 
-#[tokio::test]
-async fn first_receive_does_not_wait_later_ones_long_poll() {
+async fn first_receive_does_not_wait_later_ones_long_poll(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-warm")).await;
-    let source = SqsCommandSource::new(
-        aws.sqs.clone(),
+    let source = source_with(
+        client,
+        &aws.config,
         &queue.url,
         SqsSourceSettings {
             wait_time: Duration::from_secs(20),
@@ -120,14 +140,13 @@ async fn first_receive_does_not_wait_later_ones_long_poll() {
     assert!(second.is_err(), "second receive returned {second:?}");
 }
 
-#[tokio::test]
-async fn acknowledge_deletes_exactly_the_given_messages() {
+async fn acknowledge_deletes_exactly_the_given_messages(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-ack")).await;
     for i in 0..3 {
         aws.send(&queue.url, &format!("m{i}")).await;
     }
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let mut got = receive_n(&source, 3).await;
     assert_eq!(got.len(), 3);
     got.sort_by(|a, b| a.body.cmp(&b.body));
@@ -146,14 +165,13 @@ async fn acknowledge_deletes_exactly_the_given_messages() {
     assert_eq!(bodies, ["m2"]);
 }
 
-#[tokio::test]
-async fn acknowledge_more_than_ten_receipts_in_one_call() {
+async fn acknowledge_more_than_ten_receipts_in_one_call(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-ack25")).await;
     for i in 0..25 {
         aws.send(&queue.url, &format!("m{i}")).await;
     }
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 25).await;
     assert_eq!(got.len(), 25);
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 25));
@@ -162,13 +180,12 @@ async fn acknowledge_more_than_ten_receipts_in_one_call() {
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
 }
 
-#[tokio::test]
-async fn acknowledge_with_a_repeated_receipt_succeeds() {
+async fn acknowledge_with_a_repeated_receipt_succeeds(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-ackdup")).await;
     aws.send(&queue.url, "a").await;
     aws.send(&queue.url, "b").await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 2).await;
     assert_eq!(got.len(), 2);
 
@@ -183,13 +200,12 @@ async fn acknowledge_with_a_repeated_receipt_succeeds() {
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
 }
 
-#[tokio::test]
-async fn release_without_delay_makes_the_message_receivable_at_once() {
+async fn release_without_delay_makes_the_message_receivable_at_once(client: Client) {
     let aws = moto().aws().await;
     // Default visibility timeout (30 s): only the release can bring it back soon.
     let queue = aws.create_queue(&unique_name("src-rel0")).await;
     let id = aws.send(&queue.url, "m").await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
@@ -206,12 +222,11 @@ async fn release_without_delay_makes_the_message_receivable_at_once() {
     assert_eq!(again[0].receive_count, 2);
 }
 
-#[tokio::test]
-async fn release_with_a_delay_keeps_the_message_invisible_that_long() {
+async fn release_with_a_delay_keeps_the_message_invisible_that_long(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-rel2")).await;
     let id = aws.send(&queue.url, "m").await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 1).await;
     assert_eq!(got.len(), 1);
 
@@ -243,8 +258,7 @@ fn letters(messages: Vec<InboundMessage>, reason: GiveUpReason, detail: &str) ->
         .collect()
 }
 
-#[tokio::test]
-async fn a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason() {
+async fn a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason(client: Client) {
     let aws = moto().aws().await;
     let (queue, dlq) = aws
         .create_queue_with_dlq(&unique_name("src-dl"), 5, &[])
@@ -254,7 +268,7 @@ async fn a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason()
     let id = aws
         .send_with_attributes(&queue.url, body, &[("trace_id", "t-1")])
         .await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 1).await;
     assert_eq!(got[0].attributes.len(), 1, "attributes are received");
     let long_detail = "x".repeat(1000);
@@ -286,14 +300,14 @@ async fn a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason()
     assert_eq!(attrs.get("trace_id").map(String::as_str), Some("t-1"));
 }
 
-#[tokio::test]
-async fn the_dead_letter_queue_setting_wins_over_the_redrive_policy() {
+async fn the_dead_letter_queue_setting_wins_over_the_redrive_policy(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-dl-set")).await;
     let chosen = aws.create_queue(&unique_name("chosen-dlq")).await;
     aws.send(&queue.url, "{}").await;
-    let source = SqsCommandSource::new(
-        aws.sqs.clone(),
+    let source = source_with(
+        client,
+        &aws.config,
         &queue.url,
         SqsSourceSettings {
             wait_time: Duration::from_secs(1),
@@ -312,8 +326,7 @@ async fn the_dead_letter_queue_setting_wins_over_the_redrive_policy() {
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
 }
 
-#[tokio::test]
-async fn a_failed_dead_letter_send_leaves_the_message_in_the_source() {
+async fn a_failed_dead_letter_send_leaves_the_message_in_the_source(client: Client) {
     let aws = moto().aws().await;
     let queue = aws
         .create_queue_with(
@@ -324,8 +337,9 @@ async fn a_failed_dead_letter_send_leaves_the_message_in_the_source() {
     let gone = aws.create_queue(&unique_name("gone-dlq")).await;
     aws.delete_queue(&gone.url).await;
     aws.send(&queue.url, "bad").await;
-    let source = SqsCommandSource::new(
-        aws.sqs.clone(),
+    let source = source_with(
+        client,
+        &aws.config,
         &queue.url,
         SqsSourceSettings {
             wait_time: Duration::from_secs(1),
@@ -347,14 +361,13 @@ async fn a_failed_dead_letter_send_leaves_the_message_in_the_source() {
     );
 }
 
-#[tokio::test]
-async fn a_fifo_dead_letter_keeps_the_group_and_a_derived_deduplication_id() {
+async fn a_fifo_dead_letter_keeps_the_group_and_a_derived_deduplication_id(client: Client) {
     let aws = moto().aws().await;
     let (queue, dlq) = aws
         .create_queue_with_dlq(&format!("{}.fifo", unique_name("src-dl")), 5, &[])
         .await;
     aws.send(&queue.url, "bad fifo").await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 1).await;
     assert_eq!(got[0].group_id.as_deref(), Some("testkit"));
 
@@ -374,13 +387,12 @@ async fn a_fifo_dead_letter_keeps_the_group_and_a_derived_deduplication_id() {
     assert_eq!(group.map(String::as_str), Some("testkit"));
 }
 
-#[tokio::test]
-async fn without_a_dead_letter_queue_a_given_up_message_is_deleted() {
+async fn without_a_dead_letter_queue_a_given_up_message_is_deleted(client: Client) {
     let aws = moto().aws().await;
     let queue = aws.create_queue(&unique_name("src-rej")).await;
     aws.send(&queue.url, "bad").await;
     aws.send(&queue.url, "kept").await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 2).await;
     assert_eq!(got.len(), 2);
     let (bad, kept): (Vec<_>, Vec<_>) = got.into_iter().partition(|m| m.body == "bad");
@@ -399,8 +411,7 @@ async fn without_a_dead_letter_queue_a_given_up_message_is_deleted() {
     assert_eq!(bodies, BTreeSet::from(["kept"]));
 }
 
-#[tokio::test]
-async fn extending_keeps_a_held_message_invisible_past_its_visibility_timeout() {
+async fn extending_keeps_a_held_message_invisible_past_its_visibility_timeout(client: Client) {
     let aws = moto().aws().await;
     let queue = aws
         .create_queue_with(
@@ -409,7 +420,7 @@ async fn extending_keeps_a_held_message_invisible_past_its_visibility_timeout() 
         )
         .await;
     aws.send(&queue.url, "held").await;
-    let source = source(&aws, &queue.url);
+    let source = source(client, &aws, &queue.url);
     let got = receive_n(&source, 1).await;
     assert_eq!(
         source.visibility_timeout().await,
@@ -429,14 +440,13 @@ async fn extending_keeps_a_held_message_invisible_past_its_visibility_timeout() 
     assert_eq!(aws.wait_for_counts(&queue.url, (1, 0), WAIT).await, (1, 0));
 }
 
-#[tokio::test]
-async fn receive_from_a_missing_queue_is_misconfigured() {
+async fn receive_from_a_missing_queue_is_misconfigured(client: Client) {
     let aws = moto().aws().await;
     let existing = aws.create_queue(&unique_name("src-there")).await;
     let missing_url = existing
         .url
         .replace(&existing.name, &unique_name("src-missing"));
-    let source = source(&aws, &missing_url);
+    let source = source(client, &aws, &missing_url);
 
     let result = tokio::time::timeout(WAIT, source.receive()).await.unwrap();
     match result {
@@ -450,21 +460,18 @@ async fn receive_from_a_missing_queue_is_misconfigured() {
     }
 }
 
-#[tokio::test]
-async fn receive_from_a_closed_port_is_unavailable() {
+async fn receive_from_a_closed_port_is_unavailable(client: Client) {
     let config = moto().sdk_config().await;
     let endpoint = format!("http://127.0.0.1:{}", closed_port());
-    let conf = aws_sdk_sqs::config::Builder::from(&config)
-        .endpoint_url(&endpoint)
-        .build();
-    let client = aws_sdk_sqs::Client::from_conf(conf);
-    let source = SqsCommandSource::new(
+    let config = config.to_builder().endpoint_url(&endpoint).build();
+    let source = source_with(
         client,
-        format!("{endpoint}/123456789012/nowhere"),
+        &config,
+        &format!("{endpoint}/123456789012/nowhere"),
         SqsSourceSettings::default(),
     );
 
-    // The SDK retries the refused connection a few times before giving up.
+    // The client retries the refused connection a few times before giving up.
     let result = tokio::time::timeout(Duration::from_secs(30), source.receive())
         .await
         .expect("receive did not give up within 30 s");

@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use adapters_aws::{SqsCommandSource, SqsHttpClient, SqsSourceSettings};
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
+use aws_config::SdkConfig;
 use aws_sdk_sns::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_sns::config::{ConfigBag, Intercept};
 use aws_sdk_sns::error::BoxError;
@@ -13,6 +16,63 @@ use aws_sdk_sns::operation::publish::PublishInput;
 use aws_sdk_sns::operation::publish_batch::PublishBatchInput;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use domain::{ClientId, OutboundEvent};
+
+/// Which client makes the source's hot calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Sdk,
+    Lean,
+}
+
+/// Each test, once per client.
+#[macro_export]
+macro_rules! both_clients {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sdk() {
+                    super::$name($crate::support::Client::Sdk).await;
+                }
+                #[tokio::test]
+                async fn lean() {
+                    super::$name($crate::support::Client::Lean).await;
+                }
+            }
+        )+
+    };
+}
+
+/// A source over `queue_url` whose hot calls go through `client`.
+pub fn source_with(
+    client: Client,
+    config: &SdkConfig,
+    queue_url: &str,
+    settings: SqsSourceSettings,
+) -> SqsCommandSource {
+    let sdk = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(config)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .build(),
+    );
+    with_client(
+        client,
+        config,
+        SqsCommandSource::new(sdk, queue_url, settings),
+    )
+}
+
+/// `source` with its hot calls through `client`.
+pub fn with_client(
+    client: Client,
+    config: &SdkConfig,
+    source: SqsCommandSource,
+) -> SqsCommandSource {
+    match client {
+        Client::Sdk => source,
+        Client::Lean => source.with_http_client(SqsHttpClient::from_config(config).unwrap()),
+    }
+}
 
 /// Bound on every "wait until it happened" in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);

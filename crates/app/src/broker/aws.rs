@@ -8,13 +8,13 @@ use adapters_aws::bootstrap::{self, Plan};
 use adapters_aws::sdk::Clients;
 use adapters_aws::tools;
 use adapters_aws::{
-    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsSourceSettings,
+    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsHttpClient, SqsSourceSettings,
 };
 use domain::{ClientId, CommandSource, EventSink};
 use tracing::{info, warn};
 
 use super::{BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
-use crate::config::{AwsResources, BrokerConfig, Config, ConfigError};
+use crate::config::{AwsResources, BrokerConfig, Config, ConfigError, SqsClient};
 use crate::settler::{Settler, SettlerSettings};
 
 /// The resource names `dev` uses when the configuration names none.
@@ -46,7 +46,7 @@ pub fn connect(
     let metrics = AwsMetrics::new();
     let queue_url = resources.command_queue_url()?;
     let topic_arn = resources.events_topic_arn()?;
-    let source = SqsCommandSource::new(
+    let mut source = SqsCommandSource::new(
         clients.sqs,
         queue_url,
         SqsSourceSettings {
@@ -56,6 +56,15 @@ pub fn connect(
         },
     )
     .with_metrics(metrics.clone());
+    if config.downlink.sqs_client == SqsClient::Lean {
+        let http = SqsHttpClient::from_config(&clients.config).map_err(|problem| ConfigError {
+            problems: vec![format!(
+                "sqs_client: the lean SQS client cannot start: {problem} \
+                 (sqs_client = \"sdk\" uses the AWS SDK)"
+            )],
+        })?;
+        source = source.with_http_client(http);
+    }
     let sink = SnsEventSink::spawn_with_metrics(
         clients.sns,
         topic_arn,

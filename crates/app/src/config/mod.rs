@@ -28,7 +28,7 @@ pub use settings::{Settings, SETTINGS};
 pub use table::SettingDoc;
 pub use validate::MIN_JWT_SECRET_BYTES;
 pub use values::{
-    normalize_origin, AuthMode, Broker, LogFormat, Mode, Secret, UndeliverablePolicy,
+    normalize_origin, AuthMode, Broker, LogFormat, Mode, Secret, SqsClient, UndeliverablePolicy,
 };
 
 /// Prefix of every wsbridge environment variable.

@@ -12,7 +12,7 @@ use adapters_ws::{AbusePolicy, ConnectionLimits, MessageRate, SessionSettings};
 use domain::{DownlinkSettings, ShardAssignment, Undeliverable};
 
 use super::values::{
-    normalize_origin, AuthMode, Broker, LogFormat, Mode, Secret, UndeliverablePolicy,
+    normalize_origin, AuthMode, Broker, LogFormat, Mode, Secret, SqsClient, UndeliverablePolicy,
 };
 use super::{ConfigError, Settings, Sources, ENV_PREFIX};
 
@@ -151,6 +151,8 @@ pub struct Downlink {
     pub pollers_max: usize,
     /// How long a delete or release waits for others to share its call.
     pub settle_linger: Duration,
+    /// With broker = "aws", the client of the receive path's SQS calls.
+    pub sqs_client: SqsClient,
     /// Long-poll wait of each receive.
     pub receive_wait: Duration,
     /// The delivery rules of the downlink use case.
@@ -265,6 +267,7 @@ impl Config {
                 pollers: s.pollers,
                 pollers_max: s.pollers_max.max(s.pollers),
                 settle_linger: Duration::from_millis(s.settle_linger_ms),
+                sqs_client: s.sqs_client,
                 receive_wait: Duration::from_secs(s.receive_wait_secs),
                 delivery: DownlinkSettings {
                     undeliverable,

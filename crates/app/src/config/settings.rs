@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::table::{check_range, settings, SettingDoc};
-use super::values::{comma_list, AuthMode, Broker, LogFormat, Mode, Secret, UndeliverablePolicy};
+use super::values::{
+    comma_list, AuthMode, Broker, LogFormat, Mode, Secret, SqsClient, UndeliverablePolicy,
+};
 
 settings! {
     "server" {
@@ -52,6 +54,13 @@ settings! {
         /// target; with neither they are deleted and logged).
         dead_letter_queue_url: Option<String> = None,
             example "\"https://sqs.us-east-1.amazonaws.com/123456789012/wsbridge-commands-dlq\"";
+        /// With broker = "aws", the client of the three calls on the receive
+        /// path (ReceiveMessage, DeleteMessageBatch,
+        /// ChangeMessageVisibilityBatch): "lean" signs and sends them directly
+        /// (same credentials chain, region and endpoint as the SDK, a fraction
+        /// of its CPU per call); "sdk" sends them through the AWS SDK, which
+        /// makes every other call either way.
+        sqs_client: SqsClient = SqsClient::Lean;
         /// With broker = "amqp", the broker URL (it holds a password: keep it in
         /// the environment, BRIDGE_AMQP_URL).
         amqp_url: Option<String> = None,

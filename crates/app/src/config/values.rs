@@ -49,6 +49,17 @@ pub enum Broker {
     Amqp,
 }
 
+/// Which client makes the SQS calls of the receive path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqsClient {
+    /// The lean client: ReceiveMessage, DeleteMessageBatch and
+    /// ChangeMessageVisibilityBatch signed and sent directly.
+    Lean,
+    /// The AWS SDK for every call.
+    Sdk,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

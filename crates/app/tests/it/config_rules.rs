@@ -48,6 +48,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "events_topic_arn" => ("arn:aws:sns:us-east-1:1:e", vec![]),
         "commands_topic_arn" => ("arn:aws:sns:us-east-1:1:c", vec![]),
         "amqp_url" => ("amqp://guest:guest@127.0.0.1:5672/%2f", vec![AMQP]),
+        "sqs_client" => ("sdk", vec![]),
         "amqp_command_queue" => ("other.commands", vec![AMQP, AMQP_URL]),
         "amqp_events_exchange" => ("other.events", vec![AMQP, AMQP_URL]),
         "amqp_prefetch" => ("250", vec![AMQP, AMQP_URL]),
