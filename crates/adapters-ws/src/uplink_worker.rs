@@ -6,6 +6,10 @@
 //! Commands going the other way. When the session ends the worker still
 //! publishes what it was already given (nothing received is silently lost),
 //! but stops trying to reply once the socket is closed.
+//!
+//! [`LazyWorker`] starts it, with its queue, at the connection's first
+//! client message: most connections only receive, and an idle connection
+//! then costs neither the task nor the queue's first block.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +17,7 @@ use std::time::Duration;
 use actix_ws::Session;
 use domain::{ClientId, Reply, Uplink};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 /// How many inbound messages may wait for the worker before the session
 /// stops reading from the socket.
@@ -29,6 +33,84 @@ pub(crate) enum Inbound {
     /// rare, and it would make every slot of every connection's queue
     /// (tokio allocates 32 at once) about three times bigger.
     Refused(Box<Reply>),
+}
+
+/// A connection's uplink worker, started at its first message.
+pub(crate) struct LazyWorker {
+    queue: Option<mpsc::Sender<Inbound>>,
+    running: Option<tokio::task::JoinHandle<()>>,
+    start: Option<Start>,
+}
+
+/// What the worker is started with.
+struct Start {
+    uplink: Arc<Uplink>,
+    client_id: ClientId,
+    session: Session,
+    write_timeout: Duration,
+}
+
+impl LazyWorker {
+    /// A worker for `client_id`'s connection, not started yet.
+    pub(crate) fn new(
+        uplink: Arc<Uplink>,
+        client_id: ClientId,
+        session: Session,
+        write_timeout: Duration,
+    ) -> Self {
+        Self {
+            queue: None,
+            running: None,
+            start: Some(Start {
+                uplink,
+                client_id,
+                session,
+                write_timeout,
+            }),
+        }
+    }
+
+    /// The worker's queue, if it has started.
+    pub(crate) fn queue(&self) -> Option<&mpsc::Sender<Inbound>> {
+        self.queue.as_ref()
+    }
+
+    /// Starts the worker on the session's local task set (it must be called
+    /// from the connection's task) and gives it `first`.
+    pub(crate) fn start_with(&mut self, first: Inbound) {
+        let Some(start) = self.start.take() else {
+            // Started already: the session only calls this before, but a
+            // message must never be dropped.
+            if let Some(queue) = &self.queue {
+                let _ = queue.try_send(first);
+            }
+            return;
+        };
+        let (queue, inbox) = mpsc::channel(QUEUE);
+        // Empty, with room for QUEUE ≥ 1: cannot fail.
+        let _ = queue.try_send(first);
+        self.running = Some(actix_web::rt::spawn(
+            run(
+                inbox,
+                start.uplink,
+                start.client_id,
+                start.session,
+                start.write_timeout,
+            )
+            .in_current_span(),
+        ));
+        self.queue = Some(queue);
+    }
+
+    /// Lets the worker publish what it was given, then waits for it.
+    pub(crate) async fn finish(self) {
+        drop(self.queue);
+        if let Some(running) = self.running {
+            if let Err(e) = running.await {
+                tracing::error!(error = %e, "uplink worker failed");
+            }
+        }
+    }
 }
 
 /// Runs until the session drops its sender and the queue is empty.

@@ -42,13 +42,13 @@ use domain::{ClientId, Frame, Uplink};
 use futures_util::{SinkExt, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info_span, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 use crate::close::Exit;
 use crate::fragments::Reassembler;
 use crate::frame_limit::FrameLimit;
 use crate::registry::{Registration, WsClientRegistry};
-use crate::uplink_worker;
+use crate::uplink_worker::LazyWorker;
 
 mod serve;
 mod settings;
@@ -171,16 +171,11 @@ impl Connection {
         debug!("connection opened");
 
         let stats = uplink.stats().clone();
-        let (to_uplink, inbox) = mpsc::channel(uplink_worker::QUEUE);
-        let worker = actix_web::rt::spawn(
-            uplink_worker::run(
-                inbox,
-                uplink.clone(),
-                client_id.clone(),
-                session.clone(),
-                settings.client_timeout,
-            )
-            .in_current_span(),
+        let mut worker = LazyWorker::new(
+            uplink.clone(),
+            client_id.clone(),
+            session.clone(),
+            settings.client_timeout,
         );
 
         let signals = Signals {
@@ -196,8 +191,8 @@ impl Connection {
             &mut session,
             incoming,
             &mut outbound,
-            &UplinkPath {
-                queue: &to_uplink,
+            &mut UplinkPath {
+                worker: &mut worker,
                 uplink: &uplink,
                 client_id: &client_id,
             },
@@ -242,10 +237,7 @@ impl Connection {
         drop(stream);
 
         // Let the worker publish what it was given, then unregister.
-        drop(to_uplink);
-        if let Err(e) = worker.await {
-            error!(error = %e, "uplink worker failed");
-        }
+        worker.finish().await;
         debug!(reason = exit.label(), "connection closed");
     }
 }

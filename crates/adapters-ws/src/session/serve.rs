@@ -20,7 +20,7 @@ use super::{SessionMode, SessionSettings};
 use crate::close::Exit;
 use crate::fragments::{FragmentError, Reassembled, Reassembler};
 use crate::rate::{Strikes, TokenBucket};
-use crate::uplink_worker::Inbound;
+use crate::uplink_worker::{Inbound, LazyWorker};
 
 /// What every write is raced against.
 pub(super) struct Signals<'a> {
@@ -72,7 +72,7 @@ enum Data {
 /// worker's queue; acknowledgements (control frames) straight to the
 /// uplink use case, never rate-limited nor queued behind publishes.
 pub(super) struct UplinkPath<'a> {
-    pub(super) queue: &'a mpsc::Sender<Inbound>,
+    pub(super) worker: &'a mut LazyWorker,
     pub(super) uplink: &'a Uplink,
     pub(super) client_id: &'a ClientId,
 }
@@ -137,12 +137,31 @@ impl RateGate {
     }
 }
 
+/// Room for one message in the uplink worker's queue.
+enum Room {
+    /// The worker has not started: the message starts it.
+    NotStarted,
+    /// A slot taken in the running worker's queue.
+    Reserved(OwnedPermit<Inbound>),
+}
+
+/// A slot in `queue`; never ready while there is no queue (the session
+/// then holds [`Room::NotStarted`] and does not ask).
+async fn reserve(
+    queue: Option<mpsc::Sender<Inbound>>,
+) -> Result<OwnedPermit<Inbound>, mpsc::error::SendError<()>> {
+    match queue {
+        Some(queue) => queue.reserve_owned().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves the connection until it must close; returns why.
 pub(super) async fn serve(
     session: &mut Session,
     incoming: Incoming<'_>,
     outbound: &mut mpsc::Receiver<Frame>,
-    to_uplink: &UplinkPath<'_>,
+    to_uplink: &mut UplinkPath<'_>,
     signals: &Signals<'_>,
     settings: &SessionSettings,
     mode: SessionMode,
@@ -157,8 +176,8 @@ pub(super) async fn serve(
     } = incoming;
     let mut rate = RateGate::new(settings);
     // Room in the uplink queue for the next message; the socket is read only
-    // while there is some.
-    let mut permit: Option<OwnedPermit<Inbound>> = None;
+    // while there is some. Before the worker has started there always is.
+    let mut permit: Option<Room> = Some(Room::NotStarted);
 
     loop {
         tokio::select! {
@@ -173,8 +192,9 @@ pub(super) async fn serve(
                 let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
                 signals.write(session, Message::Text((&*frame).into())).await?;
             }
-            reserved = to_uplink.queue.clone().reserve_owned(), if permit.is_none() => {
-                permit = Some(reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?);
+            reserved = reserve(to_uplink.worker.queue().cloned()), if permit.is_none() => {
+                let reserved = reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?;
+                permit = Some(Room::Reserved(reserved));
             }
             message = stream.recv(), if permit.is_some() => {
                 last_heard = Instant::now();
@@ -216,11 +236,13 @@ pub(super) async fn serve(
                             signals.write(session, Message::Text(reply.to_json().into())).await?;
                         }
                     }
-                    Handling::Uplink(inbound) => {
-                        if let Some(room) = permit.take() {
+                    Handling::Uplink(inbound) => match permit.take() {
+                        Some(Room::Reserved(room)) => {
                             room.send(inbound);
                         }
-                    }
+                        Some(Room::NotStarted) => to_uplink.worker.start_with(inbound),
+                        None => {}
+                    },
                     Handling::Echo(message) => signals.write(session, message).await?,
                     Handling::Reply(reply) => {
                         signals.write(session, Message::Text(reply.to_json().into())).await?;
