@@ -37,12 +37,12 @@ pub fn stub_process(latency_ms: u64) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            let stub = sqs_stub::StubServer::start(sqs_stub::StubConfig {
-                faults: sqs_stub::Faults {
+            let stub = emulator::Emulator::start(emulator::EmulatorConfig {
+                faults: emulator::Faults {
                     latency_ms,
-                    ..sqs_stub::Faults::default()
+                    ..emulator::Faults::default()
                 },
-                ..sqs_stub::StubConfig::default()
+                ..emulator::EmulatorConfig::default()
             })
             .await?;
             println!("{}", json!({ "endpoint": stub.endpoint() }));

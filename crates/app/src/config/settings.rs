@@ -52,6 +52,11 @@ settings! {
         /// target; with neither they are deleted and logged).
         dead_letter_queue_url: Option<String> = None,
             example "\"https://sqs.us-east-1.amazonaws.com/123456789012/wsbridge-commands-dlq\"";
+        /// With broker = "aws", the port of the embedded SQS/SNS emulator on
+        /// 127.0.0.1 that `wsbridge dev` starts when neither AWS_ENDPOINT_URL
+        /// nor --endpoint names one, and `wsbridge emulator`'s default
+        /// (0: any free port). 9324 is the port SQS emulators customarily use.
+        emulator_port: u16 = 9324, range 0..=65_535;
         /// With broker = "amqp", the broker URL (it holds a password: keep it in
         /// the environment, BRIDGE_AMQP_URL).
         amqp_url: Option<String> = None,
