@@ -1,9 +1,8 @@
 //! Integration tests of the emulator through the real `aws-sdk-sqs` /
 //! `aws-sdk-sns` clients, side by side with moto (`oracle`), through the
 //! AWS CLI and boto3 (`clients`), and of the answers to what it does not
-//! implement (`unsupported`). The bridge
-//! itself runs against it in the app's broker suite
-//! (`crates/app/tests/it/brokers`), beside moto.
+//! implement (`unsupported`). The bridge itself runs against it in the
+//! app's broker suite (`crates/app/tests/it/brokers`), beside moto.
 
 mod clients;
 mod faults;
