@@ -35,13 +35,19 @@ report_failure() {
     fi
 }
 
-# Create $VENV with moto[server] unless .venv/bin/moto_server is already there.
+# The real AWS clients the tests drive the embedded emulator with (the AWS
+# CLI v1 and boto3; crates/emulator/tests/it/clients.rs), the versions tested.
+AWS_CLIENTS_PIP_SPECS="${AWS_CLIENTS_PIP_SPECS:-awscli==1.46.3 boto3==1.44.18}"
+
+# Create $VENV with moto[server], the AWS CLI and boto3 (test dependencies:
+# running wsbridge needs none of them) unless they are already there.
 ensure_moto_venv() {
-    if [[ -x "$VENV/bin/moto_server" ]]; then
+    if [[ -x "$VENV/bin/moto_server" && -x "$VENV/bin/aws" ]] \
+        && "$VENV/bin/python" -c 'import boto3' 2>/dev/null; then
         return 0
     fi
-    command -v python3 >/dev/null || die "python3 is required (to run moto, the AWS emulator)"
-    log "creating $VENV with $MOTO_PIP_SPEC"
+    command -v python3 >/dev/null || die "python3 is required (to run moto, the AWS emulator the tests use)"
+    log "creating $VENV with $MOTO_PIP_SPEC $AWS_CLIENTS_PIP_SPECS"
     if [[ ! -x "$VENV/bin/python" ]]; then
         rm -rf "$VENV"
         if ! python3 -m venv "$VENV"; then
@@ -49,9 +55,12 @@ ensure_moto_venv() {
             die "'python3 -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv"
         fi
     fi
+    # shellcheck disable=SC2086 # a list of specs
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$MOTO_PIP_SPEC" \
-        || die "pip install $MOTO_PIP_SPEC failed"
+        $AWS_CLIENTS_PIP_SPECS \
+        || die "pip install $MOTO_PIP_SPEC $AWS_CLIENTS_PIP_SPECS failed"
     [[ -x "$VENV/bin/moto_server" ]] || die "$VENV/bin/moto_server missing after pip install"
+    [[ -x "$VENV/bin/aws" ]] || die "$VENV/bin/aws missing after pip install"
 }
 
 # Print a free TCP port on 127.0.0.1.

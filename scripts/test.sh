@@ -4,9 +4,11 @@
 #   scripts/test.sh                 # full run (what CI does)
 #   scripts/test.sh --no-coverage   # skip the coverage step, for quick local loops
 #
-# 1. makes sure .venv has moto[server] (scripts/moto-venv.sh), starts ONE moto on a
-#    free loopback port for the whole run and exports WSBRIDGE_TEST_MOTO_URL and
-#    MOTO_SERVER (the testkit crate uses them); moto is stopped on exit;
+# 1. makes sure .venv has moto[server], the AWS CLI and boto3
+#    (scripts/moto-venv.sh), starts ONE moto on a free loopback port for the
+#    whole run and exports WSBRIDGE_TEST_MOTO_URL, MOTO_SERVER,
+#    WSBRIDGE_TEST_AWS_CLI and WSBRIDGE_TEST_PYTHON (the testkit crate uses
+#    them); moto is stopped on exit;
 #    makes sure RabbitMQ runs on 127.0.0.1:5672 (started if not, and left
 #    running) and exports WSBRIDGE_TEST_AMQP_URL;
 # 2. cargo fmt --check, cargo clippy -D warnings (also of the app's optional
@@ -109,6 +111,9 @@ run_coverage() {
 total_start=$SECONDS
 step "moto venv" ensure_moto_venv
 export MOTO_SERVER="$VENV/bin/moto_server"
+# The real AWS clients the emulator's tests drive it with (testkit::tools).
+export WSBRIDGE_TEST_AWS_CLI="$VENV/bin/aws"
+export WSBRIDGE_TEST_PYTHON="$VENV/bin/python"
 on_exit() {
     local rc=$?
     stop_moto

@@ -1,6 +1,6 @@
 //! `bench`: the wsbridge benchmark suite. Development only, outside the
 //! hexagon: it drives the real `wsbridge` release binary (against the
-//! in-memory SQS/SNS stub of `crates/sqs-stub`, or moto for W3) and a raw
+//! in-memory SQS/SNS stub of `crates/emulator`, or moto for W3) and a raw
 //! tokio-tungstenite baseline, with load generators in worker processes,
 //! and reports CPU time per message (from `/proc/<pid>/stat`), memory per
 //! connection (`/proc/<pid>/status`) and latency percentiles.

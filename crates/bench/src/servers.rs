@@ -30,19 +30,19 @@ pub trait Measured {
 // ---------------------------------------------------------------------------
 // The stub
 
-/// `bench __stub`: the sqs-stub server in a process of its own, serving
+/// `bench __stub`: the embedded emulator in a process of its own, serving
 /// until its stdin closes (that is, until the parent is gone).
 pub fn stub_process(latency_ms: u64) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
-            let stub = sqs_stub::StubServer::start(sqs_stub::StubConfig {
-                faults: sqs_stub::Faults {
+            let stub = emulator::Emulator::start(emulator::EmulatorConfig {
+                faults: emulator::Faults {
                     latency_ms,
-                    ..sqs_stub::Faults::default()
+                    ..emulator::Faults::default()
                 },
-                ..sqs_stub::StubConfig::default()
+                ..emulator::EmulatorConfig::default()
             })
             .await?;
             println!("{}", json!({ "endpoint": stub.endpoint() }));

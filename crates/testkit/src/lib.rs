@@ -24,6 +24,12 @@
 //! test that made them: plain `#[tokio::test]`, multi-threaded runtimes and
 //! actix runtimes all work.
 //!
+//! # Real AWS clients
+//!
+//! [`tools::aws_cli`] and [`tools::python_with_boto3`] find the AWS CLI and a
+//! Python with boto3 (`WSBRIDGE_TEST_AWS_CLI`, `WSBRIDGE_TEST_PYTHON`, else
+//! `.venv`), for tests that drive an emulator the way users do.
+//!
 //! # Fault injection
 //!
 //! [`FaultProxy`] sits between the code under test and moto and refuses,
@@ -52,6 +58,7 @@ mod aws;
 pub mod fault_proxy;
 mod names;
 mod server;
+pub mod tools;
 
 pub use aws::{Aws, Received, TestQueue};
 /// The SDK configuration type, for crates that do not depend on `aws-config`.

@@ -241,7 +241,7 @@ fn moto_binary() -> String {
     "moto_server".to_owned()
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     // crates/testkit -> workspace root
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

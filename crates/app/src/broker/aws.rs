@@ -11,9 +11,9 @@ use adapters_aws::{
     AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsHttpClient, SqsSourceSettings,
 };
 use domain::{ClientId, CommandSource, EventSink};
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
+use super::{embedded, BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
 use crate::config::{AwsResources, BrokerConfig, Config, ConfigError, SqsClient};
 use crate::settler::{Settler, SettlerSettings};
 
@@ -102,9 +102,6 @@ pub fn connect(
 /// exist (idempotent) — those the configuration names, else the development
 /// names — and returns the configuration with the resources as made.
 pub async fn prepare_dev(clients: &Clients, mut config: Config) -> anyhow::Result<Config> {
-    if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
-        warn!("AWS_ENDPOINT_URL is not set: `dev` will create resources on real AWS");
-    }
     let BrokerConfig::Aws(resources) = &config.broker else {
         return Ok(config);
     };
@@ -123,9 +120,33 @@ pub async fn prepare_dev(clients: &Clients, mut config: Config) -> anyhow::Resul
         command_queue_url: Some(infra.command_queue_url),
         events_topic_arn: Some(infra.events_topic_arn),
         commands_topic_arn: Some(infra.commands_topic_arn),
-        dead_letter_queue_url: resources.dead_letter_queue_url.clone(),
+        ..resources.clone()
     });
     Ok(config)
+}
+
+/// `dev`'s clients: for `endpoint` (the `--endpoint` flag) when given, else
+/// for `AWS_ENDPOINT_URL` when set, else for the embedded emulator, started
+/// here on 127.0.0.1:`emulator_port` and returned with them.
+pub async fn dev_clients(
+    endpoint: Option<&str>,
+    emulator_port: u16,
+) -> anyhow::Result<(Clients, Option<emulator::Emulator>)> {
+    if let Some(endpoint) = endpoint {
+        let config = adapters_aws::sdk::load()
+            .await
+            .to_builder()
+            .endpoint_url(endpoint)
+            .build();
+        return Ok((Clients::from_config(&config), None));
+    }
+    if embedded::endpoint_in_env() {
+        return Ok((Clients::from_env().await, None));
+    }
+    let emulator = embedded::start(emulator_port).await?;
+    info!(endpoint = %emulator.endpoint(), "embedded SQS/SNS emulator started");
+    let clients = Clients::from_config(&embedded::sdk_config(emulator.endpoint()).await);
+    Ok((clients, Some(emulator)))
 }
 
 /// The resource names `dev` makes sure of: from the configured URL and ARNs,

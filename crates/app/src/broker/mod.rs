@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod aws;
+pub mod embedded;
 pub mod replica;
 pub mod status;
 
@@ -95,44 +96,69 @@ pub struct Serving {
     /// How the bridge reaches the broker.
     pub connection: Connection,
     replica: Option<replica::Instance>,
+    emulator: Option<emulator::Emulator>,
+}
+
+/// What `dev` adds to `serve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dev {
+    /// With broker = "aws": the SQS/SNS endpoint to use (`--endpoint`);
+    /// unset, `AWS_ENDPOINT_URL`, and without it the embedded emulator.
+    pub endpoint: Option<String>,
 }
 
 impl Serving {
     /// Connects; with `dev`, first makes sure the development resources
-    /// exist; then joins the replica queue of the configured mode.
-    pub async fn start(config: Config, dev: bool) -> anyhow::Result<Self> {
+    /// exist (on SNS/SQS, starting the embedded emulator when no endpoint
+    /// is given); then joins the replica queue of the configured mode.
+    pub async fn start(config: Config, dev: Option<Dev>) -> anyhow::Result<Self> {
         match &config.broker {
             BrokerConfig::Amqp(resources) => {
-                if dev {
+                if dev.is_some() {
                     amqp::prepare_dev(resources).await?;
                 }
                 Ok(Self {
                     config,
                     connection: Connection::Amqp,
                     replica: None,
+                    emulator: None,
                 })
             }
-            BrokerConfig::Aws(_) => {
-                let clients = Clients::from_env().await;
-                let config = if dev {
-                    aws::prepare_dev(&clients, config).await?
-                } else {
-                    config
+            BrokerConfig::Aws(resources) => {
+                let (clients, emulator, config) = match dev {
+                    None => (Clients::from_env().await, None, config),
+                    Some(dev) => {
+                        let (clients, emulator) =
+                            aws::dev_clients(dev.endpoint.as_deref(), resources.emulator_port)
+                                .await?;
+                        let config = aws::prepare_dev(&clients, config).await?;
+                        (clients, emulator, config)
+                    }
                 };
                 let (config, replica) = replica::join(&clients, config).await?;
                 Ok(Self {
                     config,
                     connection: Connection::Aws(clients),
                     replica,
+                    emulator,
                 })
             }
         }
     }
 
-    /// Leaves the replica queue (fanout: removes it); after the drain.
+    /// The endpoint of the embedded emulator `dev` started, if it did.
+    pub fn emulator_endpoint(&self) -> Option<&str> {
+        self.emulator.as_ref().map(emulator::Emulator::endpoint)
+    }
+
+    /// Leaves the replica queue (fanout: removes it); after the drain. Then
+    /// stops the embedded emulator, if `dev` started one.
     pub async fn leave(self) {
         if let Some(replica) = self.replica {
             replica.leave().await;
+        }
+        if let Some(emulator) = self.emulator {
+            emulator.stop().await;
         }
     }
 }

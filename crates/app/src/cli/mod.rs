@@ -2,12 +2,14 @@
 //! failure, 2 usage or configuration error.
 
 //!
-//! One file per subcommand: [`serve`] (`serve` and `dev`), [`send_command`],
-//! [`monitor`], [`gc`], [`shards`], [`config`] and [`token`]. This module
+//! One file per subcommand: [`serve`] (`serve` and `dev`), [`emulator`],
+//! [`send_command`], [`monitor`], [`gc`], [`shards`], [`config`] and
+//! [`token`]. This module
 //! parses the command line, loads the configuration (flags are its last
 //! layer) and maps each outcome to its exit code.
 
 pub mod config;
+mod emulator;
 mod gc;
 mod monitor;
 mod send_command;
@@ -26,6 +28,7 @@ use tracing::info;
 
 use self::config::ShowFormat;
 use self::token::parse_ttl;
+use crate::broker::Dev;
 use crate::config::{Config, ConfigError, Settings, Sources};
 use crate::telemetry;
 
@@ -69,17 +72,43 @@ struct ServeArgs {
     port: Option<u16>,
 }
 
+#[derive(Debug, Args, Default)]
+struct DevArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The SQS/SNS endpoint to create the resources on and use (moto,
+    /// LocalStack, …), instead of AWS_ENDPOINT_URL; with neither, the
+    /// embedded emulator is started on 127.0.0.1:emulator_port.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum CliCommand {
     /// Run the bridge.
     ///
     /// Example: BRIDGE_COMMAND_QUEUE_URL=… BRIDGE_EVENTS_TOPIC_ARN=… wsbridge serve
     Serve(ServeArgs),
-    /// Create the topics, queues, subscription and dead-letter queue on the
-    /// configured endpoint if missing (idempotent), then run the bridge.
+    /// Create the topics, queues, subscription and dead-letter queue if
+    /// missing (idempotent), then run the bridge. With broker = "aws" and no
+    /// endpoint (--endpoint, AWS_ENDPOINT_URL), first start the embedded
+    /// SQS/SNS emulator on 127.0.0.1:emulator_port (BRIDGE_EMULATOR_PORT,
+    /// default 9324) and print `export AWS_ENDPOINT_URL=…` for the helper
+    /// commands, the AWS CLI and SDKs in another shell.
     ///
-    /// Example: AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_REGION=us-east-1 wsbridge dev
-    Dev(ServeArgs),
+    /// Example: wsbridge dev   (or: wsbridge dev --endpoint http://127.0.0.1:5000 with moto)
+    Dev(DevArgs),
+    /// Run the embedded SQS/SNS emulator alone (in memory, on 127.0.0.1)
+    /// until Ctrl-C or SIGTERM; print `export AWS_ENDPOINT_URL=…` (and the
+    /// region and credentials the AWS tools need, when the environment has
+    /// none).
+    ///
+    /// Example: wsbridge emulator --port 9324
+    Emulator {
+        /// Port to listen on (default: emulator_port; 0: any free port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Put a Command on the command queue (in an SNS envelope unless --raw),
     /// or publish it to the commands topic with --via-topic.
     ///
@@ -162,9 +191,14 @@ enum CliCommand {
 /// Runs the parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let (overrides, dev) = match &cli.command {
-        CliCommand::Serve(args) => (serve_overrides(args), false),
-        CliCommand::Dev(args) => (serve_overrides(args), true),
-        _ => (Vec::new(), false),
+        CliCommand::Serve(args) => (serve_overrides(args), None),
+        CliCommand::Dev(args) => (
+            serve_overrides(&args.serve),
+            Some(Dev {
+                endpoint: args.endpoint.clone(),
+            }),
+        ),
+        _ => (Vec::new(), None),
     };
     let sources = Sources {
         config_dir: cli.global.config_dir.clone(),
@@ -183,6 +217,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let _telemetry = telemetry::init(config.log_format);
     let result = match cli.command {
         CliCommand::Serve(_) | CliCommand::Dev(_) => serve::run(config, dev).await,
+        CliCommand::Emulator { port } => emulator::run(&config, port).await,
         CliCommand::SendCommand {
             json,
             raw,
@@ -310,7 +345,15 @@ mod tests {
             );
             names.push(sub.get_name().to_owned());
         }
-        for expected in ["serve", "dev", "send-command", "monitor", "token", "config"] {
+        for expected in [
+            "serve",
+            "dev",
+            "emulator",
+            "send-command",
+            "monitor",
+            "token",
+            "config",
+        ] {
             assert!(
                 names.iter().any(|n| n == expected),
                 "{expected} missing: {names:?}"

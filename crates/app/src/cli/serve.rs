@@ -1,20 +1,26 @@
 //! `wsbridge serve` and `wsbridge dev`: run the bridge until SIGTERM/Ctrl-C
-//! (`dev` first makes sure the development resources exist).
+//! (`dev` first makes sure the development resources exist, on the embedded
+//! emulator when no endpoint is given).
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{cancel_on_signal, Failure};
-use crate::broker::Serving;
+use crate::broker::{embedded, Dev, Serving};
 use crate::config::Config;
 use crate::startup::Application;
 
 /// Connects, joins the replica queue of the configured mode, serves until a
 /// signal, drains, and leaves the replica queue.
-pub(crate) async fn run(config: Config, dev: bool) -> Result<(), Failure> {
+pub(crate) async fn run(config: Config, dev: Option<Dev>) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
     let serving = Serving::start(config, dev).await?;
+    if let Some(endpoint) = serving.emulator_endpoint() {
+        for line in embedded::exports(endpoint) {
+            println!("{line}");
+        }
+    }
     let app = match Application::build(serving.config.clone(), serving.connection.clone()).await {
         Ok(app) => app,
         Err(e) => {

@@ -80,6 +80,9 @@ pub struct AwsResources {
     pub commands_topic_arn: Option<String>,
     /// Where given-up Commands go, instead of the queue's RedrivePolicy target.
     pub dead_letter_queue_url: Option<String>,
+    /// The port of the embedded emulator `dev` starts without an endpoint
+    /// (0: any free port).
+    pub emulator_port: u16,
 }
 
 impl AwsResources {
@@ -195,6 +198,15 @@ pub struct Jwt {
 }
 
 impl Config {
+    /// The port of the embedded emulator (`emulator_port`; with broker =
+    /// "amqp", where it cannot be set, its default).
+    pub fn emulator_port(&self) -> u16 {
+        match &self.broker {
+            BrokerConfig::Aws(resources) => resources.emulator_port,
+            BrokerConfig::Amqp(_) => Settings::default().emulator_port,
+        }
+    }
+
     /// Loads the layers and validates them into a configuration.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
         Self::new(Settings::load(sources)?)
@@ -210,6 +222,7 @@ impl Config {
                 events_topic_arn: s.events_topic_arn.clone(),
                 commands_topic_arn: s.commands_topic_arn.clone(),
                 dead_letter_queue_url: s.dead_letter_queue_url.clone(),
+                emulator_port: s.emulator_port,
             }),
             Broker::Amqp => {
                 let raw = required("amqp_url", &s.amqp_url)?;

@@ -61,6 +61,11 @@ settings! {
         /// of its CPU per call); "sdk" sends them through the AWS SDK, which
         /// makes every other call either way.
         sqs_client: SqsClient = SqsClient::Lean;
+        /// With broker = "aws", the port of the embedded SQS/SNS emulator on
+        /// 127.0.0.1 that `wsbridge dev` starts when neither AWS_ENDPOINT_URL
+        /// nor --endpoint names one, and `wsbridge emulator`'s default
+        /// (0: any free port). 9324 is the port SQS emulators customarily use.
+        emulator_port: u16 = 9324, range 0..=65_535;
         /// With broker = "amqp", the broker URL (it holds a password: keep it in
         /// the environment, BRIDGE_AMQP_URL).
         amqp_url: Option<String> = None,

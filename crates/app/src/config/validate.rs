@@ -106,6 +106,10 @@ impl Settings {
                 "settle_linger_ms",
                 self.settle_linger_ms != defaults.settle_linger_ms,
             ),
+            (
+                "emulator_port",
+                self.emulator_port != defaults.emulator_port,
+            ),
         ];
         let amqp_only = [
             ("amqp_url", self.amqp_url.is_some()),

@@ -169,10 +169,12 @@ async fn out_of_range_settings_exit_2_naming_the_setting_before_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_is_available_on_every_subcommand() {
     let dir = TempDir::new("cli-help");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--help"], "send-command"),
         (&["serve", "--help"], "--port"),
         (&["dev", "--help"], "--port"),
+        (&["dev", "--help"], "--endpoint"),
+        (&["emulator", "--help"], "--port"),
         (&["send-command", "--help"], "--via-topic"),
         (&["monitor", "--help"], "--count"),
     ];

@@ -98,6 +98,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "allowed_origins" => ("https://a.example,https://b.example", vec![]),
         "log_format" => ("json", vec![]),
         "dead_letter_queue_url" => ("http://127.0.0.1:1/000000000000/dlq", vec![]),
+        "emulator_port" => ("0", vec![]),
         "max_unacked_per_client" => ("7", vec![]),
         other => panic!("no sample for the setting {other}: add one"),
     }

@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod config_rules;
 mod credentials;
+mod dev_emulator;
 mod docs;
 mod downlink;
 mod faults;

@@ -47,7 +47,7 @@ pub fn client_id(prefix: &str) -> String {
 /// The resources of one test: queue + DLQ + topics made by the bridge's own
 /// bootstrap (which also subscribes the queue to the commands topic).
 pub struct Env {
-    /// Clients and helpers for moto.
+    /// Clients and helpers for moto (or the emulator).
     pub aws: Aws,
     /// What the bootstrap created.
     pub infra: Infrastructure,
@@ -57,7 +57,12 @@ impl Env {
     /// Bootstraps fresh resources; the redrive policy moves a message to the
     /// dead-letter queue after `max_receive_count` receives.
     pub async fn new(max_receive_count: u32) -> Self {
-        let aws = testkit::moto().aws().await;
+        Self::with_aws(testkit::moto().aws().await, max_receive_count).await
+    }
+
+    /// [`Env::new`] on the SNS/SQS that `aws` reaches (moto, or an
+    /// embedded emulator).
+    pub async fn with_aws(aws: Aws, max_receive_count: u32) -> Self {
         let plan = Plan {
             events_topic: testkit::unique_name("app-events"),
             commands_topic: testkit::unique_name("app-commands"),

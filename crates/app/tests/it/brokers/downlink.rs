@@ -24,7 +24,7 @@ async fn metrics_carry_the_brokers_own_series_and_readiness_its_reason(broker: B
     let env = broker.env().await;
     let bridge = env.bridge(|_| {}).await;
     let (own, other) = match broker {
-        Broker::Moto => ("wsbridge_sqs_", "wsbridge_amqp_"),
+        Broker::Moto | Broker::Emulator => ("wsbridge_sqs_", "wsbridge_amqp_"),
         Broker::Rabbit => ("wsbridge_amqp_", "wsbridge_sqs_"),
     };
     wait_until("/ready answers 200", || {

@@ -1,13 +1,15 @@
 //! One behaviour suite, two brokers: the end-to-end behaviours of the bridge
 //! that do not depend on which broker is behind it, written once against
-//! [`Broker`] and run against both moto (SNS/SQS) and RabbitMQ (AMQP).
+//! [`Broker`] and run against SNS/SQS — emulated by moto, and by the
+//! embedded emulator (`crates/emulator`, `wsbridge dev`'s default backend,
+//! held to moto's behaviour here) — and RabbitMQ (AMQP).
 //!
 //! Each behaviour is a plain `async fn(Broker)`; [`both_brokers!`] turns it
-//! into a module with two tests, `<behaviour>::moto` and
-//! `<behaviour>::rabbit` (so `cargo nextest run -p app brokers::` runs the
-//! suite, `… rabbit` one broker's half).
+//! into a module with three tests, `<behaviour>::moto`,
+//! `<behaviour>::emulator` and `<behaviour>::rabbit` (so `cargo nextest run
+//! -p app brokers::` runs the suite, `… rabbit` one broker's part).
 //!
-//! What differs per broker lives in [`moto`] and [`rabbit`], behind
+//! What differs per broker lives in [`sns_sqs`] and [`rabbit`], behind
 //! [`TestEnv`]: fresh, uniquely named resources per test; the bridge's
 //! settings and connection; putting a Command on the command queue (bare,
 //! or enveloped: through the SNS commands topic / the commands exchange);
@@ -29,17 +31,22 @@ use serde_json::Value;
 
 use crate::support::{Bridge, PATIENCE, QUIET};
 
-mod moto;
 mod rabbit;
+mod sns_sqs;
 
 /// Defines, for each named `async fn(Broker)` of the enclosing module, a
-/// module of that name with the tests `moto` and `rabbit`.
+/// module of that name with the tests `moto`, `emulator` and `rabbit`.
 macro_rules! both_brokers {
     ($($behaviour:ident),+ $(,)?) => {$(
         mod $behaviour {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn moto() {
                 super::$behaviour($crate::brokers::Broker::Moto).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn emulator() {
+                super::$behaviour($crate::brokers::Broker::Emulator).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,6 +67,8 @@ mod uplink;
 pub enum Broker {
     /// SNS/SQS, emulated by moto.
     Moto,
+    /// SNS/SQS, emulated by the embedded emulator (one per test).
+    Emulator,
     /// RabbitMQ (AMQP 0-9-1).
     Rabbit,
 }
@@ -106,7 +115,12 @@ impl Broker {
     /// events topic / exchange, made by the bridge's own bootstrap.
     pub async fn env_with(self, resources: Resources) -> TestEnv {
         match self {
-            Broker::Moto => TestEnv::Moto(moto::MotoEnv::new(resources).await),
+            Broker::Moto => {
+                TestEnv::Aws(sns_sqs::AwsEnv::new(resources, sns_sqs::Backend::Moto).await)
+            }
+            Broker::Emulator => {
+                TestEnv::Aws(sns_sqs::AwsEnv::new(resources, sns_sqs::Backend::Emulator).await)
+            }
             Broker::Rabbit => TestEnv::Rabbit(rabbit::RabbitEnv::new().await),
         }
     }
@@ -162,8 +176,8 @@ impl DeadLettered {
 
 /// The resources of one test on one broker.
 pub enum TestEnv {
-    /// On moto.
-    Moto(moto::MotoEnv),
+    /// On SNS/SQS (moto or the embedded emulator).
+    Aws(sns_sqs::AwsEnv),
     /// On RabbitMQ.
     Rabbit(rabbit::RabbitEnv),
 }
@@ -173,7 +187,7 @@ impl TestEnv {
     /// free port, one worker, short receive waits and shutdown deadline).
     pub fn settings(&self) -> Settings {
         match self {
-            TestEnv::Moto(env) => env.settings(),
+            TestEnv::Aws(env) => env.settings(),
             TestEnv::Rabbit(env) => env.settings(),
         }
     }
@@ -181,7 +195,7 @@ impl TestEnv {
     /// How the bridge reaches the broker.
     pub async fn connection(&self) -> Connection {
         match self {
-            TestEnv::Moto(env) => env.connection().await,
+            TestEnv::Aws(env) => env.connection().await,
             TestEnv::Rabbit(_) => Connection::Amqp,
         }
     }
@@ -199,7 +213,7 @@ impl TestEnv {
     /// envelope through the commands exchange.
     pub async fn send_command(&self, body: &str, enveloped: bool) {
         match self {
-            TestEnv::Moto(env) => env.send_command(body, enveloped).await,
+            TestEnv::Aws(env) => env.send_command(body, enveloped).await,
             TestEnv::Rabbit(env) => env.send_command(body, enveloped).await,
         }
     }
@@ -208,7 +222,7 @@ impl TestEnv {
     /// from now on are seen).
     pub async fn events_observer(&self) -> Observer {
         match self {
-            TestEnv::Moto(env) => Observer::Moto(env.events_observer().await),
+            TestEnv::Aws(env) => Observer::Aws(env.events_observer().await),
             TestEnv::Rabbit(env) => Observer::Rabbit(env.events_observer().await),
         }
     }
@@ -216,7 +230,7 @@ impl TestEnv {
     /// What the command queue holds right now.
     pub async fn pending_commands(&self) -> Pending {
         match self {
-            TestEnv::Moto(env) => env.pending_commands().await,
+            TestEnv::Aws(env) => env.pending_commands().await,
             TestEnv::Rabbit(env) => env.pending_commands().await,
         }
     }
@@ -239,7 +253,7 @@ impl TestEnv {
     /// else arrives within a short while.
     pub async fn dead_letters(&self, at_least: usize) -> Vec<DeadLettered> {
         match self {
-            TestEnv::Moto(env) => env.dead_letters(at_least).await,
+            TestEnv::Aws(env) => env.dead_letters(at_least).await,
             TestEnv::Rabbit(env) => env.dead_letters(at_least).await,
         }
     }
@@ -248,7 +262,7 @@ impl TestEnv {
 /// Watches the events topic / exchange.
 pub enum Observer {
     /// A queue subscribed to the SNS events topic (raw delivery off).
-    Moto(moto::MotoObserver),
+    Aws(sns_sqs::AwsObserver),
     /// A temporary queue bound to the events exchange (`#`).
     Rabbit(rabbit::RabbitObserver),
 }
@@ -258,7 +272,7 @@ impl Observer {
     /// has passed; returns what arrived either way (assert on the length).
     pub async fn events(&mut self, at_least: usize) -> Vec<Event> {
         match self {
-            Observer::Moto(observer) => observer.events(at_least, PATIENCE).await,
+            Observer::Aws(observer) => observer.events(at_least, PATIENCE).await,
             Observer::Rabbit(observer) => observer.events(at_least, PATIENCE).await,
         }
     }
@@ -266,7 +280,7 @@ impl Observer {
     /// Fails the test when any event arrives within [`QUIET`].
     pub async fn assert_quiet(&mut self) {
         let seen = match self {
-            Observer::Moto(observer) => observer.all_within(QUIET).await,
+            Observer::Aws(observer) => observer.all_within(QUIET).await,
             Observer::Rabbit(observer) => observer.all_within(QUIET).await,
         };
         assert!(seen.is_empty(), "expected no more events, got {seen:?}");

@@ -19,14 +19,23 @@ use tokio::time::Instant;
 use super::{Broker, TestEnv};
 use crate::support::{client_id, command, connect, next_frame, send_text, Next, Ws};
 
-// RabbitMQ only: the window that can freeze is AMQP's prefetch. (On moto
-// the same scenario passes in about 6 s when run alone, but its queue-count
-// bound is not reliable next to the rest of the suite on a loaded machine.)
+// RabbitMQ, where the window that can freeze is AMQP's prefetch, and the
+// embedded emulator. (On moto the same scenario passes in about 6 s when run
+// alone, but its queue-count bound is not reliable next to the rest of the
+// suite on a loaded machine.)
 mod a_client_that_never_acknowledges_does_not_stall_the_others {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rabbit() {
         super::a_client_that_never_acknowledges_does_not_stall_the_others(
             crate::brokers::Broker::Rabbit,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn emulator() {
+        super::a_client_that_never_acknowledges_does_not_stall_the_others(
+            crate::brokers::Broker::Emulator,
         )
         .await;
     }

@@ -1,30 +1,57 @@
-//! The suite's broker on moto: the resources of `support::Env` (queue,
-//! dead-letter queue with a redrive policy, commands and events topics, made
-//! by `adapters_aws::bootstrap::ensure` under unique names). Moto is thrown
-//! away at the end of the run, so nothing is deleted.
+//! The suite's SNS/SQS broker, on moto or on the embedded emulator: the
+//! resources of `support::Env` (queue, dead-letter queue with a redrive
+//! policy, commands and events topics, made by
+//! `adapters_aws::bootstrap::ensure` under unique names). Moto is thrown
+//! away at the end of the run and each test's emulator with its test, so
+//! nothing is deleted.
 
 use std::time::Duration;
 
 use adapters_aws::sdk::Clients;
 use app::broker::Connection;
 use app::config::Settings;
+use emulator::{Emulator, EmulatorConfig};
 use testkit::{Aws, Received, TestQueue};
 
 use super::{json, DeadLettered, Event, Pending, Resources};
 use crate::support::{Env, PATIENCE};
 
-/// One test's resources on moto.
-pub struct MotoEnv {
-    env: Env,
+/// What emulates SNS/SQS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared moto of the test run (`testkit::moto()`).
+    Moto,
+    /// An embedded emulator of the test's own, in-process on a free port.
+    Emulator,
 }
 
-impl MotoEnv {
-    pub async fn new(resources: Resources) -> Self {
-        let env = Env::new(resources.max_receive_count).await;
+/// One test's resources on moto or the emulator.
+pub struct AwsEnv {
+    env: Env,
+    /// The test's emulator, kept running as long as the resources.
+    _emulator: Option<Emulator>,
+}
+
+impl AwsEnv {
+    pub async fn new(resources: Resources, backend: Backend) -> Self {
+        let (aws, emulator) = match backend {
+            Backend::Moto => (testkit::moto().aws().await, None),
+            Backend::Emulator => {
+                let emulator = Emulator::start(EmulatorConfig::default())
+                    .await
+                    .expect("the embedded emulator starts on a free port");
+                let aws = Aws::new(testkit::sdk_config_at(emulator.endpoint()).await);
+                (aws, Some(emulator))
+            }
+        };
+        let env = Env::with_aws(aws, resources.max_receive_count).await;
         if let Some(secs) = resources.visibility_timeout_secs {
             env.set_visibility_timeout(secs).await;
         }
-        Self { env }
+        Self {
+            env,
+            _emulator: emulator,
+        }
     }
 
     pub fn settings(&self) -> Settings {
@@ -32,7 +59,7 @@ impl MotoEnv {
     }
 
     pub async fn connection(&self) -> Connection {
-        Connection::Aws(Clients::from_config(&testkit::moto().sdk_config().await))
+        Connection::Aws(Clients::from_config(&self.env.aws.config))
     }
 
     pub async fn send_command(&self, body: &str, enveloped: bool) {
@@ -47,8 +74,8 @@ impl MotoEnv {
         }
     }
 
-    pub async fn events_observer(&self) -> MotoObserver {
-        MotoObserver {
+    pub async fn events_observer(&self) -> AwsObserver {
+        AwsObserver {
             aws: self.env.aws.clone(),
             queue: self.env.events_observer().await,
         }
@@ -80,17 +107,17 @@ impl MotoEnv {
     }
 }
 
-/// How long [`MotoEnv::dead_letters`] keeps looking for more.
+/// How long [`AwsEnv::dead_letters`] keeps looking for more.
 const LINGER: Duration = Duration::from_millis(300);
 
 /// A queue subscribed to the events topic with raw delivery off: each
 /// event arrives in an SNS envelope, its attributes inside.
-pub struct MotoObserver {
+pub struct AwsObserver {
     aws: Aws,
     queue: TestQueue,
 }
 
-impl MotoObserver {
+impl AwsObserver {
     pub async fn events(&self, at_least: usize, within: Duration) -> Vec<Event> {
         let got = self
             .aws

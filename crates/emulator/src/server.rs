@@ -76,7 +76,7 @@ impl Faults {
 
 /// How the server starts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StubConfig {
+pub struct EmulatorConfig {
     /// Address to listen on (loopback).
     pub host: String,
     /// Port (0: any free port).
@@ -89,7 +89,7 @@ pub struct StubConfig {
     pub faults: Faults,
 }
 
-impl Default for StubConfig {
+impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
             host: "127.0.0.1".into(),
@@ -211,19 +211,19 @@ impl Shared {
     }
 }
 
-/// A running stub. Dropping it does not stop the server: call [`StubServer::stop`].
+/// A running emulator. Dropping it does not stop the server: call [`Emulator::stop`].
 #[derive(Debug)]
-pub struct StubServer {
+pub struct Emulator {
     endpoint: String,
     shared: Arc<Shared>,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<io::Result<()>>,
 }
 
-impl StubServer {
+impl Emulator {
     /// Binds `config.host:config.port` and serves on `config.workers`
     /// threads of their own. Call from within a tokio runtime.
-    pub async fn start(config: StubConfig) -> io::Result<Self> {
+    pub async fn start(config: EmulatorConfig) -> io::Result<Self> {
         let listener = TcpListener::bind((config.host.as_str(), config.port))?;
         let address = listener.local_addr()?;
         let endpoint = format!("http://{address}");

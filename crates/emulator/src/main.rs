@@ -1,21 +1,23 @@
-//! `sqs-stub`: the in-memory SQS/SNS server as a process.
+//! `emulator`: the embedded SQS/SNS emulator as a process of its own, with
+//! the fault injection of benchmarks and fault tests on the command line
+//! (`wsbridge emulator` is the same emulator for users, without faults).
 //!
 //! ```text
-//! sqs-stub --port 4566 --latency-ms 20 --error-rate 0.01 --error-ops ReceiveMessage
+//! emulator --port 4566 --latency-ms 20 --error-rate 0.01 --error-ops ReceiveMessage
 //! ```
 //!
-//! Prints `AWS_ENDPOINT_URL=http://127.0.0.1:PORT` on stdout once listening,
-//! then serves until SIGINT or SIGTERM.
+//! Prints `export AWS_ENDPOINT_URL=http://127.0.0.1:PORT` on stdout once
+//! listening, then serves until SIGINT or SIGTERM.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sqs_stub::{FaultKind, Faults, StubConfig, StubServer};
+use emulator::{Emulator, EmulatorConfig, FaultKind, Faults};
 
-/// An in-memory SQS (JSON 1.0) and SNS (query) server on loopback, for
-/// benchmarks and fault tests. Point AWS_ENDPOINT_URL at it.
+/// The embedded SQS (JSON 1.0) and SNS (query) emulator, in memory, with
+/// fault injection for benchmarks and fault tests. Point AWS_ENDPOINT_URL at it.
 #[derive(Debug, Parser)]
-#[command(name = "sqs-stub", version)]
+#[command(name = "emulator", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -61,10 +63,10 @@ fn parse_kind(text: &str) -> Result<FaultKind, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     if !(0.0..=1.0).contains(&args.error_rate) || !(0.0..=1.0).contains(&args.entry_error_rate) {
-        eprintln!("sqs-stub: error rates are fractions in 0..=1");
+        eprintln!("emulator: error rates are fractions in 0..=1");
         return ExitCode::from(2);
     }
-    let config = StubConfig {
+    let config = EmulatorConfig {
         host: args.host,
         port: args.port,
         workers: args.workers,
@@ -83,21 +85,21 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("sqs-stub: cannot start the runtime: {e}");
+            eprintln!("emulator: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async {
-        let stub = match StubServer::start(config).await {
-            Ok(stub) => stub,
+        let emulator = match Emulator::start(config).await {
+            Ok(emulator) => emulator,
             Err(e) => {
-                eprintln!("sqs-stub: cannot listen: {e}");
+                eprintln!("emulator: cannot listen: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        println!("AWS_ENDPOINT_URL={}", stub.endpoint());
+        println!("export AWS_ENDPOINT_URL={}", emulator.endpoint());
         wait_for_signal().await;
-        stub.stop().await;
+        emulator.stop().await;
         ExitCode::SUCCESS
     })
 }

@@ -17,6 +17,34 @@ const XMLNS: &str = "http://sns.amazonaws.com/doc/2010-03-31/";
 const CONTENT_TYPE: &str = "text/xml";
 const BATCH_LIMIT: usize = 10;
 
+/// SQS's operations: named in an SNS-style form body, they are an SQS
+/// client speaking the older query protocol.
+const SQS_OPERATIONS: &[&str] = &[
+    "AddPermission",
+    "CancelMessageMoveTask",
+    "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch",
+    "CreateQueue",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+    "DeleteQueue",
+    "GetQueueAttributes",
+    "GetQueueUrl",
+    "ListDeadLetterSourceQueues",
+    "ListMessageMoveTasks",
+    "ListQueueTags",
+    "ListQueues",
+    "PurgeQueue",
+    "ReceiveMessage",
+    "RemovePermission",
+    "SendMessage",
+    "SendMessageBatch",
+    "SetQueueAttributes",
+    "StartMessageMoveTask",
+    "TagQueue",
+    "UntagQueue",
+];
+
 type Params = BTreeMap<String, String>;
 
 /// Answers one SNS call.
@@ -98,6 +126,29 @@ fn entry_map(params: &Params, prefix: &str) -> Params {
         map.insert(key.clone(), value);
     }
     map
+}
+
+/// A list: `PREFIX.member.N`.
+fn members(params: &Params, prefix: &str) -> Vec<String> {
+    (1..)
+        .map_while(|n| params.get(&format!("{prefix}.member.{n}")).cloned())
+        .collect()
+}
+
+/// Tags: `Tags.member.N.Key` / `Tags.member.N.Value`.
+fn tags(params: &Params) -> Params {
+    let mut tags = Params::new();
+    for n in 1.. {
+        let Some(key) = params.get(&format!("Tags.member.{n}.Key")) else {
+            break;
+        };
+        let value = params
+            .get(&format!("Tags.member.{n}.Value"))
+            .cloned()
+            .unwrap_or_default();
+        tags.insert(key.clone(), value);
+    }
+    tags
 }
 
 /// `MessageAttributes.entry.N.Name` / `.Value.DataType` / `.Value.StringValue` / `.Value.BinaryValue`.
@@ -183,8 +234,11 @@ fn dispatch(shared: &Shared, action: &str, params: &Params) -> Answer {
     let some = |inner: String| Ok((Some(inner), 1));
     match action {
         "CreateTopic" => {
-            let arn =
-                model.create_topic(param(params, "Name")?, &entry_map(params, "Attributes"))?;
+            let arn = model.create_topic(
+                param(params, "Name")?,
+                &entry_map(params, "Attributes"),
+                &tags(params),
+            )?;
             some(format!("<TopicArn>{}</TopicArn>", escape(&arn)))
         }
         "DeleteTopic" => {
@@ -251,8 +305,27 @@ fn dispatch(shared: &Shared, action: &str, params: &Params) -> Answer {
             )?;
             Ok((None, 1))
         }
-        "TagResource" | "UntagResource" => Ok((None, 1)),
-        "ListTagsForResource" => some("<Tags/>".into()),
+        "TagResource" => {
+            model.tag_topic(param(params, "ResourceArn")?, &tags(params))?;
+            Ok((None, 1))
+        }
+        "UntagResource" => {
+            model.untag_topic(param(params, "ResourceArn")?, &members(params, "TagKeys"))?;
+            Ok((None, 1))
+        }
+        "ListTagsForResource" => {
+            let mut inner = String::from("<Tags>");
+            for (key, value) in model.topic_tags(param(params, "ResourceArn")?)? {
+                let _ = write!(
+                    inner,
+                    "<member><Key>{}</Key><Value>{}</Value></member>",
+                    escape(&key),
+                    escape(&value)
+                );
+            }
+            inner.push_str("</Tags>");
+            some(inner)
+        }
         "Publish" => {
             let topic = params
                 .get("TopicArn")
@@ -268,10 +341,19 @@ fn dispatch(shared: &Shared, action: &str, params: &Params) -> Answer {
             some(format!("<MessageId>{id}</MessageId>{sequence}"))
         }
         "PublishBatch" => publish_batch(shared, params),
-        other => Err(ApiError::new(
+        "" => Err(ApiError::new(
             ErrorKind::UnknownOperation,
-            format!("the stub does not implement {other}"),
+            "The request names no operation: an SNS query (form body with Action=…) \
+             or an SQS JSON call (X-Amz-Target: AmazonSQS.…) is expected",
         )),
+        other if SQS_OPERATIONS.contains(&other) => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!(
+                "{other} over the SQS query protocol is not supported by the embedded \
+                 emulator: it speaks SQS in the AWS JSON protocol (X-Amz-Target: AmazonSQS.{other})"
+            ),
+        )),
+        other => Err(ApiError::unsupported(other)),
     }
 }
 

@@ -3,29 +3,29 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use sqs_stub::{FaultKind, Faults};
+use emulator::{FaultKind, Faults};
 
-use crate::stub;
+use crate::emulator;
 
 #[tokio::test]
 async fn latency_delays_every_call() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("slow").await;
-    stub.set_faults(Faults {
+    emulator.set_faults(Faults {
         latency_ms: 150,
         ..Faults::default()
     });
     let started = Instant::now();
     aws.send(&queue.url, "x").await;
     assert!(started.elapsed() >= Duration::from_millis(150));
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn injected_errors_fail_the_chosen_operation_only() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("faulty").await;
-    stub.set_faults(Faults {
+    emulator.set_faults(Faults {
         error_rate: 1.0,
         error: FaultKind::Internal,
         operations: vec!["ReceiveMessage".into()],
@@ -44,16 +44,16 @@ async fn injected_errors_fail_the_chosen_operation_only() {
         aws_sdk_sqs::error::ProvideErrorMetadata::code(&service),
         Some("InternalError")
     );
-    let receive = &stub.operations()["ReceiveMessage"];
+    let receive = &emulator.operations()["ReceiveMessage"];
     // The SDK retried a 500 (standard retry mode: three attempts).
     assert_eq!(receive.calls, 3);
     assert_eq!(receive.injected, 3);
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn injected_entry_failures_are_not_the_senders_fault() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("partial").await;
     aws.send(&queue.url, "x").await;
     let got = aws
@@ -63,7 +63,7 @@ async fn injected_entry_failures_are_not_the_senders_fault() {
         .send()
         .await
         .unwrap();
-    stub.set_faults(Faults {
+    emulator.set_faults(Faults {
         entry_error_rate: 1.0,
         ..Faults::default()
     });
@@ -84,15 +84,15 @@ async fn injected_entry_failures_are_not_the_senders_fault() {
     assert_eq!(out.failed().len(), 1);
     assert!(!out.failed()[0].sender_fault());
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 1));
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn control_routes_set_faults_load_messages_and_count_calls() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("bulk").await;
     let http = reqwest::Client::new();
-    let url = |path: &str| format!("{}{path}", stub.endpoint());
+    let url = |path: &str| format!("{}{path}", emulator.endpoint());
     let sent: serde_json::Value = http
         .post(url("/__stub/send"))
         .json(&serde_json::json!({"queue": queue.url, "bodies": ["a", "b", "c"]}))
@@ -117,7 +117,7 @@ async fn control_routes_set_faults_load_messages_and_count_calls() {
         .unwrap()
         .error_for_status()
         .unwrap();
-    assert_eq!(stub.faults().latency_ms, 5);
+    assert_eq!(emulator.faults().latency_ms, 5);
     let got = aws.receive_at_least(&queue.url, 3, crate::PATIENCE).await;
     assert_eq!(got.len(), 3);
     let stats: serde_json::Value = http
@@ -131,5 +131,5 @@ async fn control_routes_set_faults_load_messages_and_count_calls() {
     assert_eq!(stats["enqueued"], 3);
     assert_eq!(stats["queues"]["bulk"]["visible"], 0);
     assert!(stats["operations"]["ReceiveMessage"]["entries"].as_u64() >= Some(3));
-    stub.stop().await;
+    emulator.stop().await;
 }

@@ -16,6 +16,7 @@ pub(super) struct Topic {
     pub(super) arn: String,
     pub(super) fifo: bool,
     pub(super) attributes: BTreeMap<String, String>,
+    pub(super) tags: BTreeMap<String, String>,
     pub(super) subscriptions: Vec<Arc<Subscription>>,
 }
 
@@ -33,6 +34,7 @@ impl Model {
         &self,
         name: &str,
         attributes: &BTreeMap<String, String>,
+        tags: &BTreeMap<String, String>,
     ) -> ApiResult<String> {
         if !valid_name(name) || name.len() > 256 {
             return Err(ApiError::invalid(format!(
@@ -47,12 +49,14 @@ impl Model {
         }
         let arn = format!("arn:aws:sns:{}:{}:{name}", self.region, self.account);
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
-        topics.entry(arn.clone()).or_insert_with(|| Topic {
+        let topic = topics.entry(arn.clone()).or_insert_with(|| Topic {
             arn: arn.clone(),
             fifo,
             attributes: attributes.clone(),
+            tags: BTreeMap::new(),
             subscriptions: Vec::new(),
         });
+        topic.tags.extend(tags.clone());
         Ok(arn)
     }
 
@@ -95,6 +99,31 @@ impl Model {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         let topic = topics.get_mut(arn).ok_or_else(ApiError::topic_missing)?;
         topic.attributes.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// The tags of a topic.
+    pub fn topic_tags(&self, arn: &str) -> ApiResult<BTreeMap<String, String>> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        let topic = topics.get(arn).ok_or_else(ApiError::resource_missing)?;
+        Ok(topic.tags.clone())
+    }
+
+    /// Adds (or replaces) tags of a topic.
+    pub fn tag_topic(&self, arn: &str, tags: &BTreeMap<String, String>) -> ApiResult<()> {
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let topic = topics.get_mut(arn).ok_or_else(ApiError::resource_missing)?;
+        topic.tags.extend(tags.clone());
+        Ok(())
+    }
+
+    /// Removes tags of a topic (absent keys are ignored).
+    pub fn untag_topic(&self, arn: &str, keys: &[String]) -> ApiResult<()> {
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let topic = topics.get_mut(arn).ok_or_else(ApiError::resource_missing)?;
+        for key in keys {
+            topic.tags.remove(key);
+        }
         Ok(())
     }
 

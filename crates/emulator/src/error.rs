@@ -11,6 +11,8 @@ pub enum ErrorKind {
     TopicMissing,
     /// The subscription does not exist.
     SubscriptionMissing,
+    /// The resource a tagging call names does not exist.
+    ResourceMissing,
     /// A parameter has an invalid value.
     InvalidParameter,
     /// A required parameter is missing.
@@ -31,7 +33,7 @@ pub enum ErrorKind {
     InvalidBatchId,
     /// A queue of that name exists with other attributes.
     QueueExists,
-    /// An unknown operation.
+    /// An operation the emulator does not implement.
     UnknownOperation,
     /// Injected: a server-side failure (HTTP 500).
     Internal,
@@ -93,12 +95,26 @@ impl ApiError {
         )
     }
 
+    /// The resource a tagging call names does not exist.
+    pub fn resource_missing() -> Self {
+        Self::new(ErrorKind::ResourceMissing, "Resource does not exist")
+    }
+
+    /// An operation the emulator does not implement (`operation` as the
+    /// client named it).
+    pub fn unsupported(operation: &str) -> Self {
+        Self::new(
+            ErrorKind::UnknownOperation,
+            format!("{operation} is not supported by the embedded emulator"),
+        )
+    }
+
     /// The SQS JSON protocol's spelling: (`__type` suffix, `x-amzn-query-error`
     /// code, HTTP status, sender's fault).
     pub fn sqs_codes(&self) -> (&'static str, &'static str, u16, bool) {
         use ErrorKind::*;
         match self.kind {
-            QueueMissing | TopicMissing | SubscriptionMissing => (
+            QueueMissing | TopicMissing | SubscriptionMissing | ResourceMissing => (
                 "QueueDoesNotExist",
                 "AWS.SimpleQueueService.NonExistentQueue",
                 400,
@@ -166,6 +182,7 @@ impl ApiError {
         use ErrorKind::*;
         match self.kind {
             QueueMissing | TopicMissing | SubscriptionMissing => ("NotFound", 404, true),
+            ResourceMissing => ("ResourceNotFound", 404, true),
             InvalidParameter | MissingParameter | ReceiptInvalid | NotInflight | QueueExists => {
                 ("InvalidParameter", 400, true)
             }

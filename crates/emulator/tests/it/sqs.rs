@@ -7,11 +7,11 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
-use crate::{stub, PATIENCE};
+use crate::{emulator, PATIENCE};
 
 #[tokio::test]
 async fn batches_long_polls_receipts_and_visibility() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("commands").await;
     let entries = (0..3)
         .map(|i| {
@@ -115,12 +115,12 @@ async fn batches_long_polls_receipts_and_visibility() {
     assert_eq!(again[0].body, "body 0");
     assert_eq!(again[0].receive_count, 2);
     assert_eq!(aws.queue_counts(&queue.url).await, (0, 0));
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn sent_message_md5_matches_the_body() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("md5").await;
     let out = aws
         .sqs
@@ -134,12 +134,12 @@ async fn sent_message_md5_matches_the_body() {
         out.md5_of_message_body(),
         Some("900150983cd24fb0d6963f7d28e17f72")
     );
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn a_long_poll_answers_as_soon_as_a_message_arrives() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let queue = aws.create_queue("long-poll").await;
     let poll = {
         let (sqs, url) = (aws.sqs.clone(), queue.url.clone());
@@ -173,13 +173,13 @@ async fn a_long_poll_answers_as_soon_as_a_message_arrives() {
         .unwrap();
     assert!(out.messages().is_empty());
     assert!(started.elapsed() >= Duration::from_millis(900));
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn missing_queues_are_reported_as_such() {
-    let (stub, aws) = stub().await;
-    let url = format!("{}/123456789012/nope", stub.endpoint());
+    let (emulator, aws) = emulator().await;
+    let url = format!("{}/123456789012/nope", emulator.endpoint());
     let error = aws
         .sqs
         .receive_message()
@@ -189,12 +189,12 @@ async fn missing_queues_are_reported_as_such() {
         .unwrap_err()
         .into_service_error();
     assert!(error.is_queue_does_not_exist(), "{error:?}");
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn attributes_tags_listing_and_redrive() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let (queue, dlq) = aws.create_queue_with_dlq("main", 2, &[]).await;
     let attributes = aws
         .sqs
@@ -252,12 +252,12 @@ async fn attributes_tags_listing_and_redrive() {
     assert!(third.messages().is_empty());
     let moved = aws.receive_at_least(&dlq.url, 1, PATIENCE).await;
     assert_eq!(moved[0].body, "poison");
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn fifo_queues_keep_group_order_and_drop_duplicates() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let url = aws
         .sqs
         .create_queue()
@@ -294,5 +294,5 @@ async fn fifo_queues_keep_group_order_and_drop_duplicates() {
         got.messages()[0].attributes().unwrap()[&MessageSystemAttributeName::MessageGroupId],
         "g"
     );
-    stub.stop().await;
+    emulator.stop().await;
 }

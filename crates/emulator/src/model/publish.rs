@@ -249,7 +249,9 @@ mod tests {
     #[tokio::test]
     async fn fanout_wraps_in_an_envelope_unless_raw() {
         let model = model();
-        let topic = model.create_topic("t", &BTreeMap::new()).unwrap();
+        let topic = model
+            .create_topic("t", &BTreeMap::new(), &BTreeMap::new())
+            .unwrap();
         let wrapped = model
             .create_queue("wrapped", &BTreeMap::new(), &BTreeMap::new())
             .unwrap();

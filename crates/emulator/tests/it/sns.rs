@@ -2,7 +2,7 @@
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
-use crate::{stub, PATIENCE};
+use crate::{emulator, PATIENCE};
 
 fn string(value: &str) -> MessageAttributeValue {
     MessageAttributeValue::builder()
@@ -14,7 +14,7 @@ fn string(value: &str) -> MessageAttributeValue {
 
 #[tokio::test]
 async fn publish_fans_out_in_an_envelope_the_bridge_decodes() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let topic = aws.create_topic("commands").await;
     let wrapped = aws.create_queue("wrapped").await;
     let raw = aws.create_queue("raw").await;
@@ -40,12 +40,12 @@ async fn publish_fans_out_in_an_envelope_the_bridge_decodes() {
     let got = aws.receive_at_least(&raw.url, 1, PATIENCE).await;
     assert_eq!(got[0].body, command);
     assert_eq!(got[0].attributes["client_id"], "c1");
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn publish_batch_reports_each_entry() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let topic = aws.create_topic("events").await;
     let queue = aws.create_queue("observer").await;
     aws.subscribe_queue(&topic, &queue, true).await;
@@ -96,12 +96,12 @@ async fn publish_batch_reports_each_entry() {
         error.is_too_many_entries_in_batch_request_exception(),
         "{error:?}"
     );
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
 async fn filter_policies_and_unsubscribe() {
-    let (stub, aws) = stub().await;
+    let (emulator, aws) = emulator().await;
     let topic = aws.create_topic("sharded").await;
     let shard_a = aws.create_queue("shard-a").await;
     let subscription = aws
@@ -126,12 +126,12 @@ async fn filter_policies_and_unsubscribe() {
         .unwrap_err()
         .into_service_error();
     assert!(error.is_not_found_exception(), "{error:?}");
-    stub.stop().await;
+    emulator.stop().await;
 }
 
 #[tokio::test]
-async fn the_bridge_bootstrap_and_fanout_tools_run_against_the_stub() {
-    let (stub, aws) = stub().await;
+async fn the_bridge_bootstrap_and_fanout_tools_run_against_the_emulator() {
+    let (emulator, aws) = emulator().await;
     let plan = adapters_aws::bootstrap::Plan {
         events_topic: "wsbridge-events".into(),
         commands_topic: "wsbridge-commands".into(),
@@ -169,5 +169,5 @@ async fn the_bridge_bootstrap_and_fanout_tools_run_against_the_stub() {
     assert_eq!(collected.len(), 1, "{collected:?}");
     assert_eq!(collected[0].queue_url, queue.queue_url);
     assert_eq!(collected[0].subscriptions, 1);
-    stub.stop().await;
+    emulator.stop().await;
 }

@@ -440,10 +440,7 @@ async fn dispatch(shared: &Shared, operation: &str, body: &[u8]) -> ApiResult<(S
             )?;
             one("{}".into())
         }
-        other => Err(ApiError::new(
-            ErrorKind::UnknownOperation,
-            format!("the stub does not implement {other}"),
-        )),
+        other => Err(ApiError::unsupported(other)),
     }
 }
 
