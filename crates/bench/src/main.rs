@@ -30,13 +30,13 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 
 /// Every workload, in the order `all` runs them.
-const WORKLOADS: &[&str] = &["w1", "w2", "w3", "w4", "w4b", "w4c", "w5", "w6"];
+const WORKLOADS: &[&str] = &["w1", "w2", "w3", "w4", "w4b", "w4c", "w5", "w6", "w7"];
 
 /// Benchmarks of wsbridge against a raw tokio-tungstenite baseline.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Cli {
-    /// Workloads to run: all, w1, w2, w3, w4, w4b, w4c, w5, w6.
+    /// Workloads to run: all, w1, w2, w3, w4, w4b, w4c, w5, w6, w7.
     #[arg(required = true)]
     workloads: Vec<String>,
     /// Every workload tiny (seconds in all); figures mean nothing, for CI.

@@ -126,6 +126,23 @@ impl Stub {
         Ok(())
     }
 
+    /// Puts `bodies` on the queue at `queue_url` through the stub's bulk route.
+    pub async fn load(&self, queue_url: &str, bodies: Vec<String>) -> anyhow::Result<()> {
+        let answer = self
+            .http
+            .post(format!("{}/__stub/send", self.endpoint))
+            .json(&json!({ "queue": queue_url, "bodies": bodies }))
+            .send()
+            .await?;
+        if !answer.status().is_success() {
+            bail!(
+                "stub bulk load: {}",
+                answer.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     /// The stub's counters.
     pub async fn stats(&self) -> anyhow::Result<Value> {
         Ok(self

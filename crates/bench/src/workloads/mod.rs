@@ -1,7 +1,7 @@
-//! The workloads W1–W6 of issue 5, each bounded in count and time, against
+//! The workloads W1–W7, each bounded in count and time, against
 //! the raw baseline and the real `wsbridge` binary.
 //!
-//! One file per workload (`w1` … `w6`; W4b and W4c live with W4, whose rate
+//! One file per workload (`w1` … `w7`; W4b and W4c live with W4, whose rate
 //! step they share), the context they run in (`ctx`), the measuring they
 //! share (`measure`) and the targets judged from their rows (`targets`).
 
@@ -18,11 +18,12 @@ mod w3;
 mod w4;
 mod w5;
 mod w6;
+mod w7;
 
 pub use ctx::Ctx;
 pub use targets::targets;
 
-/// Runs the workload `name` (`w1` … `w6`, `w4b`, `w4c`), recording how
+/// Runs the workload `name` (`w1` … `w7`, `w4b`, `w4c`), recording how
 /// long it took and, instead of stopping the run, its failure.
 pub async fn run(ctx: &mut Ctx, name: &str) {
     println!("== {name}");
@@ -36,6 +37,7 @@ pub async fn run(ctx: &mut Ctx, name: &str) {
         "w4c" => w4::w4c(ctx).await,
         "w5" => w5::w5(ctx).await,
         "w6" => w6::w6(ctx).await,
+        "w7" => w7::w7(ctx).await,
         other => Err(anyhow!("no workload {other:?}")),
     };
     if let Err(e) = result {
