@@ -25,7 +25,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 
-use domain::stats::{DownlinkSnapshot, HistogramSnapshot, UplinkSnapshot};
+use domain::stats::{ControlSnapshot, DownlinkSnapshot, HistogramSnapshot, UplinkSnapshot};
 use domain::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub downlink: DownlinkSnapshot,
     /// The uplink's counters.
     pub uplink: UplinkSnapshot,
+    /// The control-plane events' counters.
+    pub control: ControlSnapshot,
     /// Connections closed, by close code label.
     pub close_codes: Vec<(String, u64)>,
     /// Upgrades refused before the handshake, by reason.
@@ -77,6 +79,7 @@ impl Snapshot {
             ready,
             downlink: stats.downlink.snapshot(),
             uplink: stats.uplink.snapshot(),
+            control: stats.control.snapshot(),
             held_deliveries: stats.held_deliveries.load(Ordering::Relaxed),
             dedup_window_secs: stats.dedup_window_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             close_codes: stats.close_codes.snapshot(),
@@ -214,6 +217,18 @@ impl Collector for Snapshot {
                 ("failed", u.failed),
                 ("invalid", u.invalid),
                 ("rate_limited", u.rate_limited),
+            ],
+        )?;
+        let c = self.control;
+        labelled_counter(
+            &mut encoder,
+            "wsbridge_presence_events",
+            "Presence events ($connect, $disconnect) by outcome: published; failed (the \
+             event bus failed or refused it).",
+            "outcome",
+            &[
+                ("published", c.presence_published),
+                ("failed", c.presence_failed),
             ],
         )?;
         labelled_counter(

@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpServer};
 use adapters_aws::AwsMetrics;
 use adapters_ws::WsClientRegistry;
 use anyhow::Context;
-use domain::{Downlink, PendingAcks, Stats, Uplink};
+use domain::{Downlink, PendingAcks, Presence, Stats, Uplink};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -52,7 +52,11 @@ impl Application {
             config.downlink.delivery.clone(),
             stats.clone(),
         ));
-        let uplink = Arc::new(Uplink::new(sink, stats.clone()).with_acks(downlink.acks()));
+        let mut uplink = Uplink::new(sink, stats.clone()).with_acks(downlink.acks());
+        if let Some(instance) = &config.uplink.presence_instance {
+            uplink = uplink.with_presence(Presence::new(instance.clone()));
+        }
+        let uplink = Arc::new(uplink);
         let closing = CancellationToken::new();
 
         let server = &config.server;

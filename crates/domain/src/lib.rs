@@ -18,9 +18,11 @@ pub mod dedup;
 pub mod downlink;
 pub mod envelope;
 pub mod ports;
+pub mod presence;
 pub mod shard;
 pub mod stats;
 mod text;
+mod time;
 pub mod uplink;
 
 pub use acks::{ConfirmError, DeliveryId, PendingAcks, Tick};
@@ -35,6 +37,7 @@ pub use ports::{
     Handoff, InboundMessage, MessageAttribute, PublishError, Receipt, SourceError,
     DETAIL_ATTRIBUTE, REASON_ATTRIBUTE,
 };
+pub use presence::{Disconnect, Presence};
 pub use shard::{shard_of, ShardAssignment, ShardRange, ShardRangeError, MAX_SHARDS};
 pub use stats::Stats;
 pub use uplink::Uplink;

@@ -82,6 +82,16 @@ counters! {
     }
 }
 
+counters! {
+    /// The control-plane events the bridge published (presence).
+    ControlStats / ControlSnapshot {
+        /// Presence events accepted by the sink.
+        presence_published,
+        /// Presence events the sink failed or refused.
+        presence_failed,
+    }
+}
+
 /// Shared by all use cases of one bridge.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -89,6 +99,8 @@ pub struct Stats {
     pub downlink: DownlinkStats,
     /// Uplink counters.
     pub uplink: UplinkStats,
+    /// Control-plane event counters.
+    pub control: ControlStats,
     /// How connections ended, by close code.
     pub close_codes: CloseCodes,
     /// From when a Command was published (SNS `Timestamp`, else the queue's

@@ -8,8 +8,9 @@ use tracing::{debug, warn};
 use crate::acks::PendingAcks;
 use crate::client_frame::ClientFrame;
 use crate::client_id::ClientId;
-use crate::client_message::{Reply, PUBLISH_FAILED, PUBLISH_REJECTED};
+use crate::client_message::{OutboundEvent, Reply, PUBLISH_FAILED, PUBLISH_REJECTED};
 use crate::ports::{EventSink, PublishError};
+use crate::presence::Presence;
 use crate::stats::{bump, Stats};
 
 /// The uplink: shared by every connection.
@@ -17,6 +18,7 @@ pub struct Uplink {
     sink: Arc<dyn EventSink>,
     stats: Arc<Stats>,
     acks: Option<Arc<PendingAcks>>,
+    presence: Option<Presence>,
 }
 
 /// Error code for an acknowledgement of a delivery nobody waits for.
@@ -29,6 +31,32 @@ impl Uplink {
             sink,
             stats,
             acks: None,
+            presence: None,
+        }
+    }
+
+    /// Also announces each connection's opening and closing (presence
+    /// events) through the sink.
+    pub fn with_presence(mut self, presence: Presence) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// The presence events to announce, when they are on.
+    pub fn presence(&self) -> Option<&Presence> {
+        self.presence.as_ref()
+    }
+
+    /// Publishes a presence event; a failure is logged and counted, never
+    /// reported to the client (the connection is not the one at fault).
+    pub async fn announce(&self, event: OutboundEvent) {
+        let action = event.action.clone();
+        match self.sink.publish(event).await {
+            Ok(()) => bump(&self.stats.control.presence_published, 1),
+            Err(error) => {
+                warn!(%error, action, "presence event not published");
+                bump(&self.stats.control.presence_failed, 1);
+            }
         }
     }
 

@@ -32,13 +32,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix_web::error::PayloadError;
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{Message, MessageStream, Session};
-use domain::{ClientId, Frame, Uplink};
+use domain::{ClientId, Disconnect, Frame, Uplink};
 use futures_util::{SinkExt, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -163,12 +163,19 @@ impl Connection {
         // counted until its last publish is done, which is what a draining
         // shutdown waits for.
         let Registration {
-            id: _,
+            id,
             mut outbound,
             slow,
             guard: _guard,
         } = registration;
         debug!("connection opened");
+        // Sent in the background (the connection is served meanwhile) and
+        // awaited before the `$disconnect`, so the two are never reordered.
+        let connected = uplink.presence().map(|presence| {
+            let event = presence.connected(&client_id, id.get(), SystemTime::now());
+            let uplink = uplink.clone();
+            actix_web::rt::spawn(async move { uplink.announce(event).await })
+        });
 
         let stats = uplink.stats().clone();
         let mut worker = LazyWorker::new(
@@ -227,7 +234,7 @@ impl Connection {
             client_close_code = ?client_code,
             "connection closing"
         );
-        if let Some(reason) = reason {
+        if let Some(reason) = reason.clone() {
             match tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_closed)) => debug!("close frame not sent: connection already closed"),
@@ -235,6 +242,21 @@ impl Connection {
             }
         }
         drop(stream);
+        if let Some(presence) = uplink.presence() {
+            if let Some(connected) = connected {
+                let _ = connected.await;
+            }
+            let (code, text) = match (&reason, &exit) {
+                (Some(ours), _) => (Some(u16::from(ours.code)), ours.description.as_deref()),
+                (None, Exit::ClientClosed(Some(theirs))) => {
+                    (Some(u16::from(theirs.code)), theirs.description.as_deref())
+                }
+                (None, _) => (None, None),
+            };
+            let how = Disconnect { code, reason: text };
+            let event = presence.disconnected(&client_id, id.get(), SystemTime::now(), how);
+            uplink.announce(event).await;
+        }
 
         // Let the worker publish what it was given, then unregister.
         worker.finish().await;

@@ -163,10 +163,13 @@ pub struct Downlink {
 }
 
 /// The publishing of client messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
     /// How long the first message of a batch waits for others.
     pub publish_linger: Duration,
+    /// With presence events on, the instance id they name (`instance_id`,
+    /// else a random one per start).
+    pub presence_instance: Option<String>,
 }
 
 /// The checks made before an upgrade.
@@ -292,6 +295,11 @@ impl Config {
             },
             uplink: Uplink {
                 publish_linger: Duration::from_millis(s.publish_linger_ms),
+                presence_instance: s.presence_events.then(|| {
+                    s.instance_id
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+                }),
             },
             session: SessionSettings {
                 outbound_capacity: s.outbound_queue,

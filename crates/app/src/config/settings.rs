@@ -104,7 +104,8 @@ settings! {
         /// Name of this bridge: prefix of the replica queues and the tag
         /// `wsbridge gc` looks for.
         bridge_name: String = "wsbridge".into();
-        /// Fanout mode: this instance's id (unset: a random one per start).
+        /// Fanout mode, and presence events: this instance's id (unset: a
+        /// random one per start).
         instance_id: Option<String> = None, example "\"replica-1\"";
         /// How often a fanout or sharded replica refreshes its queue's
         /// heartbeat tag.
@@ -173,6 +174,11 @@ settings! {
         rate_limit_strikes: u32 = 50, range 1..=1_000_000;
         /// The window of rate_limit_strikes, in seconds.
         rate_limit_window_secs: u64 = 10, range 1..=86_400;
+        /// Publish a "$connect" / "$disconnect" event to the events topic (or
+        /// exchange) each time a connection opens / closes, with client_id,
+        /// connection_id, at, instance_id (and code, reason on disconnect),
+        /// attributes client_id and action.
+        presence_events: bool = false;
     }
     "connections" {
         /// Largest client frame accepted, in bytes (at most 262144, SNS's

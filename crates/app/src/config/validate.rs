@@ -136,7 +136,6 @@ impl Settings {
         let mode_only = [
             ("shard_owner", self.shard_owner.is_some(), Mode::Sharded),
             ("shard_range", self.shard_range.is_some(), Mode::Sharded),
-            ("instance_id", self.instance_id.is_some(), Mode::Fanout),
         ];
         for (field, set, mode) in mode_only {
             check(
@@ -144,6 +143,12 @@ impl Settings {
                 format!("{field}: applies only with mode = \"{}\"", mode_name(mode)),
             );
         }
+        // The replica's name: its queue's in fanout mode, and what its
+        // presence events say.
+        check(
+            self.instance_id.is_none() || self.mode == Mode::Fanout || self.presence_events,
+            "instance_id: applies only with mode = \"fanout\" or presence_events = true".into(),
+        );
     }
 
     fn validate_broker(&self, check: &mut impl FnMut(bool, String)) {

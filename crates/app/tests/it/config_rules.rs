@@ -72,6 +72,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "dedup_ttl_secs" => ("60", vec![]),
         "ack_timeout_secs" => ("8", vec![]),
         "publish_linger_ms" => ("2", vec![]),
+        "presence_events" => ("true", vec![]),
         "message_rate_per_sec" => ("100", vec![]),
         "message_burst" => ("200", vec![]),
         "rate_limit_strikes" => ("5", vec![]),
@@ -286,7 +287,7 @@ fn a_setting_of_another_broker_or_mode_is_refused_naming_it() {
         (
             vec![("BRIDGE_INSTANCE_ID", "replica-1")],
             "instance_id",
-            "mode = \"fanout\"",
+            "mode = \"fanout\" or presence_events = true",
         ),
         (
             vec![("BRIDGE_SHARD_RANGE", "0..5")],

@@ -59,6 +59,7 @@ macro_rules! both_brokers {
 
 mod acks;
 mod downlink;
+mod presence;
 mod unacked_limit;
 mod uplink;
 
