@@ -6,6 +6,8 @@
 //!   SDK's signing crate, when the bridge is so configured (the default).
 //! - [`SnsEventSink`] implements `domain::EventSink` over an SNS topic
 //!   (`PublishBatch` after a short linger, `client_id`/`action` attributes).
+//! - [`SnsReceiptSink`] implements `domain::ReceiptSink` over an SNS topic
+//!   (delivery receipts, batched in the background).
 //! - [`AwsMetrics`] holds what both count and time of their calls and the
 //!   outcome of the last receive: the `wsbridge_sqs_*` and
 //!   `wsbridge_backend_call_duration_seconds` series, and `/ready`'s reason.
@@ -22,6 +24,7 @@ pub mod bootstrap;
 mod classify;
 pub mod fanout;
 pub mod metrics;
+mod receipt_sink;
 pub mod sdk;
 pub mod sharded;
 mod sns_sink;
@@ -30,6 +33,7 @@ mod sqs_source;
 pub mod tools;
 
 pub use metrics::AwsMetrics;
+pub use receipt_sink::SnsReceiptSink;
 pub use sns_sink::{SnsEventSink, SnsSinkSettings};
 pub use sqs_http::SqsHttpClient;
 pub use sqs_source::{SqsCommandSource, SqsSourceSettings};

@@ -233,6 +233,18 @@ impl Collector for Snapshot {
         )?;
         labelled_counter(
             &mut encoder,
+            "wsbridge_receipts",
+            "Delivery receipts by outcome: published; failed (given up after retries); \
+             dropped (their queue was full).",
+            "outcome",
+            &[
+                ("published", c.receipts_published),
+                ("failed", c.receipts_failed),
+                ("dropped", c.receipts_dropped),
+            ],
+        )?;
+        labelled_counter(
+            &mut encoder,
             "wsbridge_upgrades_refused",
             "WebSocket upgrades refused before the handshake, by reason.",
             "reason",

@@ -45,13 +45,18 @@ impl Application {
             closer,
             status,
             aws_metrics,
-        } = broker::connect(&config, connection.into())?;
-        let downlink = Arc::new(Downlink::new(
+            receipts,
+        } = broker::connect(&config, connection.into(), &stats)?;
+        let mut downlink = Downlink::new(
             source,
             registry.clone(),
             config.downlink.delivery.clone(),
             stats.clone(),
-        ));
+        );
+        if let Some(receipts) = receipts {
+            downlink = downlink.with_receipts(receipts);
+        }
+        let downlink = Arc::new(downlink);
         let mut uplink = Uplink::new(sink, stats.clone()).with_acks(downlink.acks());
         if let Some(instance) = &config.uplink.presence_instance {
             uplink = uplink.with_presence(Presence::new(instance.clone()));

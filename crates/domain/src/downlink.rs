@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, info_span, warn};
 
 use crate::acks::{CopyFate, PendingAcks};
+use crate::client_id::ClientId;
 use crate::command::decode_sqs_body;
 use crate::dedup::RecentIds;
 use crate::envelope::parse_timestamp;
@@ -15,6 +16,7 @@ use crate::ports::{
     ClientRegistry, CommandSource, DeadLetter, Frame, GiveUpReason, InboundMessage, Receipt,
     SourceError,
 };
+use crate::receipts::{command_id, DeliveryReceipt, Outcome, ReceiptSink};
 use crate::stats::{bump, Stats};
 use crate::text::truncate;
 
@@ -101,6 +103,8 @@ pub struct Downlink {
     stats: Arc<Stats>,
     /// Set at shutdown: Commands not handed off are released at once.
     draining: AtomicBool,
+    /// Where each Command's outcome is recorded, when receipts are on.
+    receipts: Option<Arc<dyn ReceiptSink>>,
 }
 
 impl Downlink {
@@ -128,7 +132,32 @@ impl Downlink {
             acks,
             stats,
             draining: AtomicBool::new(false),
+            receipts: None,
         }
+    }
+
+    /// Records a receipt of each Command's outcome into `receipts`
+    /// (acknowledgements included).
+    pub fn with_receipts(mut self, receipts: Arc<dyn ReceiptSink>) -> Self {
+        self.acks.set_receipts(receipts.clone());
+        self.receipts = Some(receipts);
+        self
+    }
+
+    /// Records one outcome, when receipts are on (nothing is parsed otherwise).
+    fn receipt(&self, outcome: Outcome, of: ReceiptOf<'_>) {
+        let Some(receipts) = &self.receipts else {
+            return;
+        };
+        receipts.record(DeliveryReceipt {
+            outcome,
+            client_id: of.client_id.cloned(),
+            message_id: of.message_id.to_owned(),
+            sns_message_id: of.sns_message_id.map(str::to_owned),
+            command_id: of.frame.and_then(command_id),
+            connections: of.connections,
+            at: SystemTime::now(),
+        });
     }
 
     /// The bridge is shutting down: from now on a Command that cannot be
@@ -201,6 +230,13 @@ impl Downlink {
                     "malformed command, not forwarded"
                 );
                 bump(&stats.malformed, 1);
+                self.receipt(
+                    Outcome::Malformed,
+                    ReceiptOf {
+                        message_id: &message.message_id,
+                        ..ReceiptOf::default()
+                    },
+                );
                 let detail = error.to_string();
                 routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
                 return;
@@ -263,6 +299,16 @@ impl Downlink {
                 .forward_latency
                 .record(age(published.or(message.sent_at)));
             bump(&stats.frames_queued, handoff.taken() as u64);
+            self.receipt(
+                Outcome::Delivered,
+                ReceiptOf {
+                    client_id: Some(&command.client_id),
+                    message_id: &message.message_id,
+                    sns_message_id: command.sns_message_id.as_deref(),
+                    frame: Some(&frame),
+                    connections: Some(handoff.taken()),
+                },
+            );
             debug!(
                 connections = handoff.taken(),
                 awaiting_ack = handoff.awaiting_ack,
@@ -290,6 +336,16 @@ impl Downlink {
                 // Commands: counted, not worth a warning each.
                 debug!("client not connected here, command dropped");
                 bump(&stats.undeliverable, 1);
+                self.receipt(
+                    Outcome::Undeliverable,
+                    ReceiptOf {
+                        client_id: Some(&command.client_id),
+                        message_id: &message.message_id,
+                        sns_message_id: command.sns_message_id.as_deref(),
+                        frame: Some(&frame),
+                        connections: None,
+                    },
+                );
                 outcome.acknowledged.push(message.receipt);
             }
             Undeliverable::Retry { window, .. } => {
@@ -298,6 +354,16 @@ impl Downlink {
                     "client not connected within the retry window, command given up"
                 );
                 bump(&stats.undeliverable, 1);
+                self.receipt(
+                    Outcome::DeadLettered,
+                    ReceiptOf {
+                        client_id: Some(&command.client_id),
+                        message_id: &message.message_id,
+                        sns_message_id: command.sns_message_id.as_deref(),
+                        frame: Some(&frame),
+                        connections: None,
+                    },
+                );
                 let detail = format!(
                     "client {} was not connected within the retry window of {} s",
                     command.client_id.as_str(),
@@ -361,6 +427,17 @@ impl Downlink {
             warn!(operation = what, %error, "settling messages failed");
         }
     }
+}
+
+/// What a receipt is about.
+#[derive(Default)]
+struct ReceiptOf<'a> {
+    client_id: Option<&'a ClientId>,
+    message_id: &'a str,
+    sns_message_id: Option<&'a str>,
+    /// The Command's JSON, for its own `id`.
+    frame: Option<&'a str>,
+    connections: Option<usize>,
 }
 
 fn age(sent_at: Option<SystemTime>) -> Duration {

@@ -19,6 +19,7 @@ pub mod downlink;
 pub mod envelope;
 pub mod ports;
 pub mod presence;
+pub mod receipts;
 pub mod shard;
 pub mod stats;
 mod text;
@@ -38,6 +39,7 @@ pub use ports::{
     DETAIL_ATTRIBUTE, REASON_ATTRIBUTE,
 };
 pub use presence::{Disconnect, Presence};
+pub use receipts::{DeliveryReceipt, Outcome, ReceiptSink};
 pub use shard::{shard_of, ShardAssignment, ShardRange, ShardRangeError, MAX_SHARDS};
 pub use stats::Stats;
 pub use uplink::Uplink;

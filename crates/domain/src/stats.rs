@@ -83,12 +83,18 @@ counters! {
 }
 
 counters! {
-    /// The control-plane events the bridge published (presence).
+    /// The control-plane events the bridge published (presence, receipts).
     ControlStats / ControlSnapshot {
         /// Presence events accepted by the sink.
         presence_published,
         /// Presence events the sink failed or refused.
         presence_failed,
+        /// Delivery receipts published.
+        receipts_published,
+        /// Delivery receipts given up after their retries.
+        receipts_failed,
+        /// Delivery receipts dropped because their queue was full.
+        receipts_dropped,
     }
 }
 

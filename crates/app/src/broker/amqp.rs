@@ -68,6 +68,7 @@ pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
         })
         .with_collector(metrics),
         aws_metrics: None,
+        receipts: None,
     }
 }
 

@@ -8,9 +8,10 @@ use adapters_aws::bootstrap::{self, Plan};
 use adapters_aws::sdk::Clients;
 use adapters_aws::tools;
 use adapters_aws::{
-    AwsMetrics, SnsEventSink, SnsSinkSettings, SqsCommandSource, SqsHttpClient, SqsSourceSettings,
+    AwsMetrics, SnsEventSink, SnsReceiptSink, SnsSinkSettings, SqsCommandSource, SqsHttpClient,
+    SqsSourceSettings,
 };
-use domain::{ClientId, CommandSource, EventSink};
+use domain::{ClientId, CommandSource, EventSink, ReceiptSink, Stats};
 use tracing::info;
 
 use super::{embedded, BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
@@ -27,6 +28,7 @@ const DEV_COMMANDS_TOPIC: &str = "wsbridge-commands";
 pub struct Closer {
     settler: Arc<Settler>,
     sink: SnsEventSink,
+    receipts: Option<SnsReceiptSink>,
 }
 
 impl Closer {
@@ -34,6 +36,9 @@ impl Closer {
     pub async fn close(&self) {
         self.settler.close().await;
         self.sink.flush().await;
+        if let Some(receipts) = &self.receipts {
+            receipts.flush().await;
+        }
     }
 }
 
@@ -42,6 +47,7 @@ pub fn connect(
     config: &Config,
     resources: &AwsResources,
     clients: Clients,
+    stats: &Arc<Stats>,
 ) -> Result<Ports, ConfigError> {
     let metrics = AwsMetrics::new();
     let queue_url = resources.command_queue_url()?;
@@ -66,7 +72,7 @@ pub fn connect(
         source = source.with_http_client(http);
     }
     let sink = SnsEventSink::spawn_with_metrics(
-        clients.sns,
+        clients.sns.clone(),
         topic_arn,
         SnsSinkSettings {
             linger: config.uplink.publish_linger,
@@ -83,12 +89,23 @@ pub fn connect(
             ..SettlerSettings::default()
         },
     );
+    let receipts = resources
+        .receipts_topic_arn
+        .as_ref()
+        .map(|topic| SnsReceiptSink::spawn(clients.sns.clone(), topic, stats.clone()));
     let source: Arc<dyn CommandSource> = settler.clone();
     let events: Arc<dyn EventSink> = Arc::new(sink.clone());
     Ok(Ports {
         source,
         sink: events,
-        closer: super::Closer(CloserKind::Aws(Closer { settler, sink })),
+        receipts: receipts
+            .clone()
+            .map(|r| Arc::new(r) as Arc<dyn ReceiptSink>),
+        closer: super::Closer(CloserKind::Aws(Closer {
+            settler,
+            sink,
+            receipts,
+        })),
         status: BrokerStatus::new({
             let metrics = metrics.clone();
             move || metrics.not_ready_reason()

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use adapters_aws::sdk::Clients;
 use adapters_aws::AwsMetrics;
-use domain::{CommandSource, EventSink};
+use domain::{CommandSource, EventSink, ReceiptSink, Stats};
 
 pub use self::status::BrokerStatus;
 use crate::config::{BrokerConfig, Config, ConfigError};
@@ -49,6 +49,8 @@ pub struct Ports {
     pub status: BrokerStatus,
     /// `broker = "aws"`: the metrics the SQS source and SNS sink record into.
     pub aws_metrics: Option<AwsMetrics>,
+    /// Where delivery receipts go, when they are on.
+    pub receipts: Option<Arc<dyn ReceiptSink>>,
 }
 
 /// The broker-specific part of a graceful shutdown.
@@ -70,10 +72,14 @@ impl Closer {
 }
 
 /// Builds the source and sink `config` asks for over `connection`.
-pub fn connect(config: &Config, connection: Connection) -> Result<Ports, ConfigError> {
+pub fn connect(
+    config: &Config,
+    connection: Connection,
+    stats: &Arc<Stats>,
+) -> Result<Ports, ConfigError> {
     match (&config.broker, connection) {
         (BrokerConfig::Aws(resources), Connection::Aws(clients)) => {
-            aws::connect(config, resources, clients)
+            aws::connect(config, resources, clients, stats)
         }
         (BrokerConfig::Amqp(resources), Connection::Amqp) => Ok(amqp::connect(config, resources)),
         (BrokerConfig::Aws(_), Connection::Amqp) | (BrokerConfig::Amqp(_), Connection::Aws(_)) => {

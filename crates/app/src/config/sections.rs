@@ -80,6 +80,8 @@ pub struct AwsResources {
     pub commands_topic_arn: Option<String>,
     /// Where given-up Commands go, instead of the queue's RedrivePolicy target.
     pub dead_letter_queue_url: Option<String>,
+    /// Where delivery receipts are published (none when unset).
+    pub receipts_topic_arn: Option<String>,
     /// The port of the embedded emulator `dev` starts without an endpoint
     /// (0: any free port).
     pub emulator_port: u16,
@@ -225,6 +227,7 @@ impl Config {
                 events_topic_arn: s.events_topic_arn.clone(),
                 commands_topic_arn: s.commands_topic_arn.clone(),
                 dead_letter_queue_url: s.dead_letter_queue_url.clone(),
+                receipts_topic_arn: s.receipts_topic_arn.clone(),
                 emulator_port: s.emulator_port,
             }),
             Broker::Amqp => {

@@ -54,6 +54,12 @@ settings! {
         /// target; with neither they are deleted and logged).
         dead_letter_queue_url: Option<String> = None,
             example "\"https://sqs.us-east-1.amazonaws.com/123456789012/wsbridge-commands-dlq\"";
+        /// With broker = "aws", the SNS topic delivery receipts are published
+        /// to: one event per Command outcome (delivered, acknowledged,
+        /// undeliverable, malformed, dead_lettered) with the message ids and the
+        /// Command's own id, attribute outcome (unset: no receipts).
+        receipts_topic_arn: Option<String> = None,
+            example "\"arn:aws:sns:us-east-1:123456789012:wsbridge-receipts\"";
         /// With broker = "aws", the client of the three calls on the receive
         /// path (ReceiveMessage, DeleteMessageBatch,
         /// ChangeMessageVisibilityBatch): "lean" signs and sends them directly

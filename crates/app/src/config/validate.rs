@@ -97,6 +97,7 @@ impl Settings {
         let aws_only = [
             ("command_queue_url", self.command_queue_url.is_some()),
             ("events_topic_arn", self.events_topic_arn.is_some()),
+            ("receipts_topic_arn", self.receipts_topic_arn.is_some()),
             ("commands_topic_arn", self.commands_topic_arn.is_some()),
             (
                 "dead_letter_queue_url",

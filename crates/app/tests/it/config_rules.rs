@@ -72,6 +72,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "dedup_ttl_secs" => ("60", vec![]),
         "ack_timeout_secs" => ("8", vec![]),
         "publish_linger_ms" => ("2", vec![]),
+        "receipts_topic_arn" => ("arn:aws:sns:us-east-1:1:r", vec![]),
         "presence_events" => ("true", vec![]),
         "message_rate_per_sec" => ("100", vec![]),
         "message_burst" => ("200", vec![]),

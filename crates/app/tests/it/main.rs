@@ -20,6 +20,7 @@ mod faults;
 mod http;
 mod idle;
 mod ops;
+mod receipts;
 mod scaleout;
 mod security;
 mod sharded;

@@ -9,13 +9,14 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, warn};
 
 use crate::client_id::ClientId;
 use crate::dedup::RecentIds;
 use crate::ports::{ClientRegistry, CommandSource, Frame, InboundMessage, Receipt};
+use crate::receipts::{command_id, DeliveryReceipt, Outcome, ReceiptSink};
 use crate::stats::{bump, Stats};
 
 mod extensions;
@@ -119,6 +120,8 @@ pub struct PendingAcks {
     visibility: OnceLock<Duration>,
     /// Called when an acknowledgement is waiting to be deleted.
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Where acknowledgements are recorded as receipts, when they are on.
+    receipts: OnceLock<Arc<dyn ReceiptSink>>,
     /// Extensions in flight, so that no release is undone by one.
     extensions: Extensions,
 }
@@ -144,6 +147,7 @@ impl PendingAcks {
             confirmed: Mutex::new(Vec::new()),
             visibility: OnceLock::new(),
             waker: OnceLock::new(),
+            receipts: OnceLock::new(),
             extensions: Extensions::default(),
         }
     }
@@ -229,11 +233,30 @@ impl PendingAcks {
         }
         .ok_or_else(unknown)?;
         bump(&self.stats.downlink.acknowledged_by_client, 1);
+        if let Some(receipts) = self.receipts.get() {
+            // The de-duplication key is the SNS message id when there was one.
+            let sns_message_id =
+                (held.dedup_key != held.message_id).then(|| held.dedup_key.clone());
+            receipts.record(DeliveryReceipt {
+                outcome: Outcome::Acknowledged,
+                client_id: Some(held.client_id.clone()),
+                message_id: held.message_id.clone(),
+                sns_message_id,
+                command_id: command_id(&held.frame),
+                connections: None,
+                at: SystemTime::now(),
+            });
+        }
         lock(&self.confirmed).push(held.receipt);
         if let Some(wake) = self.waker.get() {
             wake();
         }
         Ok(())
+    }
+
+    /// Records each acknowledgement as a receipt into `receipts`.
+    pub(crate) fn set_receipts(&self, receipts: Arc<dyn ReceiptSink>) {
+        let _ = self.receipts.set(receipts);
     }
 
     /// Deletes up to one batch of acknowledged deliveries' messages; returns

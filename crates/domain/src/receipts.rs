@@ -1,0 +1,179 @@
+//! Delivery receipts (SPEC §10): one event per Command outcome, so the
+//! backend that sent a Command can learn what became of it — handed to
+//! sockets, acknowledged by the client, undeliverable, malformed, or given
+//! up to the dead-letter queue — by the SQS/SNS message ids and by the
+//! Command's own `id` (a correlation id the backend chose).
+//!
+//! The use cases only [`ReceiptSink::record`] a receipt: recording never
+//! waits and never fails. Publishing, batching, retrying and counting are
+//! the sink's (an adapter's), so a slow or failing receipts topic never
+//! holds up a delivery.
+
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use crate::client_id::ClientId;
+use crate::time::iso8601;
+
+/// What became of a Command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Handed to at least one of its client's sockets.
+    Delivered,
+    /// Confirmed by its client (`ack=true` connections).
+    Acknowledged,
+    /// Deleted without a connection to take it (`undeliverable = "drop"`).
+    Undeliverable,
+    /// Not a Command; given up to the dead-letter queue.
+    Malformed,
+    /// Not delivered within the retry window; given up to the dead-letter
+    /// queue.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// The name receipts carry (body field and `outcome` attribute).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Acknowledged => "acknowledged",
+            Self::Undeliverable => "undeliverable",
+            Self::Malformed => "malformed",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// One Command's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReceipt {
+    /// What became of it.
+    pub outcome: Outcome,
+    /// Its client, when the body named one.
+    pub client_id: Option<ClientId>,
+    /// The queue's message id (SQS `MessageId`).
+    pub message_id: String,
+    /// The SNS message id, when the Command came through SNS.
+    pub sns_message_id: Option<String>,
+    /// The Command's own `id` field, when it has one.
+    pub command_id: Option<String>,
+    /// Sockets it was handed to (delivered only).
+    pub connections: Option<usize>,
+    /// When it happened.
+    pub at: SystemTime,
+}
+
+impl DeliveryReceipt {
+    /// The published body: `{"outcome", "client_id", "message_id",
+    /// "sns_message_id", "command_id", "at"}` (+ `"connections"` when
+    /// delivered); unknown values are null.
+    pub fn body(&self) -> String {
+        let mut body = json!({
+            "outcome": self.outcome.as_str(),
+            "client_id": self.client_id.as_ref().map(ClientId::as_str),
+            "message_id": self.message_id,
+            "sns_message_id": self.sns_message_id,
+            "command_id": self.command_id,
+            "at": iso8601(self.at),
+        });
+        if let (Some(connections), Value::Object(fields)) = (self.connections, &mut body) {
+            fields.insert("connections".into(), json!(connections));
+        }
+        body.to_string()
+    }
+}
+
+/// Where the use cases record receipts. Must not block.
+pub trait ReceiptSink: Send + Sync {
+    /// Takes one receipt to publish.
+    fn record(&self, receipt: DeliveryReceipt);
+}
+
+/// The `id` field of a Command's JSON, when it is a string or a number.
+pub(crate) fn command_id(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        id: Option<Value>,
+    }
+    match serde_json::from_str::<WithId>(json).ok()?.id? {
+        Value::String(id) => Some(id),
+        Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn a_receipt_names_the_outcome_both_message_ids_and_the_commands_own_id() {
+        let receipt = DeliveryReceipt {
+            outcome: Outcome::Delivered,
+            client_id: Some(ClientId::parse("alice").unwrap()),
+            message_id: "sqs-1".into(),
+            sns_message_id: Some("sns-1".into()),
+            command_id: Some("cmd-9".into()),
+            connections: Some(2),
+            at: UNIX_EPOCH + Duration::from_millis(1_714_611_246_655),
+        };
+        let body: Value = serde_json::from_str(&receipt.body()).unwrap();
+        assert_eq!(
+            body,
+            json!({"outcome": "delivered", "client_id": "alice", "message_id": "sqs-1",
+                   "sns_message_id": "sns-1", "command_id": "cmd-9",
+                   "at": "2024-05-02T00:54:06.655Z", "connections": 2})
+        );
+        let malformed = DeliveryReceipt {
+            outcome: Outcome::Malformed,
+            client_id: None,
+            sns_message_id: None,
+            command_id: None,
+            connections: None,
+            ..receipt
+        };
+        let body: Value = serde_json::from_str(&malformed.body()).unwrap();
+        assert_eq!(body["outcome"], "malformed");
+        assert_eq!(body["client_id"], Value::Null);
+        assert!(body.get("connections").is_none(), "{body}");
+    }
+
+    #[test]
+    fn the_commands_id_is_read_when_it_is_a_string_or_a_number() {
+        assert_eq!(
+            command_id(r#"{"id":"a-1","command":"x"}"#),
+            Some("a-1".into())
+        );
+        assert_eq!(command_id(r#"{"id":42}"#), Some("42".into()));
+        assert_eq!(command_id(r#"{"id":{"nested":1}}"#), None);
+        assert_eq!(command_id(r#"{"command":"x"}"#), None);
+        assert_eq!(command_id("not json"), None);
+    }
+
+    #[test]
+    fn outcome_names_are_the_documented_ones() {
+        let names: Vec<_> = [
+            Outcome::Delivered,
+            Outcome::Acknowledged,
+            Outcome::Undeliverable,
+            Outcome::Malformed,
+            Outcome::DeadLettered,
+        ]
+        .iter()
+        .map(|o| o.as_str())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "delivered",
+                "acknowledged",
+                "undeliverable",
+                "malformed",
+                "dead_lettered"
+            ]
+        );
+    }
+}
