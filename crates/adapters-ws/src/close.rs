@@ -43,6 +43,9 @@ pub(crate) enum Exit {
     Binary,
     /// Too many messages over the rate limit within the abuse window: 1008.
     RateAbuse,
+    /// The token the connection was opened with expired, and no fresh one
+    /// came: 1008 `token_expired`.
+    TokenExpired,
     /// Any other violation of the WebSocket protocol: 1002.
     Protocol(String),
     /// The session itself broke (cannot happen while the code is right): 1011.
@@ -104,6 +107,7 @@ impl Exit {
                 CloseCode::Policy,
                 "message rate limit exceeded repeatedly".to_owned(),
             ),
+            Self::TokenExpired => (CloseCode::Policy, "token_expired".to_owned()),
             Self::Protocol(what) => (CloseCode::Protocol, what.clone()),
             Self::Internal(what) => (CloseCode::Error, (*what).to_owned()),
         };
@@ -128,6 +132,7 @@ impl Exit {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::Binary => "binary_refused",
             Self::RateAbuse => "rate_abuse",
+            Self::TokenExpired => "token_expired",
             Self::Protocol(_) => "protocol_error",
             Self::Internal(_) => "internal_error",
         }
@@ -159,6 +164,7 @@ mod tests {
         assert_eq!(code(&Exit::Binary), Some(1003));
         assert_eq!(code(&Exit::InvalidUtf8), Some(1007));
         assert_eq!(code(&Exit::RateAbuse), Some(1008));
+        assert_eq!(code(&Exit::TokenExpired), Some(1008));
         assert_eq!(code(&Exit::FragmentTimeout), Some(1008));
         assert_eq!(code(&Exit::TooBig { limit: 1 }), Some(1009));
         assert_eq!(code(&Exit::Internal("x")), Some(1011));

@@ -35,4 +35,6 @@ pub use registry::{
     ConnectionId, ConnectionLimits, LimitExceeded, Registration, RegistrationGuard,
     WsClientRegistry,
 };
-pub use session::{start_session, Peer, SessionMode, SessionSettings, StartError};
+pub use session::{
+    start_session, Credential, Peer, SessionMode, SessionSettings, StartError, TokenRenewer,
+};

@@ -15,9 +15,11 @@
 //! reason only.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use adapters_ws::TokenRenewer;
 use domain::ClientId;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -36,7 +38,7 @@ pub enum Authenticator {
     /// The URL names the client; nothing is checked.
     None,
     /// A JWT names the client.
-    Jwt(Box<JwtVerifier>),
+    Jwt(Arc<JwtVerifier>),
 }
 
 /// Where a request's token was found.
@@ -51,12 +53,27 @@ pub enum TokenSource {
 }
 
 /// A verified token's client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Authenticated {
     /// The `sub` claim.
     pub client_id: ClientId,
     /// Where the token was.
     pub source: TokenSource,
+    /// `exp` plus the leeway: when the connection must be closed unless the
+    /// client sends a fresh token.
+    pub valid_until: SystemTime,
+    /// What checks the fresh tokens.
+    pub renewer: Arc<JwtVerifier>,
+}
+
+impl TokenRenewer for JwtVerifier {
+    fn renew(&self, client_id: &ClientId, token: &str) -> Result<SystemTime, String> {
+        let (sub, until) = self.verify_until(token).map_err(|e| e.to_string())?;
+        if &sub != client_id {
+            return Err("the token is for another client id".into());
+        }
+        Ok(until)
+    }
 }
 
 /// Why a request is not authenticated (HTTP 401).
@@ -86,7 +103,7 @@ impl Authenticator {
     pub fn new(access: &Access) -> Result<Self, ConfigError> {
         match access.auth {
             AuthMode::None => Ok(Self::None),
-            AuthMode::Jwt => JwtVerifier::new(&access.jwt).map(|v| Self::Jwt(Box::new(v))),
+            AuthMode::Jwt => JwtVerifier::new(&access.jwt).map(|v| Self::Jwt(Arc::new(v))),
         }
     }
 }
@@ -95,6 +112,8 @@ impl Authenticator {
 pub struct JwtVerifier {
     keys: Vec<VerifyingKey>,
     validation: Validation,
+    /// Accepted clock skew: a connection lasts until `exp` plus this.
+    leeway: Duration,
 }
 
 struct VerifyingKey {
@@ -106,6 +125,7 @@ struct VerifyingKey {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
 
 impl JwtVerifier {
@@ -152,18 +172,38 @@ impl JwtVerifier {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        Ok(Self { keys, validation })
+        if jwt.audience.is_none() || jwt.issuer.is_none() {
+            tracing::warn!(
+                audience_checked = jwt.audience.is_some(),
+                issuer_checked = jwt.issuer.is_some(),
+                "JWT audience or issuer not checked: any token signed with this key is \
+                 accepted whoever it was issued for (set jwt_audience and jwt_issuer)"
+            );
+        }
+        Ok(Self {
+            keys,
+            validation,
+            leeway: Duration::from_secs(jwt.leeway_secs),
+        })
     }
 
     /// Verifies `token`; returns its `sub` as a client id.
     pub fn verify(&self, token: &str) -> Result<ClientId, AuthError> {
+        self.verify_until(token).map(|(client_id, _)| client_id)
+    }
+
+    /// Verifies `token`; returns its `sub` as a client id and until when a
+    /// connection opened with it may stay open (`exp` plus the leeway).
+    pub fn verify_until(&self, token: &str) -> Result<(ClientId, SystemTime), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.kind()))?;
         let mut last = AuthError::Invalid("no key matches the token's kid");
         for candidate in self.candidates(header.kid.as_deref()) {
             match jsonwebtoken::decode::<Claims>(token, &candidate.key, &self.validation) {
                 Ok(data) => {
+                    let until = UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway;
                     return ClientId::parse(data.claims.sub)
-                        .map_err(|_| AuthError::Invalid("sub is not a valid client id"))
+                        .map(|client_id| (client_id, until))
+                        .map_err(|_| AuthError::Invalid("sub is not a valid client id"));
                 }
                 // Another key of the set may have signed it.
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature => last = invalid(e.kind()),
@@ -311,8 +351,13 @@ impl Authenticator {
             return Ok(None);
         };
         let (token, source) = find_token(headers, query_token).ok_or(AuthError::Missing)?;
-        let client_id = verifier.verify(token)?;
-        Ok(Some(Authenticated { client_id, source }))
+        let (client_id, valid_until) = verifier.verify_until(token)?;
+        Ok(Some(Authenticated {
+            client_id,
+            source,
+            valid_until,
+            renewer: verifier.clone(),
+        }))
     }
 }
 

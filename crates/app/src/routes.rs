@@ -15,7 +15,7 @@ use actix_web::http::header::{self, ContentType, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use adapters_ws::{
-    LimitExceeded, Peer, SessionMode, SessionSettings, StartError, WsClientRegistry,
+    Credential, LimitExceeded, Peer, SessionMode, SessionSettings, StartError, WsClientRegistry,
 };
 use domain::{ClientId, ShardAssignment, Stats, Uplink};
 use serde::Deserialize;
@@ -350,43 +350,48 @@ fn upgrade(
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_client_id", &e.to_string()),
         None => None,
     };
-    let (client_id, protocol) = match access.auth.authenticate(req.headers(), token.as_deref()) {
-        Err(refused) => {
-            debug!(reason = %refused, "upgrade refused: not authenticated");
-            state.refused.count(Refusal::Unauthenticated);
-            return unauthorized(&refused);
-        }
-        Ok(None) => match url_id {
-            Some(id) => (id, None),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "missing_client_id",
-                    "client_id is required",
-                )
+    let (client_id, protocol, credential) =
+        match access.auth.authenticate(req.headers(), token.as_deref()) {
+            Err(refused) => {
+                debug!(reason = %refused, "upgrade refused: not authenticated");
+                state.refused.count(Refusal::Unauthenticated);
+                return unauthorized(&refused);
             }
-        },
-        Ok(Some(authenticated)) => {
-            if url_id
-                .as_ref()
-                .is_some_and(|id| *id != authenticated.client_id)
-            {
-                debug!(
-                    client_id = %authenticated.client_id,
-                    "upgrade refused: token for another client id"
-                );
-                state.refused.count(Refusal::ClientIdMismatch);
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "client_id_mismatch",
-                    "the token is for another client id than the URL's",
-                );
+            Ok(None) => match url_id {
+                Some(id) => (id, None, None),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "missing_client_id",
+                        "client_id is required",
+                    )
+                }
+            },
+            Ok(Some(authenticated)) => {
+                if url_id
+                    .as_ref()
+                    .is_some_and(|id| *id != authenticated.client_id)
+                {
+                    debug!(
+                        client_id = %authenticated.client_id,
+                        "upgrade refused: token for another client id"
+                    );
+                    state.refused.count(Refusal::ClientIdMismatch);
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "client_id_mismatch",
+                        "the token is for another client id than the URL's",
+                    );
+                }
+                let protocol =
+                    (authenticated.source == TokenSource::Subprotocol).then_some(BEARER_PROTOCOL);
+                let credential = Credential {
+                    valid_until: authenticated.valid_until,
+                    renewer: authenticated.renewer,
+                };
+                (authenticated.client_id, protocol, Some(credential))
             }
-            let protocol =
-                (authenticated.source == TokenSource::Subprotocol).then_some(BEARER_PROTOCOL);
-            (authenticated.client_id, protocol)
-        }
-    };
+        };
     if let (SessionMode::Bridge, Some(shards)) = (mode.session, state.shards) {
         let (shard, owned) = shards.locate(&client_id);
         if !owned {
@@ -418,6 +423,7 @@ fn upgrade(
         protocol,
         mode: mode.session,
         acknowledging: mode.acknowledging,
+        credential,
     };
     match adapters_ws::start_session(
         &req,

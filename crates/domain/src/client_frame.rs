@@ -12,6 +12,8 @@ pub enum ClientFrame {
     Message(ClientMessage),
     /// `{"ack_delivery": "<delivery id>"}`.
     AckDelivery(String),
+    /// `{"auth": "<jwt>"}`: a fresh token for the connection (SPEC §10).
+    Auth(String),
 }
 
 impl ClientFrame {
@@ -28,8 +30,23 @@ impl ClientFrame {
                 Some(_) => return Err(FrameError::AckNotString),
                 None => {}
             }
+            if let Some(Value::String(token)) = fields.get("auth") {
+                return Ok(Self::Auth(token.clone()));
+            }
         }
         ClientMessage::from_object(fields).map(Self::Message)
+    }
+
+    /// The token when `text` is an `{"auth": …}` frame; cheap for every
+    /// other frame (no parse unless the key appears at all).
+    pub fn auth_token(text: &str) -> Option<String> {
+        if !text.contains("\"auth\"") {
+            return None;
+        }
+        match Self::parse(text) {
+            Ok(Self::Auth(token)) => Some(token),
+            _ => None,
+        }
     }
 
     /// The delivery id when `text` is an acknowledgement; cheap for every
@@ -78,5 +95,18 @@ mod tests {
             None
         );
         assert_eq!(ClientFrame::parse("[]"), Err(FrameError::NotAnObject));
+        assert_eq!(
+            ClientFrame::parse(r#"{"auth":"a.b.c"}"#),
+            Ok(ClientFrame::Auth("a.b.c".into()))
+        );
+        assert_eq!(
+            ClientFrame::auth_token(r#"{"auth":"a.b.c"}"#),
+            Some("a.b.c".into())
+        );
+        assert_eq!(
+            ClientFrame::auth_token(r#"{"action":"auth","auth":"x"}"#),
+            None
+        );
+        assert_eq!(ClientFrame::auth_token(r#"{"ack_delivery":"1"}"#), None);
     }
 }

@@ -21,6 +21,12 @@ pub struct Uplink {
     presence: Option<Presence>,
 }
 
+/// Error code for an `{"auth": …}` frame on a connection without a token.
+pub const UNEXPECTED_AUTH: &str = "unexpected_auth";
+/// Error code for an `{"auth": …}` frame whose token does not verify or
+/// names another client.
+pub const INVALID_TOKEN: &str = "invalid_token";
+
 /// Error code for an acknowledgement of a delivery nobody waits for.
 pub const UNKNOWN_DELIVERY: &str = "unknown_delivery";
 
@@ -89,6 +95,15 @@ impl Uplink {
             Ok(ClientFrame::Message(message)) => message,
             Ok(ClientFrame::AckDelivery(delivery_id)) => {
                 return self.acknowledge(sender, &delivery_id);
+            }
+            Ok(ClientFrame::Auth(_)) => {
+                // The session takes these; one that reaches here has no
+                // token to renew (authentication is off).
+                return Some(Reply::Error {
+                    code: UNEXPECTED_AUTH,
+                    message: "this connection was not opened with a token".into(),
+                    id: None,
+                });
             }
             Err(error) => {
                 debug!(%error, "invalid client frame");

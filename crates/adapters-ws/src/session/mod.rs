@@ -53,7 +53,7 @@ use crate::uplink_worker::LazyWorker;
 mod serve;
 mod settings;
 
-pub use settings::{Peer, SessionMode, SessionSettings, StartError};
+pub use settings::{Credential, Peer, SessionMode, SessionSettings, StartError, TokenRenewer};
 
 use serve::{serve, Incoming, Signals, UplinkPath};
 
@@ -119,6 +119,7 @@ pub fn start_session(
             .charge(settings.fragment_budget_bytes),
     );
     let connection = Connection {
+        credential: peer.credential,
         client_id: peer.client_id,
         mode: peer.mode,
         session,
@@ -135,6 +136,7 @@ pub fn start_session(
 
 /// Everything one session owns.
 struct Connection {
+    credential: Option<Credential>,
     client_id: ClientId,
     mode: SessionMode,
     session: Session,
@@ -149,6 +151,7 @@ struct Connection {
 impl Connection {
     async fn run(self) {
         let Connection {
+            credential,
             client_id,
             mode,
             mut session,
@@ -199,6 +202,7 @@ impl Connection {
             incoming,
             &mut outbound,
             &mut UplinkPath {
+                credential: credential.as_ref(),
                 worker: &mut worker,
                 uplink: &uplink,
                 client_id: &client_id,

@@ -5,10 +5,11 @@
 //! through, raced against the reasons to close.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix_web::web::Bytes;
 use actix_ws::{Item, Message, MessageStream, Session};
+use domain::uplink::{INVALID_TOKEN, UNEXPECTED_AUTH};
 use domain::{ClientFrame, ClientId, Frame, Reply, Uplink};
 use futures_util::SinkExt;
 use tokio::sync::mpsc::{self, OwnedPermit};
@@ -16,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{SessionMode, SessionSettings};
+use super::{Credential, SessionMode, SessionSettings};
 use crate::close::Exit;
 use crate::fragments::{FragmentError, Reassembled, Reassembler};
 use crate::rate::{Strikes, TokenBucket};
@@ -72,6 +73,8 @@ enum Data {
 /// worker's queue; acknowledgements (control frames) straight to the
 /// uplink use case, never rate-limited nor queued behind publishes.
 pub(super) struct UplinkPath<'a> {
+    /// The token the connection was opened with, if any.
+    pub(super) credential: Option<&'a Credential>,
     pub(super) worker: &'a mut LazyWorker,
     pub(super) uplink: &'a Uplink,
     pub(super) client_id: &'a ClientId,
@@ -81,6 +84,8 @@ pub(super) struct UplinkPath<'a> {
 enum Handling {
     /// Take this acknowledgement now.
     Ack(String),
+    /// Check this fresh token now.
+    Auth(String),
     /// Hand it to the uplink worker.
     Uplink(Inbound),
     /// Write it back (echo mode).
@@ -113,6 +118,9 @@ impl RateGate {
             if let Some(delivery_id) = ClientFrame::ack_delivery(text) {
                 return Ok(Handling::Ack(delivery_id));
             }
+            if let Some(token) = ClientFrame::auth_token(text) {
+                return Ok(Handling::Auth(token));
+            }
         }
         let now = Instant::now();
         if !self.bucket.take(now) {
@@ -135,6 +143,23 @@ impl RateGate {
             (_, Data::Binary(bytes)) => Handling::Echo(Message::Binary(bytes)),
         })
     }
+}
+
+/// The moment of `at`, on the runtime's clock.
+fn deadline_of(at: SystemTime) -> Instant {
+    Instant::now()
+        + at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+}
+
+/// The error frame answering an `{"auth": …}` frame.
+fn auth_error(code: &'static str, message: String) -> String {
+    Reply::Error {
+        code,
+        message,
+        id: None,
+    }
+    .to_json()
 }
 
 /// Room for one message in the uplink worker's queue.
@@ -175,6 +200,8 @@ pub(super) async fn serve(
         mut fragments,
     } = incoming;
     let mut rate = RateGate::new(settings);
+    // When the connection's token runs out (expiry plus leeway).
+    let mut token_deadline = to_uplink.credential.map(|c| deadline_of(c.valid_until));
     // Room in the uplink queue for the next message; the socket is read only
     // while there is some. Before the worker has started there always is.
     let mut permit: Option<Room> = Some(Room::NotStarted);
@@ -187,6 +214,7 @@ pub(super) async fn serve(
             // read (its permit was taken before its first fragment), so the
             // deadline only ever runs against the client.
             () = until(fragments.deadline()) => return Err(Exit::FragmentTimeout),
+            () = until(token_deadline) => return Err(Exit::TokenExpired),
             frame = outbound.recv() => {
                 // The registry keeps the sender for as long as the guard lives.
                 let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
@@ -235,6 +263,23 @@ pub(super) async fn serve(
                         if let Some(reply) = to_uplink.uplink.acknowledge(to_uplink.client_id, &delivery_id) {
                             signals.write(session, Message::Text(reply.to_json().into())).await?;
                         }
+                    }
+                    Handling::Auth(token) => {
+                        let reply = match to_uplink.credential {
+                            Some(credential) => match credential.renewer.renew(to_uplink.client_id, &token) {
+                                Ok(valid_until) => {
+                                    token_deadline = Some(deadline_of(valid_until));
+                                    debug!("token renewed");
+                                    r#"{"auth":"ok"}"#.to_owned()
+                                }
+                                Err(why) => auth_error(INVALID_TOKEN, why),
+                            },
+                            None => auth_error(
+                                UNEXPECTED_AUTH,
+                                "this connection was not opened with a token".into(),
+                            ),
+                        };
+                        signals.write(session, Message::Text(reply.into())).await?;
                     }
                     Handling::Uplink(inbound) => match permit.take() {
                         Some(Room::Reserved(room)) => {

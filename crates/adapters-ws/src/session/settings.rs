@@ -4,7 +4,8 @@
 //! ([`StartError`]).
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use domain::ClientId;
 
@@ -95,6 +96,36 @@ pub struct Peer {
     /// Opened with `ack=true`: Commands arrive as
     /// `{"delivery_id": …, "command": …}` and the client acknowledges each.
     pub acknowledging: bool,
+    /// Opened with a token: the connection lasts until it expires, unless
+    /// the client sends a fresh one (`{"auth": "<token>"}`).
+    pub credential: Option<Credential>,
+}
+
+/// The token a connection was opened with: when it stops being valid, and
+/// how a fresh one is checked.
+#[derive(Clone)]
+pub struct Credential {
+    /// Expiry plus the accepted clock skew: the connection is closed with
+    /// 1008 `token_expired` then.
+    pub valid_until: SystemTime,
+    /// Checks the tokens of `{"auth": …}` frames.
+    pub renewer: Arc<dyn TokenRenewer>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Verifies a fresh token sent on an open connection.
+pub trait TokenRenewer: Send + Sync {
+    /// Until when the connection of `client_id` may stay open with `token`;
+    /// an error (for the client) when the token does not verify or names
+    /// another client.
+    fn renew(&self, client_id: &ClientId, token: &str) -> Result<SystemTime, String>;
 }
 
 impl Peer {
@@ -106,6 +137,7 @@ impl Peer {
             protocol: None,
             mode: SessionMode::Bridge,
             acknowledging: false,
+            credential: None,
         }
     }
 }

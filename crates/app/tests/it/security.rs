@@ -1042,3 +1042,81 @@ async fn tokens_and_the_secret_never_reach_the_logs_even_at_debug() {
         assert!(!log.contains(secret), "{what} is in the log:\n{log}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Token lifecycle (SPEC §10)
+
+/// A JWT bridge with no clock-skew allowance, so a token's `exp` is exact.
+fn jwt_without_leeway(settings: &mut Settings) {
+    jwt(settings);
+    settings.jwt_leeway_secs = 0;
+}
+
+/// The next close frame within `within`, as (code, reason).
+async fn closed_within(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+    match next_frame(ws, within).await {
+        Some(Next::Close(Some(frame))) => Some((u16::from(frame.code), frame.reason.to_string())),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let env = Env::new(5).await;
+    let bridge = env.bridge(jwt_without_leeway).await;
+    let alice = client_id("alice");
+    let token = hs256(&json!({"sub": alice, "exp": now() + 2}), SECRET);
+    let mut ws = crate::support::connect(&bridge.ws_url(&format!("/ws?token={token}"))).await;
+    // Open and served until then.
+    send_text(&mut ws, r#"{"action":"a","id":"1"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "1"}));
+    let closed = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(closed, Some((1008, "token_expired".to_owned())));
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_for_the_same_client_keeps_the_connection_open() {
+    let env = Env::new(5).await;
+    let bridge = env.bridge(jwt_without_leeway).await;
+    let alice = client_id("alice");
+    let token = hs256(&json!({"sub": alice, "exp": now() + 2}), SECRET);
+    let mut ws = crate::support::connect(&bridge.ws_url(&format!("/ws?token={token}"))).await;
+
+    // Refused renewals change nothing: another client's token, a forged one.
+    let other = hs256(
+        &json!({"sub": client_id("mallory"), "exp": now() + 600}),
+        SECRET,
+    );
+    send_text(&mut ws, &json!({"auth": other}).to_string()).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["error"]["code"], "invalid_token", "{reply}");
+    let forged = hs256(
+        &json!({"sub": alice, "exp": now() + 600}),
+        "another-secret-of-the-same-length-000000",
+    );
+    send_text(&mut ws, &json!({"auth": forged}).to_string()).await;
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "invalid_token");
+
+    let fresh = hs256(&json!({"sub": alice, "exp": now() + 600}), SECRET);
+    send_text(&mut ws, &json!({"auth": fresh}).to_string()).await;
+    assert_eq!(next_json(&mut ws).await, json!({"auth": "ok"}));
+    // Past the first token's expiry: still open and served.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send_text(&mut ws, r#"{"action":"still-here","id":"2"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "2"}));
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn an_auth_frame_without_authentication_is_refused_and_the_connection_stays() {
+    let env = Env::new(5).await;
+    let bridge = env.bridge(|_| {}).await;
+    let mut ws = bridge.connect(&client_id("plain")).await;
+    send_text(&mut ws, r#"{"auth":"a.b.c"}"#).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["error"]["code"], "unexpected_auth", "{reply}");
+    send_text(&mut ws, r#"{"action":"a","id":"1"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "1"}));
+    bridge.stop().await;
+}
