@@ -15,7 +15,7 @@
 //! reason only.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
@@ -25,8 +25,10 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
 
 use crate::config::{Access, AuthMode, ConfigError, Jwt, Secret};
+use crate::jwks::{self, JwksUrl};
 use crate::jwt_crypto;
 
 /// The subprotocol a browser offers, followed by the token, to authenticate:
@@ -98,6 +100,22 @@ impl AuthError {
 }
 
 impl Authenticator {
+    /// With keys from a JWKS URL: fetches them, and keeps them fresh.
+    pub async fn start(&self) -> Result<(), String> {
+        match self {
+            Self::Jwt(verifier) => verifier.start().await,
+            Self::None => Ok(()),
+        }
+    }
+
+    /// Before a request is authenticated: when its token names a key id
+    /// the JWKS does not hold, fetches the JWKS again (rate-limited).
+    pub async fn refresh_for(&self, headers: &HeaderMap, query_token: Option<&str>) {
+        if let (Self::Jwt(verifier), Some((token, _))) = (self, find_token(headers, query_token)) {
+            verifier.refresh_for(token).await;
+        }
+    }
+
     /// The authenticator `access` asks for; a key that cannot be read is
     /// a [`ConfigError`] naming `jwt_public_key_file`.
     pub fn new(access: &Access) -> Result<Self, ConfigError> {
@@ -110,7 +128,11 @@ impl Authenticator {
 
 /// A verifier of the configured JWTs.
 pub struct JwtVerifier {
-    keys: Vec<VerifyingKey>,
+    /// The keys tokens may be signed with (replaced when a JWKS URL is
+    /// fetched again).
+    keys: RwLock<Arc<Vec<VerifyingKey>>>,
+    /// Where the keys come from, when they are fetched.
+    jwks: Option<JwksUrl>,
     validation: Validation,
     /// Accepted clock skew: a connection lasts until `exp` plus this.
     leeway: Duration,
@@ -136,6 +158,7 @@ impl JwtVerifier {
             problems: vec![format!("{field}: {what}")],
         };
         let (algorithm, keys) = match (&jwt.secret, &jwt.public_key_file) {
+            (None, None) if jwt.jwks_url.is_some() => (Algorithm::RS256, Vec::new()),
             (Some(secret), None) => (
                 Algorithm::HS256,
                 vec![VerifyingKey {
@@ -173,15 +196,22 @@ impl JwtVerifier {
         }
         validation.set_required_spec_claims(&required);
         if jwt.audience.is_none() || jwt.issuer.is_none() {
-            tracing::warn!(
+            warn!(
                 audience_checked = jwt.audience.is_some(),
                 issuer_checked = jwt.issuer.is_some(),
                 "JWT audience or issuer not checked: any token signed with this key is \
                  accepted whoever it was issued for (set jwt_audience and jwt_issuer)"
             );
         }
+        let jwks = jwt
+            .jwks_url
+            .as_deref()
+            .map(JwksUrl::new)
+            .transpose()
+            .map_err(|e| problem("jwt_jwks_url", e))?;
         Ok(Self {
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
+            jwks,
             validation,
             leeway: Duration::from_secs(jwt.leeway_secs),
         })
@@ -197,7 +227,8 @@ impl JwtVerifier {
     pub fn verify_until(&self, token: &str) -> Result<(ClientId, SystemTime), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.kind()))?;
         let mut last = AuthError::Invalid("no key matches the token's kid");
-        for candidate in self.candidates(header.kid.as_deref()) {
+        let keys = self.current_keys();
+        for candidate in candidates(&keys, header.kid.as_deref()) {
             match jsonwebtoken::decode::<Claims>(token, &candidate.key, &self.validation) {
                 Ok(data) => {
                     let until = UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway;
@@ -213,13 +244,79 @@ impl JwtVerifier {
         Err(last)
     }
 
-    /// The keys to try: the one named by `kid`, else every key.
-    fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a VerifyingKey> {
-        let named = kid.filter(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
-        self.keys
-            .iter()
-            .filter(move |k| named.is_none() || k.kid.as_deref() == named)
+    fn current_keys(&self) -> Arc<Vec<VerifyingKey>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// With a JWKS URL: fetches the keys (an error when that fails: the
+    /// bridge cannot verify anything without them) and keeps them fresh in
+    /// the background for as long as the verifier lives.
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
+        let Some(jwks) = &self.jwks else {
+            return Ok(());
+        };
+        let max_age = self.refresh(jwks).await?;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut wait = max_age;
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(verifier) = weak.upgrade() else {
+                    return;
+                };
+                let Some(jwks) = &verifier.jwks else { return };
+                wait = match verifier.refresh(jwks).await {
+                    Ok(max_age) => max_age,
+                    Err(error) => {
+                        warn!(%error, "JWKS refresh failed, keeping the keys known");
+                        jwks::MIN_REFRESH
+                    }
+                };
+            }
+        });
+        Ok(())
+    }
+
+    /// When `token` names a key id the set does not have, fetches the set
+    /// again first (at most once per `jwks::MIN_REFRESH`): a key the
+    /// identity provider has just rotated in is known before the token is
+    /// verified.
+    pub async fn refresh_for(&self, token: &str) {
+        let Some(jwks) = &self.jwks else { return };
+        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
+            return;
+        };
+        let known = self
+            .current_keys()
+            .iter()
+            .any(|k| k.kid.as_deref() == Some(kid.as_str()));
+        if known || !jwks.claim_forced_refresh() {
+            return;
+        }
+        debug!(%kid, "token names an unknown key id, fetching the JWKS again");
+        if let Err(error) = self.refresh(jwks).await {
+            warn!(%error, "JWKS refresh failed, keeping the keys known");
+        }
+    }
+
+    /// Fetches the set and replaces the keys; returns how long to keep them.
+    async fn refresh(&self, jwks: &JwksUrl) -> Result<Duration, String> {
+        let (text, max_age) = jwks.fetch().await?;
+        let keys = keys_of_jwks(&text, &jwks.uri().to_string())?;
+        debug!(keys = keys.len(), ?max_age, "JWKS fetched");
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(max_age)
+    }
+}
+
+/// The keys to try: the one named by `kid`, else every key.
+fn candidates<'a>(
+    keys: &'a [VerifyingKey],
+    kid: Option<&'a str>,
+) -> impl Iterator<Item = &'a VerifyingKey> {
+    let named = kid.filter(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+    keys.iter()
+        .filter(move |k| named.is_none() || k.kid.as_deref() == named)
 }
 
 /// A client-facing reason for a verification failure (never token content).
@@ -253,37 +350,40 @@ fn invalid(kind: &ErrorKind) -> AuthError {
 /// Reads the RS256 public key(s) of `path`: a PEM public key, or a JWKS
 /// document (`{"keys": [...]}`) or a single JWK, of which the RSA signing
 /// keys are kept.
+/// The RSA signing keys of a JWKS document (or of a single JWK) that `from`
+/// (a file or a URL) holds.
+fn keys_of_jwks(text: &str, from: &str) -> Result<Vec<VerifyingKey>, String> {
+    let jwks: JwkSet = match serde_json::from_str::<JwkSet>(text) {
+        Ok(set) => set,
+        Err(_) => serde_json::from_str::<Jwk>(text)
+            .map(|jwk| JwkSet { keys: vec![jwk] })
+            .map_err(|e| format!("{from} is neither a JWKS nor a JWK: {e}"))?,
+    };
+    let keys: Vec<VerifyingKey> = jwks
+        .keys
+        .iter()
+        .filter(|jwk| usable_for_rs256(jwk))
+        .map(|jwk| {
+            DecodingKey::from_jwk(jwk)
+                .map(|key| VerifyingKey {
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                })
+                .map_err(|e| format!("a key of {from} is not usable: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Err(format!("{from} holds no RSA signing key for RS256"));
+    }
+    Ok(keys)
+}
+
 fn load_public_keys(path: &Path) -> Result<Vec<VerifyingKey>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        let jwks: JwkSet = match serde_json::from_str::<JwkSet>(trimmed) {
-            Ok(set) => set,
-            Err(_) => serde_json::from_str::<Jwk>(trimmed)
-                .map(|jwk| JwkSet { keys: vec![jwk] })
-                .map_err(|e| format!("{} is neither a JWKS nor a JWK: {e}", path.display()))?,
-        };
-        let keys: Vec<VerifyingKey> = jwks
-            .keys
-            .iter()
-            .filter(|jwk| usable_for_rs256(jwk))
-            .map(|jwk| {
-                DecodingKey::from_jwk(jwk)
-                    .map(|key| VerifyingKey {
-                        kid: jwk.common.key_id.clone(),
-                        key,
-                    })
-                    .map_err(|e| format!("a key of {} is not usable: {e}", path.display()))
-            })
-            .collect::<Result<_, _>>()?;
-        if keys.is_empty() {
-            return Err(format!(
-                "{} holds no RSA signing key for RS256",
-                path.display()
-            ));
-        }
-        Ok(keys)
+        keys_of_jwks(trimmed, &path.display().to_string())
     } else {
         let key = DecodingKey::from_rsa_pem(text.as_bytes()).map_err(|e| {
             format!(
@@ -448,6 +548,7 @@ mod tests {
         Jwt {
             secret: Some(Secret::new(secret)),
             public_key_file: None,
+            jwks_url: None,
             audience: None,
             issuer: None,
             leeway_secs: 30,

@@ -16,6 +16,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod jwks;
 pub mod jwt_crypto;
 pub mod metrics;
 pub mod routes;

@@ -149,6 +149,12 @@ pub struct Access {
 }
 
 impl Access {
+    /// Readies what authentication needs before the first upgrade (a JWKS
+    /// fetched from its URL).
+    pub async fn start(&self) -> Result<(), String> {
+        self.auth.start().await
+    }
+
     /// The checks `config` asks for.
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
         let access = &config.access;
@@ -279,6 +285,11 @@ async fn ws_query(
         session: SessionMode::Bridge,
         acknowledging,
     };
+    state
+        .access
+        .auth
+        .refresh_for(req.headers(), token.as_deref())
+        .await;
     upgrade(req, body, client_id, token, mode, state)
 }
 
@@ -294,6 +305,11 @@ async fn ws_path(
         acknowledging: query.acknowledging(),
     };
     let token = query.into_inner().token;
+    state
+        .access
+        .auth
+        .refresh_for(req.headers(), token.as_deref())
+        .await;
     upgrade(req, body, Some(path.into_inner()), token, mode, state)
 }
 

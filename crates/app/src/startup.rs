@@ -76,6 +76,11 @@ impl Application {
             &config,
             closing.clone(),
         )?);
+        state
+            .access
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("jwt_jwks_url: the keys could not be fetched: {e}"))?;
         let mut http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

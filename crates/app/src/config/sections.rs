@@ -194,6 +194,8 @@ pub struct Jwt {
     pub secret: Option<Secret>,
     /// RS256 public key file (PEM or JWKS).
     pub public_key_file: Option<PathBuf>,
+    /// RS256 keys from a JWKS URL.
+    pub jwks_url: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
     /// Required `iss`, when set.
@@ -330,6 +332,7 @@ impl Config {
                 jwt: Jwt {
                     secret: s.jwt_secret.clone(),
                     public_key_file: s.jwt_public_key_file.clone(),
+                    jwks_url: s.jwt_jwks_url.clone(),
                     audience: s.jwt_audience.clone(),
                     issuer: s.jwt_issuer.clone(),
                     leeway_secs: s.jwt_leeway_secs,

@@ -229,6 +229,13 @@ settings! {
         jwt_secret: Option<Secret> = None, example "\"…\"";
         /// RS256 public key: a PEM file, or a JWKS (JSON) file (auth = "jwt").
         jwt_public_key_file: Option<PathBuf> = None, example "\"key.pem\"";
+        /// RS256 keys from a JWKS URL (auth = "jwt"): fetched at start, again
+        /// when the answer's Cache-Control max-age runs out (60 s..24 h,
+        /// default 300 s) and at once for an unknown kid (at most every 30 s);
+        /// a failed refresh keeps the keys known. https://, or http:// to a
+        /// loopback host.
+        jwt_jwks_url: Option<String> = None,
+            example "\"https://issuer.example/.well-known/jwks.json\"";
         /// When set, tokens must carry this `aud`.
         jwt_audience: Option<String> = None, example "\"wsbridge\"";
         /// When set, tokens must carry this `iss`.

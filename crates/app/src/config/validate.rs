@@ -300,18 +300,30 @@ impl Settings {
 
     fn validate_security(&self, check: &mut impl FnMut(bool, String)) {
         if self.auth == AuthMode::Jwt {
+            let keys = [
+                self.jwt_secret.is_some(),
+                self.jwt_public_key_file.is_some(),
+                self.jwt_jwks_url.is_some(),
+            ];
+            let set = keys.iter().filter(|&&k| k).count();
             check(
-                self.jwt_secret.is_some() || self.jwt_public_key_file.is_some(),
-                "jwt_secret: auth = \"jwt\" needs jwt_secret (HS256, BRIDGE_JWT_SECRET) \
-                 or jwt_public_key_file (RS256, BRIDGE_JWT_PUBLIC_KEY_FILE)"
+                set >= 1,
+                "jwt_secret: auth = \"jwt\" needs jwt_secret (HS256, BRIDGE_JWT_SECRET), \
+                 jwt_public_key_file (RS256, BRIDGE_JWT_PUBLIC_KEY_FILE) or jwt_jwks_url \
+                 (RS256, BRIDGE_JWT_JWKS_URL)"
                     .into(),
             );
             check(
-                self.jwt_secret.is_none() || self.jwt_public_key_file.is_none(),
-                "jwt_public_key_file: set either jwt_secret (HS256) or jwt_public_key_file \
-                 (RS256), not both"
+                set <= 1,
+                "jwt_public_key_file: set one of jwt_secret (HS256), jwt_public_key_file \
+                 and jwt_jwks_url (RS256), not several"
                     .into(),
             );
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            if let Err(problem) = crate::jwks::check_url(url) {
+                check(false, format!("jwt_jwks_url: {problem}"));
+            }
         }
         if let Some(secret) = &self.jwt_secret {
             check(

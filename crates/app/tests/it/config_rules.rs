@@ -94,6 +94,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         ),
         "jwt_secret" => ("0123456789abcdef0123456789abcdef", vec![]),
         "jwt_public_key_file" => ("key.pem", vec![]),
+        "jwt_jwks_url" => ("https://idp.example/jwks.json", vec![]),
         "jwt_audience" => ("wsbridge", vec![]),
         "jwt_issuer" => ("https://issuer.example", vec![]),
         "jwt_leeway_secs" => ("5", vec![]),

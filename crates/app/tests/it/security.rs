@@ -1120,3 +1120,141 @@ async fn an_auth_frame_without_authentication_is_refused_and_the_connection_stay
     assert_eq!(next_json(&mut ws).await, json!({"ack": "1"}));
     bridge.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Keys from a JWKS URL (SPEC §10)
+
+/// A JWKS endpoint on loopback that serves whatever `document` holds
+/// (`None`: HTTP 500), with a long max-age, and counts its requests.
+struct JwksServer {
+    url: String,
+    document: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(document: Option<String>) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/jwks.json",
+            listener.local_addr().unwrap().port()
+        );
+        let document = std::sync::Arc::new(std::sync::Mutex::new(document));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (doc, count) = (document.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let body = doc.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut head = vec![0u8; 4096];
+                    let _ = socket.read(&mut head).await;
+                    let answer = match body {
+                        Some(body) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             cache-control: public, max-age=3600\r\ncontent-length: {}\r\n\
+                             connection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\
+                                 connection: close\r\n\r\n"
+                            .to_owned(),
+                    };
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        Self {
+            url,
+            document,
+            requests,
+        }
+    }
+
+    fn serve(&self, document: Option<String>) {
+        *self.document.lock().unwrap() = document;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The fixture JWKS with only the keys named.
+fn jwks_with(kids: &[&str]) -> String {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_fetched_again_for_a_rotated_in_kid() {
+    let jwks = JwksServer::start(Some(jwks_with(&["test-key"]))).await;
+    let env = Env::new(5).await;
+    let url = jwks.url.clone();
+    let bridge = env
+        .bridge(|s| {
+            jwt(s);
+            s.jwt_secret = None;
+            s.jwt_jwks_url = Some(url);
+        })
+        .await;
+    assert_eq!(jwks.requests(), 1, "fetched once at start");
+    let id = client_id("rotated");
+    let ws_url = bridge.ws_url("/ws");
+    let with = |token: &str| format!("{ws_url}?token={token}");
+    let current = rs256(&claims(&id), "rsa-private.pem", Some("test-key"));
+    let (_a, _) = assert_upgraded(&with(&current), &[]).await;
+    assert_eq!(jwks.requests(), 1, "a known kid needs no fetch");
+
+    // The identity provider rotates a key in: the first token naming it
+    // makes the bridge fetch the set again, and is accepted.
+    jwks.serve(Some(jwks_with(&["test-key", "other-key"])));
+    let rotated = rs256(&claims(&id), "other-rsa-private.pem", Some("other-key"));
+    let (_b, _) = assert_upgraded(&with(&rotated), &[]).await;
+    assert_eq!(jwks.requests(), 2);
+
+    // Forged kids cannot make it hammer the provider: within the minimum
+    // interval no fetch goes out (the token is judged by the keys known:
+    // here it verifies under other-key, which signed it), and the keys it
+    // knows keep working while the provider fails.
+    jwks.serve(None);
+    let unknown = rs256(&claims(&id), "other-rsa-private.pem", Some("no-such-key"));
+    for _ in 0..3 {
+        let _ = assert_upgraded(&with(&unknown), &[]).await;
+    }
+    assert_eq!(jwks.requests(), 2, "rate-limited");
+    let (_c, _) = assert_upgraded(&with(&current), &[]).await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn a_jwks_url_that_cannot_be_fetched_at_start_stops_the_bridge_naming_it() {
+    let jwks = JwksServer::start(None).await;
+    let env = Env::new(5).await;
+    let mut settings = env.settings();
+    jwt(&mut settings);
+    settings.jwt_secret = None;
+    settings.jwt_jwks_url = Some(jwks.url.clone());
+    let error = match app::startup::Application::build(
+        app::config::Config::new(settings).unwrap(),
+        adapters_aws::sdk::Clients::from_config(&env.aws.config),
+    )
+    .await
+    {
+        Ok(_) => panic!("the bridge started without its keys"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("jwt_jwks_url") && error.contains("500"),
+        "{error}"
+    );
+}
