@@ -43,6 +43,13 @@ pub(crate) enum Exit {
     Binary,
     /// Too many messages over the rate limit within the abuse window: 1008.
     RateAbuse,
+    /// An operator closed it (admin API) with this code and reason.
+    Kicked {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
     /// The token the connection was opened with expired, and no fresh one
     /// came: 1008 `token_expired`.
     TokenExpired,
@@ -108,6 +115,7 @@ impl Exit {
                 "message rate limit exceeded repeatedly".to_owned(),
             ),
             Self::TokenExpired => (CloseCode::Policy, "token_expired".to_owned()),
+            Self::Kicked { code, reason } => (CloseCode::from(*code), reason.clone()),
             Self::Protocol(what) => (CloseCode::Protocol, what.clone()),
             Self::Internal(what) => (CloseCode::Error, (*what).to_owned()),
         };
@@ -133,6 +141,7 @@ impl Exit {
             Self::Binary => "binary_refused",
             Self::RateAbuse => "rate_abuse",
             Self::TokenExpired => "token_expired",
+            Self::Kicked { .. } => "disconnected_by_operator",
             Self::Protocol(_) => "protocol_error",
             Self::Internal(_) => "internal_error",
         }

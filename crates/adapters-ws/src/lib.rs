@@ -32,7 +32,7 @@ mod uplink_worker;
 
 pub use rate::{AbusePolicy, MessageRate};
 pub use registry::{
-    ConnectionId, ConnectionLimits, LimitExceeded, Registration, RegistrationGuard,
+    ConnectionId, ConnectionInfo, ConnectionLimits, LimitExceeded, Registration, RegistrationGuard,
     WsClientRegistry,
 };
 pub use session::{

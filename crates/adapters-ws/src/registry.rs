@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{
     Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
+use std::time::SystemTime;
 
 use domain::acks::{ack_frame, DeliveryId};
 use domain::{ClientId, ClientRegistry, Frame, Handoff};
@@ -50,6 +51,11 @@ impl ConnectionId {
     pub fn get(self) -> u64 {
         self.0
     }
+
+    /// The id of that number (as [`ConnectionId::get`] gave it).
+    pub fn from_raw(n: u64) -> Self {
+        Self(n)
+    }
 }
 
 impl fmt::Display for ConnectionId {
@@ -66,6 +72,28 @@ struct ConnectionHandle {
     /// Opened with `ack=true`: gets Commands wrapped with a delivery id and
     /// acknowledges them.
     acknowledging: bool,
+    /// The client's address, when known.
+    ip: Option<IpAddr>,
+    /// When it registered.
+    since: SystemTime,
+    /// Set by an operator's disconnect: the close code and reason (the
+    /// session learns of it through `slow`).
+    close_order: Option<Box<(u16, String)>>,
+}
+
+/// What an operator sees of one connection (admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// The client's address, when known.
+    pub ip: Option<IpAddr>,
+    /// When it opened.
+    pub since: SystemTime,
+    /// Opened with `ack=true`.
+    pub acknowledging: bool,
+    /// Frames waiting in its outgoing queue.
+    pub queued: usize,
 }
 
 type Shard = RwLock<HashMap<ClientId, Vec<ConnectionHandle>>>;
@@ -257,6 +285,20 @@ impl fmt::Debug for RegistrationGuard {
     }
 }
 
+impl RegistrationGuard {
+    /// The close code and reason an operator's disconnect set, if any.
+    pub fn close_order(&self) -> Option<(u16, String)> {
+        let shard = self.inner.read(&self.client_id);
+        shard
+            .get(&self.client_id)?
+            .iter()
+            .find(|c| c.id == self.id)?
+            .close_order
+            .as_deref()
+            .cloned()
+    }
+}
+
 impl Drop for RegistrationGuard {
     fn drop(&mut self) {
         let (removed, last_acknowledging) = {
@@ -409,6 +451,9 @@ impl WsClientRegistry {
             outbound: tx,
             slow: slow.clone(),
             acknowledging,
+            ip,
+            since: SystemTime::now(),
+            close_order: None,
         };
         shard.entry(client_id.clone()).or_default().push(handle);
         drop(shard);
@@ -423,6 +468,91 @@ impl WsClientRegistry {
                 ip,
             },
         }
+    }
+
+    /// Client ids with their connection counts, in id order, after `after`
+    /// (a cursor: the last id of the previous page), at most `limit`; and
+    /// the cursor of the next page, when there is one.
+    pub fn clients(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(ClientId, usize)>, Option<String>) {
+        let mut all: Vec<(ClientId, usize)> = self
+            .inner
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+                shard
+                    .iter()
+                    .filter(|(id, _)| after.is_none_or(|after| id.as_str() > after))
+                    .map(|(id, connections)| (id.clone(), connections.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next = more
+            .then(|| all.last().map(|(id, _)| id.as_str().to_owned()))
+            .flatten();
+        (all, next)
+    }
+
+    /// The connections of `client_id`.
+    pub fn connection_details(&self, client_id: &ClientId) -> Vec<ConnectionInfo> {
+        let shard = self.inner.read(client_id);
+        shard.get(client_id).map_or_else(Vec::new, |connections| {
+            connections
+                .iter()
+                .map(|c| ConnectionInfo {
+                    id: c.id,
+                    ip: c.ip,
+                    since: c.since,
+                    acknowledging: c.acknowledging,
+                    queued: c.outbound.max_capacity() - c.outbound.capacity(),
+                })
+                .collect()
+        })
+    }
+
+    /// Closes the connections of `client_id` (only `only`, when given) with
+    /// `code` and `reason`; returns how many it closes.
+    pub fn disconnect(
+        &self,
+        client_id: &ClientId,
+        only: Option<ConnectionId>,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let mut shard = self.inner.write(client_id);
+        let Some(connections) = shard.get_mut(client_id) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for connection in connections
+            .iter_mut()
+            .filter(|c| only.is_none_or(|id| c.id == id))
+        {
+            connection.close_order = Some(Box::new((code, reason.to_owned())));
+            connection.slow.cancel();
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Queues `frame` as it is on every connection of `client_id` (no
+    /// delivery id, nothing to acknowledge); returns how many took it.
+    pub fn send_frame(&self, client_id: &ClientId, frame: &Frame) -> usize {
+        let shard = self.inner.read(client_id);
+        shard.get(client_id).map_or(0, |connections| {
+            connections
+                .iter()
+                .filter(|c| !c.slow.is_cancelled())
+                .filter(|c| c.outbound.try_send(Arc::clone(frame)).is_ok())
+                .count()
+        })
     }
 
     /// How many connections are registered, over all client ids.

@@ -11,6 +11,7 @@
 //! provider); [`metrics`] renders `/metrics`. `main.rs` only parses
 //! arguments and calls [`cli::run`].
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod cli;

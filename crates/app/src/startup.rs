@@ -31,6 +31,8 @@ pub struct Application {
     stats: Arc<Stats>,
     aws_metrics: Option<AwsMetrics>,
     closing: CancellationToken,
+    /// The admin API's port and server, when it is on.
+    admin: Option<(u16, actix_web::dev::Server)>,
 }
 
 impl Application {
@@ -97,6 +99,18 @@ impl Application {
         if config.server.workers > 0 {
             http = http.workers(config.server.workers);
         }
+        let admin = match &config.server.admin {
+            None => None,
+            Some(admin) => {
+                let listener =
+                    TcpListener::bind((admin.host.as_str(), admin.port)).with_context(|| {
+                        format!("admin API: cannot listen on {}:{}", admin.host, admin.port)
+                    })?;
+                let port = listener.local_addr()?.port();
+                let server = crate::admin::server(listener, registry.clone(), admin.token.clone())?;
+                Some((port, server))
+            }
+        };
         Ok(Self {
             port,
             server: http.run(),
@@ -108,7 +122,13 @@ impl Application {
             stats,
             aws_metrics,
             closing,
+            admin,
         })
+    }
+
+    /// The admin API's port, when it is on.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(port, _)| *port)
     }
 
     /// The port the server listens on (useful with port 0).
@@ -137,6 +157,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle: ServerHandle = self.server.handle();
         let mut server = tokio::spawn(self.server);
+        let admin = self.admin.map(|(port, server)| {
+            info!(port, "admin API serving");
+            let handle = server.handle();
+            (handle, tokio::spawn(server))
+        });
         let polling = CancellationToken::new();
         let deadline = self.config.server.shutdown_timeout;
         let pollers = consumer::spawn(
@@ -205,6 +230,10 @@ impl Application {
             handle.stop(false).await;
         }
         let _ = server.await;
+        if let Some((handle, admin)) = admin {
+            handle.stop(false).await;
+            let _ = admin.await;
+        }
         if !finished {
             let left = Leftovers {
                 held: acks.len(),

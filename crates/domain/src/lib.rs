@@ -23,7 +23,7 @@ pub mod receipts;
 pub mod shard;
 pub mod stats;
 mod text;
-mod time;
+pub mod time;
 pub mod uplink;
 
 pub use acks::{ConfirmError, DeliveryId, PendingAcks, Tick};

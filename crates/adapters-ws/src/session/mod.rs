@@ -169,7 +169,7 @@ impl Connection {
             id,
             mut outbound,
             slow,
-            guard: _guard,
+            guard,
         } = registration;
         debug!("connection opened");
         // Sent in the background (the connection is served meanwhile) and
@@ -217,6 +217,13 @@ impl Connection {
             Err(exit) => exit,
         };
 
+        // `slow` also carries an operator's disconnect.
+        let exit = match exit {
+            Exit::Slow => guard
+                .close_order()
+                .map_or(Exit::Slow, |(code, reason)| Exit::Kicked { code, reason }),
+            other => other,
+        };
         // From here on deliveries to this connection count as not taken.
         outbound.close();
         if matches!(exit, Exit::Shutdown) {

@@ -21,8 +21,8 @@ pub mod values;
 
 pub use layers::Sources;
 pub use sections::{
-    required, Access, AmqpResources, AwsResources, BrokerConfig, Config, Downlink, Fleet, Jwt,
-    Scale, Server, Uplink,
+    required, Access, AdminListener, AmqpResources, AwsResources, BrokerConfig, Config, Downlink,
+    Fleet, Jwt, Scale, Server, Uplink,
 };
 pub use settings::{Settings, SETTINGS};
 pub use table::SettingDoc;

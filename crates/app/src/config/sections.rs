@@ -41,6 +41,17 @@ pub struct Config {
     settings: Settings,
 }
 
+/// Where the admin API listens, and its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminListener {
+    /// Address to listen on.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The bearer token every call must carry.
+    pub token: Secret,
+}
+
 /// The HTTP listener and the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
@@ -56,6 +67,8 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// Whether the test-only `/__echo` route is mounted.
     pub echo_route: bool,
+    /// The admin API's address and bearer token, when it is on.
+    pub admin: Option<AdminListener>,
 }
 
 /// Which broker, and its resources.
@@ -274,6 +287,15 @@ impl Config {
                 handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
                 shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
                 echo_route: s.echo_route,
+                admin: (s.admin_port != 0)
+                    .then_some(s.admin_port)
+                    .and_then(|port| {
+                        s.admin_token.clone().map(|token| AdminListener {
+                            host: s.admin_host.clone(),
+                            port,
+                            token,
+                        })
+                    }),
             },
             broker,
             scale,

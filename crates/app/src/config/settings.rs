@@ -27,6 +27,15 @@ settings! {
         /// half of this), so Commands already handed to it are delivered or
         /// released at once.
         shutdown_timeout_secs: u64 = 10, range 1..=3600;
+        /// Port of the admin API (list clients and their connections,
+        /// disconnect, send a frame; every call with `Authorization: Bearer
+        /// <admin_token>`). 0: off.
+        admin_port: u16 = 0, range 0..=65_535;
+        /// Address the admin API listens on.
+        admin_host: String = "127.0.0.1".into();
+        /// The admin API's bearer token (at least 32 bytes; keep it in the
+        /// environment, BRIDGE_ADMIN_TOKEN). Required with admin_port.
+        admin_token: Option<Secret> = None, example "\"…\"";
         /// Test only: mount /__echo (same checks and limits as /ws, echoes
         /// messages), for RFC 6455 conformance runs; only in a build with the
         /// `test-routes` feature.

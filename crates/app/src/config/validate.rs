@@ -299,6 +299,23 @@ impl Settings {
     }
 
     fn validate_security(&self, check: &mut impl FnMut(bool, String)) {
+        if self.admin_port != 0 {
+            match &self.admin_token {
+                None => check(
+                    false,
+                    "admin_token: required with admin_port: the admin API never runs without \
+                     one (BRIDGE_ADMIN_TOKEN)"
+                        .into(),
+                ),
+                Some(token) => check(
+                    token.expose().len() >= MIN_JWT_SECRET_BYTES,
+                    format!(
+                        "admin_token: must be at least {MIN_JWT_SECRET_BYTES} bytes \
+                         (e.g. `openssl rand -base64 48`)"
+                    ),
+                ),
+            }
+        }
         if self.auth == AuthMode::Jwt {
             let keys = [
                 self.jwt_secret.is_some(),

@@ -99,6 +99,8 @@ impl PartialEq for Secret {
     }
 }
 
+impl Eq for Secret {}
+
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("[redacted]")

@@ -43,6 +43,15 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "handshake_timeout_ms" => ("700", vec![]),
         "shutdown_timeout_secs" => ("20", vec![]),
         "echo_route" => ("true", vec![]),
+        "admin_port" => (
+            "9100",
+            vec![(
+                "BRIDGE_ADMIN_TOKEN",
+                "admin-token-0123456789-abcdefghijklmnop",
+            )],
+        ),
+        "admin_host" => ("0.0.0.0", vec![]),
+        "admin_token" => ("admin-token-0123456789-abcdefghijklmnop", vec![]),
         "broker" => ("amqp", vec![AMQP_URL]),
         "command_queue_url" => ("http://127.0.0.1:1/1/q", vec![]),
         "events_topic_arn" => ("arn:aws:sns:us-east-1:1:e", vec![]),

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod admin;
 mod brokers;
 mod browser;
 mod cli;

@@ -189,6 +189,8 @@ pub struct Bridge {
     pub aws_metrics: Option<AwsMetrics>,
     /// `run_until_stopped`, with the error rendered.
     pub task: Option<JoinHandle<Result<(), String>>>,
+    /// The admin API's port, when it is on.
+    pub admin_port: Option<u16>,
 }
 
 impl Bridge {
@@ -210,6 +212,7 @@ impl Bridge {
         let shutdown = app.shutdown_token();
         let stats = app.stats();
         let aws_metrics = app.aws_metrics();
+        let admin_port = app.admin_port();
         let task =
             tokio::spawn(
                 async move { app.run_until_stopped().await.map_err(|e| format!("{e:#}")) },
@@ -220,6 +223,7 @@ impl Bridge {
             stats,
             aws_metrics,
             task: Some(task),
+            admin_port,
         }
     }
 

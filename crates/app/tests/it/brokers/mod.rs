@@ -298,6 +298,7 @@ pub async fn start_bridge(settings: Settings, connection: Connection) -> Bridge 
     let shutdown = app.shutdown_token();
     let stats = app.stats();
     let aws_metrics = app.aws_metrics();
+    let admin_port = app.admin_port();
     let task =
         tokio::spawn(async move { app.run_until_stopped().await.map_err(|e| format!("{e:#}")) });
     Bridge {
@@ -306,6 +307,7 @@ pub async fn start_bridge(settings: Settings, connection: Connection) -> Bridge 
         stats,
         aws_metrics,
         task: Some(task),
+        admin_port,
     }
 }
 

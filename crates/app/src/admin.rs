@@ -1,0 +1,270 @@
+//! The admin API (SPEC §10): a listener of its own, off by default, for
+//! operators and backends — which clients are connected here and how, close
+//! a client's connections with a code and reason, write a frame to a client
+//! directly. Every call needs `Authorization: Bearer <admin_token>`
+//! (compared in constant time); the bridge does not start the listener
+//! without a token.
+//!
+//! It acts on this replica's connections only.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use actix_web::dev::Server;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use adapters_ws::{ConnectionId, WsClientRegistry};
+use domain::time::iso8601;
+use domain::{ClientId, Frame};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+
+/// Most client ids one page lists.
+const MAX_PAGE: usize = 1000;
+/// Longest close reason a close frame carries (RFC 6455: 123 bytes).
+const MAX_REASON_BYTES: usize = 123;
+
+/// What the handlers share.
+struct AdminState {
+    registry: Arc<WsClientRegistry>,
+    token: Secret,
+}
+
+/// The admin server on `listener` (run it; stop it with its handle).
+pub fn server(
+    listener: TcpListener,
+    registry: Arc<WsClientRegistry>,
+    token: Secret,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(AdminState { registry, token });
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/admin/clients", web::get().to(list_clients))
+            .route("/admin/clients/{id}", web::get().to(show_client))
+            .route("/admin/clients/{id}/disconnect", web::post().to(disconnect))
+            .route("/admin/clients/{id}/send", web::post().to(send))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run())
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+}
+
+/// `Ok` when the request carries the admin token.
+fn authorized(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let expected = state.token.expose();
+    if same_secret(given, expected) {
+        Ok(())
+    } else {
+        Err(HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .json(json!({"error": {"code": "unauthorized", "message": "Authorization: Bearer <admin_token> required"}})))
+    }
+}
+
+/// Whether `given` is `expected`, in time that depends on neither: both are
+/// hashed, and the digests compared without an early exit.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let (a, b) = (digest(given), digest(expected));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+fn client_id(raw: &str) -> Result<ClientId, HttpResponse> {
+    ClientId::parse(raw)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_client_id", &e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_clients(
+    req: HttpRequest,
+    page: web::Query<Page>,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    if let Err(refused) = authorized(&req, &state) {
+        return refused;
+    }
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let (clients, next) = state.registry.clients(page.after.as_deref(), limit);
+    let clients: Vec<Value> = clients
+        .iter()
+        .map(|(id, n)| json!({"client_id": id.as_str(), "connections": n}))
+        .collect();
+    HttpResponse::Ok().json(json!({"clients": clients, "next": next}))
+}
+
+async fn show_client(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    if let Err(refused) = authorized(&req, &state) {
+        return refused;
+    }
+    let client = match client_id(&id) {
+        Ok(client) => client,
+        Err(refused) => return refused,
+    };
+    let connections = state.registry.connection_details(&client);
+    if connections.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            "no connection of this client here",
+        );
+    }
+    let connections: Vec<Value> = connections
+        .iter()
+        .map(|c| {
+            json!({
+                "connection_id": c.id.to_string(),
+                "remote_address": c.ip.map(|ip| ip.to_string()),
+                "since": iso8601(c.since),
+                "since_ms": c.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                "ack_mode": c.acknowledging,
+                "queued_frames": c.queued,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"client_id": client.as_str(), "connections": connections}))
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    #[serde(default = "normal_closure")]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+    connection_id: Option<String>,
+}
+
+fn normal_closure() -> u16 {
+    1000
+}
+
+async fn disconnect(
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    if let Err(refused) = authorized(&req, &state) {
+        return refused;
+    }
+    let client = match client_id(&id) {
+        Ok(client) => client,
+        Err(refused) => return refused,
+    };
+    let order: DisconnectBody = if body.is_empty() {
+        DisconnectBody {
+            code: normal_closure(),
+            reason: String::new(),
+            connection_id: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(order) => order,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
+        }
+    };
+    if order.code != 1000 && !(3000..=4999).contains(&order.code) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_code",
+            "code must be 1000 or an application code (3000-4999)",
+        );
+    }
+    if order.reason.len() > MAX_REASON_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_reason",
+            "reason is over 123 bytes",
+        );
+    }
+    let only = match order.connection_id.as_deref().map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) => Some(ConnectionId::from_raw(n)),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_connection_id",
+                "connection_id is a number",
+            )
+        }
+    };
+    let closed = state
+        .registry
+        .disconnect(&client, only, order.code, &order.reason);
+    if closed == 0 {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            "no such connection here",
+        );
+    }
+    HttpResponse::Ok().json(json!({"disconnected": closed}))
+}
+
+async fn send(
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AdminState>,
+) -> HttpResponse {
+    if let Err(refused) = authorized(&req, &state) {
+        return refused;
+    }
+    let client = match client_id(&id) {
+        Ok(client) => client,
+        Err(refused) => return refused,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the frame must be UTF-8 JSON",
+        );
+    };
+    if serde_json::from_str::<Value>(text).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the frame must be JSON",
+        );
+    }
+    let frame: Frame = Arc::from(text);
+    let sent = state.registry.send_frame(&client, &frame);
+    if sent == 0 {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            "no connection of this client took it",
+        );
+    }
+    HttpResponse::Ok().json(json!({"sent": sent}))
+}
