@@ -60,8 +60,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
 }
 
-/// `Ok` when the request carries the admin token.
-fn authorized(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> {
+/// The 401 answer, unless the request carries the admin token.
+fn refused(req: &HttpRequest, state: &AdminState) -> Option<HttpResponse> {
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -70,9 +70,9 @@ fn authorized(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse>
         .unwrap_or_default();
     let expected = state.token.expose();
     if same_secret(given, expected) {
-        Ok(())
+        None
     } else {
-        Err(HttpResponse::Unauthorized()
+        Some(HttpResponse::Unauthorized()
             .insert_header(("WWW-Authenticate", "Bearer"))
             .json(json!({"error": {"code": "unauthorized", "message": "Authorization: Bearer <admin_token> required"}})))
     }
@@ -90,9 +90,14 @@ fn same_secret(given: &str, expected: &str) -> bool {
         == 0
 }
 
-fn client_id(raw: &str) -> Result<ClientId, HttpResponse> {
-    ClientId::parse(raw)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_client_id", &e.to_string()))
+fn client_id(raw: &str) -> Result<ClientId, Box<HttpResponse>> {
+    ClientId::parse(raw).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client_id",
+            &e.to_string(),
+        ))
+    })
 }
 
 #[derive(Deserialize)]
@@ -106,8 +111,8 @@ async fn list_clients(
     page: web::Query<Page>,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Err(refused) = authorized(&req, &state) {
-        return refused;
+    if let Some(refusal) = refused(&req, &state) {
+        return refusal;
     }
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let (clients, next) = state.registry.clients(page.after.as_deref(), limit);
@@ -123,12 +128,12 @@ async fn show_client(
     id: web::Path<String>,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Err(refused) = authorized(&req, &state) {
-        return refused;
+    if let Some(refusal) = refused(&req, &state) {
+        return refusal;
     }
     let client = match client_id(&id) {
         Ok(client) => client,
-        Err(refused) => return refused,
+        Err(refusal) => return *refusal,
     };
     let connections = state.registry.connection_details(&client);
     if connections.is_empty() {
@@ -173,12 +178,12 @@ async fn disconnect(
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Err(refused) = authorized(&req, &state) {
-        return refused;
+    if let Some(refusal) = refused(&req, &state) {
+        return refusal;
     }
     let client = match client_id(&id) {
         Ok(client) => client,
-        Err(refused) => return refused,
+        Err(refusal) => return *refusal,
     };
     let order: DisconnectBody = if body.is_empty() {
         DisconnectBody {
@@ -236,12 +241,12 @@ async fn send(
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Err(refused) = authorized(&req, &state) {
-        return refused;
+    if let Some(refusal) = refused(&req, &state) {
+        return refusal;
     }
     let client = match client_id(&id) {
         Ok(client) => client,
-        Err(refused) => return refused,
+        Err(refusal) => return *refusal,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(
