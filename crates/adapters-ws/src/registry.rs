@@ -32,7 +32,7 @@ use std::sync::{
 use std::time::SystemTime;
 
 use domain::acks::{ack_frame, DeliveryId};
-use domain::{ClientId, ClientRegistry, Frame, Handoff};
+use domain::{ClientId, ClientRegistry, Control, Frame, Handoff};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -630,6 +630,17 @@ impl ClientRegistry for WsClientRegistry {
 
     fn connection_count(&self) -> usize {
         WsClientRegistry::connection_count(self)
+    }
+
+    fn control(&self, client_id: &ClientId, control: &Control) -> usize {
+        match control {
+            Control::Disconnect {
+                connection_id,
+                code,
+                reason,
+            } => self.disconnect(client_id, connection_id.map(ConnectionId), *code, reason),
+            Control::Send { frame } => self.send_frame(client_id, frame),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use tracing::{debug, info_span, warn};
 use crate::acks::{CopyFate, PendingAcks};
 use crate::client_id::ClientId;
 use crate::command::decode_sqs_body;
+use crate::control::Control;
 use crate::dedup::RecentIds;
 use crate::envelope::parse_timestamp;
 use crate::ports::{
@@ -277,50 +278,71 @@ impl Downlink {
         // Entered before any connection can see the frame, so an
         // acknowledgement cannot arrive before its delivery is known.
         let frame: Frame = command.json;
-        let Some(delivery) = self
-            .acks
-            .reserve(&command.client_id, &message, dedup_key, &frame)
-        else {
-            debug!("client has its limit of unacknowledged deliveries, command deferred");
-            self.recent.forget(dedup_key);
-            bump(&stats.deferred, 1);
-            outcome.deferred.push(message.receipt);
-            return;
-        };
-        let handoff = self.registry.deliver(&command.client_id, &frame, delivery);
-        if handoff.awaiting_ack == 0 {
-            self.acks.cancel(delivery);
-        }
-        if handoff.taken() > 0 {
-            bump(&stats.forwarded, 1);
-            // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
-            let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
-            self.stats
-                .forward_latency
-                .record(age(published.or(message.sent_at)));
-            bump(&stats.frames_queued, handoff.taken() as u64);
-            self.receipt(
-                Outcome::Delivered,
-                ReceiptOf {
-                    client_id: Some(&command.client_id),
-                    message_id: &message.message_id,
-                    sns_message_id: command.sns_message_id.as_deref(),
-                    frame: Some(&frame),
-                    connections: Some(handoff.taken()),
-                },
-            );
-            debug!(
-                connections = handoff.taken(),
-                awaiting_ack = handoff.awaiting_ack,
-                "command forwarded"
-            );
-            if handoff.awaiting_ack > 0 {
-                // Deleted when the client acknowledges; released on timeout.
-                outcome.held.push(message.receipt);
-            } else {
-                outcome.acknowledged.push(message.receipt);
+        match Control::of(&frame) {
+            Some(Err(detail)) => {
+                warn!(%detail, "malformed control message, not carried out");
+                bump(&stats.malformed, 1);
+                routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
+                return;
             }
-            return;
+            Some(Ok(control)) => {
+                // Carried out by the replica that holds the client; the
+                // others treat it as an undeliverable Command (below).
+                let reached = self.registry.control(&command.client_id, &control);
+                if reached > 0 {
+                    bump(&stats.forwarded, 1);
+                    debug!(connections = reached, "control message carried out");
+                    outcome.acknowledged.push(message.receipt);
+                    return;
+                }
+            }
+            None => {
+                let Some(delivery) =
+                    self.acks
+                        .reserve(&command.client_id, &message, dedup_key, &frame)
+                else {
+                    debug!("client has its limit of unacknowledged deliveries, command deferred");
+                    self.recent.forget(dedup_key);
+                    bump(&stats.deferred, 1);
+                    outcome.deferred.push(message.receipt);
+                    return;
+                };
+                let handoff = self.registry.deliver(&command.client_id, &frame, delivery);
+                if handoff.awaiting_ack == 0 {
+                    self.acks.cancel(delivery);
+                }
+                if handoff.taken() > 0 {
+                    bump(&stats.forwarded, 1);
+                    // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
+                    let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
+                    self.stats
+                        .forward_latency
+                        .record(age(published.or(message.sent_at)));
+                    bump(&stats.frames_queued, handoff.taken() as u64);
+                    self.receipt(
+                        Outcome::Delivered,
+                        ReceiptOf {
+                            client_id: Some(&command.client_id),
+                            message_id: &message.message_id,
+                            sns_message_id: command.sns_message_id.as_deref(),
+                            frame: Some(&frame),
+                            connections: Some(handoff.taken()),
+                        },
+                    );
+                    debug!(
+                        connections = handoff.taken(),
+                        awaiting_ack = handoff.awaiting_ack,
+                        "command forwarded"
+                    );
+                    if handoff.awaiting_ack > 0 {
+                        // Deleted when the client acknowledges; released on timeout.
+                        outcome.held.push(message.receipt);
+                    } else {
+                        outcome.acknowledged.push(message.receipt);
+                    }
+                    return;
+                }
+            }
         }
         // Not handed off: a later copy must not be taken for a duplicate.
         self.recent.forget(dedup_key);

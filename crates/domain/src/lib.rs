@@ -14,6 +14,7 @@ pub mod client_frame;
 pub mod client_id;
 pub mod client_message;
 pub mod command;
+pub mod control;
 pub mod dedup;
 pub mod downlink;
 pub mod envelope;
@@ -31,6 +32,7 @@ pub use client_frame::ClientFrame;
 pub use client_id::{ClientId, ClientIdError};
 pub use client_message::{ClientMessage, FrameError, OutboundEvent, Reply};
 pub use command::{decode_sqs_body, Command, DecodeError, DecodedCommand};
+pub use control::Control;
 pub use downlink::{BatchOutcome, Downlink, DownlinkSettings, Undeliverable};
 pub use envelope::SnsEnvelope;
 pub use ports::{

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::acks::DeliveryId;
 use crate::client_id::ClientId;
 use crate::client_message::OutboundEvent;
+use crate::control::Control;
 
 /// An opaque token with which a [`CommandSource`] settles one message
 /// (an SQS receipt handle, an AMQP delivery tag, …).
@@ -229,6 +230,13 @@ pub trait ClientRegistry: Send + Sync {
     /// took it. A connection that acknowledges deliveries gets the frame
     /// wrapped with `delivery` ([`crate::acks::ack_frame`]).
     fn deliver(&self, client_id: &ClientId, frame: &Frame, delivery: DeliveryId) -> Handoff;
+
+    /// Carries out a control message on the connections of `client_id`
+    /// here; says how many it reached.
+    fn control(&self, client_id: &ClientId, control: &Control) -> usize {
+        let _ = (client_id, control);
+        0
+    }
 
     /// How many connections are open.
     fn connection_count(&self) -> usize;

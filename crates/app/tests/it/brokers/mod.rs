@@ -58,6 +58,7 @@ macro_rules! both_brokers {
 }
 
 mod acks;
+mod control;
 mod downlink;
 mod presence;
 mod unacked_limit;
