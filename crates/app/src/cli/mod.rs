@@ -8,6 +8,7 @@
 //! parses the command line, loads the configuration (flags are its last
 //! layer) and maps each outcome to its exit code.
 
+mod admin;
 pub mod config;
 mod emulator;
 mod gc;
@@ -174,6 +175,17 @@ enum CliCommand {
         #[arg(long, value_enum, default_value = "toml")]
         format: ShowFormat,
     },
+    /// Call the admin API of a running bridge (admin_port, admin_token):
+    /// list clients, show one, disconnect, send a frame.
+    ///
+    /// Example: BRIDGE_ADMIN_PORT=9100 BRIDGE_ADMIN_TOKEN=… wsbridge admin list
+    Admin {
+        /// The admin API's base URL (default: http://127.0.0.1:<admin_port>).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
     /// Print a development token (HS256, signed with the configured
     /// jwt_secret) for a client id, with the configured audience and issuer.
     ///
@@ -225,6 +237,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => send_command::run(&config, &json, raw, via_topic).await,
         CliCommand::Monitor { count } => monitor::run(&config, count).await,
         CliCommand::Token { sub, ttl } => token::run(&config, &sub, ttl),
+        CliCommand::Admin { url, command } => admin::run(&config, url.as_deref(), command).await,
         CliCommand::Config { .. } => Ok(()),
         CliCommand::Gc {
             stale_after_secs,

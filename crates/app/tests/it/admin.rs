@@ -212,3 +212,65 @@ async fn the_admin_api_is_off_by_default_and_never_without_a_token() {
     let error = app::config::Config::new(settings).expect_err("an admin port without a token");
     assert!(error.to_string().contains("admin_token"), "{error}");
 }
+
+/// `wsbridge admin …` against `port` with `token`: (exit code, stdout, stderr).
+async fn admin_cli(port: u16, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(crate::cli::BIN)
+        .arg("admin")
+        .arg("--url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .env("BRIDGE_ADMIN_TOKEN", token)
+        .env_remove("BRIDGE_ADMIN_PORT")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_subcommands_call_the_api() {
+    let env = Env::new(5).await;
+    let bridge = env
+        .bridge(|s| {
+            s.admin_port = free_port();
+            s.admin_token = Some(Secret::new(TOKEN));
+        })
+        .await;
+    let port = bridge.admin_port.unwrap();
+    let dave = client_id("dave");
+    let mut ws = bridge.connect(&dave).await;
+
+    let (code, out, err) = admin_cli(port, TOKEN, &["list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        listed["clients"],
+        json!([{"client_id": dave, "connections": 1}])
+    );
+
+    let (code, _, err) = admin_cli(port, TOKEN, &["send", &dave, r#"{"hello": "dave"}"#]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(next_json(&mut ws).await, json!({"hello": "dave"}));
+
+    let (code, out, _) = admin_cli(
+        port,
+        TOKEN,
+        &["disconnect", &dave, "--code", "4003", "--reason", "cli"],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, r#"{"disconnected":1}"#));
+    assert!(
+        matches!(next_frame(&mut ws, PATIENCE).await, Some(Next::Close(Some(c))) if u16::from(c.code) == 4003)
+    );
+
+    // A wrong token: exit 1, the API's refusal on stderr.
+    let (code, _, err) = admin_cli(port, "not-the-token", &["list"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401") && err.contains("unauthorized"), "{err}");
+    bridge.stop().await;
+}
