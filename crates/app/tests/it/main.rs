@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod amqps;
 mod brokers;
 mod browser;
 mod cli;
@@ -18,6 +19,7 @@ mod docs;
 mod downlink;
 mod faults;
 mod http;
+mod iam;
 mod idle;
 mod ops;
 mod scaleout;
