@@ -1,7 +1,7 @@
 //! Least privilege, proven (docs/iam): the `wsbridge serve` binary in shared
-//! mode, signing with the keys of an IAM user that holds exactly
-//! `docs/iam/shared.json`, against a moto server of its own that checks
-//! every request against IAM.
+//! (and in fanout) mode, signing with the keys of an IAM user that holds
+//! exactly `docs/iam/shared.json` (`fanout.json`), against a moto server of
+//! its own that checks every request against IAM.
 //!
 //! - With the policy, everything works — `/ready`, a Command delivered, one
 //!   for an absent client released, a malformed one dead-lettered, a client
@@ -46,6 +46,8 @@ use crate::support::{
 
 /// The documented policy of `wsbridge serve` in shared mode.
 const SHARED_POLICY: &str = include_str!("../../../../docs/iam/shared.json");
+/// The documented policy of `wsbridge serve` in fanout mode.
+const FANOUT_POLICY: &str = include_str!("../../../../docs/iam/fanout.json");
 /// moto's account.
 const ACCOUNT_ID: &str = "123456789012";
 /// Requests moto serves before checking IAM: room for the setup, which
@@ -94,6 +96,8 @@ struct IamEnv {
     admin: Aws,
     /// A queue subscribed to the events topic.
     observer: String,
+    /// `bridge_name` of fanout replicas (their queues' prefix).
+    bridge: String,
 }
 
 impl IamEnv {
@@ -118,13 +122,16 @@ impl IamEnv {
             .subscribe_queue(&infra.events_topic_arn, &observer, false)
             .await;
 
+        // At most 40 characters: it prefixes queue names.
+        let bridge = testkit::unique_name("iamb")[..24].to_owned();
+        let names = Names::of(&infra, &bridge);
         let iam = IamApi::new(moto.endpoint());
         let everything = json!({"Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
         let admin_key = iam.user_with_policy("iam-admin", &everything).await;
         let mut users = Vec::new();
         for grant in grants {
-            let mut policy = documented(SharedNames::of(&infra), grant.document);
+            let mut policy = documented(&names, grant.document);
             if let Some(action) = grant.without {
                 remove_action(&mut policy, action);
             }
@@ -160,21 +167,23 @@ impl IamEnv {
             infra,
             admin,
             observer: observer.url,
+            bridge,
         };
         (env, users)
     }
 }
 
 /// The names a policy document's placeholders stand for.
-struct SharedNames {
+struct Names {
     command_queue: String,
     dead_letter_queue: String,
     events_topic: String,
     commands_topic: String,
+    bridge: String,
 }
 
-impl SharedNames {
-    fn of(infra: &Infrastructure) -> Self {
+impl Names {
+    fn of(infra: &Infrastructure, bridge: &str) -> Self {
         let queue_name = |url: &str| url.rsplit('/').next().unwrap_or_default().to_owned();
         let topic_name = |arn: &str| arn.rsplit(':').next().unwrap_or_default().to_owned();
         Self {
@@ -182,19 +191,21 @@ impl SharedNames {
             dead_letter_queue: queue_name(&infra.dead_letter_queue_url),
             events_topic: topic_name(&infra.events_topic_arn),
             commands_topic: topic_name(&infra.commands_topic_arn),
+            bridge: bridge.to_owned(),
         }
     }
 }
 
 /// A policy document with its placeholders replaced.
-fn documented(names: SharedNames, document: &str) -> Value {
+fn documented(names: &Names, document: &str) -> Value {
     let text = document
         .replace("REGION", TEST_REGION)
         .replace("ACCOUNT_ID", ACCOUNT_ID)
         .replace("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
         .replace("COMMAND_QUEUE", &names.command_queue)
         .replace("EVENTS_TOPIC", &names.events_topic)
-        .replace("COMMANDS_TOPIC", &names.commands_topic);
+        .replace("COMMANDS_TOPIC", &names.commands_topic)
+        .replace("BRIDGE", &names.bridge);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a JSON policy ({e}): {text}"))
 }
 
@@ -365,7 +376,34 @@ struct Served {
 }
 
 impl Served {
-    async fn start(env: &IamEnv, proxy: &FaultProxy, key: &AccessKey) -> Self {
+    /// In shared mode on the command queue.
+    async fn shared(env: &IamEnv, proxy: &FaultProxy, key: &AccessKey) -> Self {
+        let queue = env.infra.command_queue_url.clone();
+        Self::start(proxy, key, &[("BRIDGE_COMMAND_QUEUE_URL", queue)], env).await
+    }
+
+    /// In fanout mode: a queue of its own, subscribed to the commands topic.
+    async fn fanout(env: &IamEnv, proxy: &FaultProxy, key: &AccessKey) -> Self {
+        let mode = [
+            ("BRIDGE_MODE", "fanout".to_owned()),
+            (
+                "BRIDGE_COMMANDS_TOPIC_ARN",
+                env.infra.commands_topic_arn.clone(),
+            ),
+            ("BRIDGE_BRIDGE_NAME", env.bridge.clone()),
+            ("BRIDGE_INSTANCE_ID", "i1".to_owned()),
+            // Releases, so that sqs:ChangeMessageVisibility is used too.
+            ("BRIDGE_UNDELIVERABLE", "retry".to_owned()),
+        ];
+        Self::start(proxy, key, &mode, env).await
+    }
+
+    async fn start(
+        proxy: &FaultProxy,
+        key: &AccessKey,
+        mode: &[(&str, String)],
+        env: &IamEnv,
+    ) -> Self {
         let dir = TempDir::new("iam");
         let mut command = wsbridge(dir.path());
         command
@@ -374,7 +412,6 @@ impl Served {
             .env("AWS_ACCESS_KEY_ID", &key.id)
             .env("AWS_SECRET_ACCESS_KEY", &key.secret)
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("BRIDGE_COMMAND_QUEUE_URL", &env.infra.command_queue_url)
             .env("BRIDGE_EVENTS_TOPIC_ARN", &env.infra.events_topic_arn)
             .env("BRIDGE_PORT", "0")
             .env("BRIDGE_WORKERS", "1")
@@ -383,6 +420,9 @@ impl Served {
             .env("BRIDGE_RETRY_WINDOW_SECS", "10")
             .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
             .arg("serve");
+        for (name, value) in mode {
+            command.env(name, value);
+        }
         let mut child = command.spawn().expect("spawning wsbridge serve");
         let mut lines = stderr_lines(&mut child);
         let mut seen = Vec::new();
@@ -443,6 +483,25 @@ impl Served {
     }
 }
 
+/// Every call `proxy` saw was signed with the user's key, and together the
+/// calls need every action of its policy, and nothing else.
+fn assert_exactly_the_policy_was_needed(proxy: &FaultProxy, user: &User) {
+    let seen = proxy.seen();
+    let foreign: BTreeSet<&str> = seen
+        .iter()
+        .map(|s| s.access_key_id.as_str())
+        .filter(|key| *key != user.key.id)
+        .collect();
+    assert!(foreign.is_empty(), "signed by other keys: {foreign:?}");
+    let used: BTreeSet<String> = seen.iter().map(|s| iam_action(&s.operation)).collect();
+    assert_eq!(
+        used,
+        allowed(&user.policy),
+        "the calls made ({:?}) and the policy's actions differ",
+        testkit::fault_proxy::operations(&seen)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_mode_policy_is_enough_and_every_action_in_it_is_used() {
     let (env, users) = IamEnv::new(&[
@@ -463,7 +522,7 @@ async fn the_shared_mode_policy_is_enough_and_every_action_in_it_is_used() {
     // With exactly the policy: ready, a Command delivered, one for a client
     // connected nowhere released (and released again), a malformed one
     // dead-lettered, a client message published.
-    let mut bridge = Served::start(&env, &proxy, &full.key).await;
+    let mut bridge = Served::shared(&env, &proxy, &full.key).await;
     bridge.wait_for_ready(200).await;
     let client = client_id("iam");
     let mut ws = crate::support::connect(&format!(
@@ -512,25 +571,10 @@ async fn the_shared_mode_policy_is_enough_and_every_action_in_it_is_used() {
     let log = bridge.terminate().await;
     assert!(!log.contains("AccessDenied"), "a call was refused:\n{log}");
 
-    // Every call signed with the user's key; together they need every
-    // action of the policy, and nothing else.
-    let seen = proxy.seen();
-    let foreign: BTreeSet<&str> = seen
-        .iter()
-        .map(|s| s.access_key_id.as_str())
-        .filter(|key| *key != full.key.id)
-        .collect();
-    assert!(foreign.is_empty(), "signed by other keys: {foreign:?}");
-    let used: BTreeSet<String> = seen.iter().map(|s| iam_action(&s.operation)).collect();
-    assert_eq!(
-        used,
-        allowed(&full.policy),
-        "the calls made ({:?}) and the policy's actions differ",
-        testkit::fault_proxy::operations(&seen)
-    );
+    assert_exactly_the_policy_was_needed(&proxy, full);
 
     // Without sqs:ReceiveMessage: not ready, and /ready says why.
-    let bridge = Served::start(&env, &proxy, &without_receive.key).await;
+    let bridge = Served::shared(&env, &proxy, &without_receive.key).await;
     bridge.wait_for_ready(503).await;
     // Past "starting": the first receive's answer.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -549,4 +593,80 @@ async fn the_shared_mode_policy_is_enough_and_every_action_in_it_is_used() {
         "{body}"
     );
     bridge.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fanout_mode_policy_is_enough_and_every_action_in_it_is_used() {
+    let (env, users) = IamEnv::new(&[Grant {
+        document: FANOUT_POLICY,
+        without: None,
+    }])
+    .await;
+    let user = &users[0];
+    let proxy = FaultProxy::start(env.moto.endpoint());
+    let endpoint = env.moto.endpoint();
+    let instance_queue = format!("{endpoint}/{ACCOUNT_ID}/{}-i1", env.bridge);
+
+    // Its own queue made, tagged and subscribed; a Command delivered, one
+    // for a client connected nowhere released, a malformed one
+    // dead-lettered, a client message published; the queue and subscription
+    // removed at shutdown. (The Commands go straight to its queue: moto
+    // refuses the signature of the admin's SNS Publish of a JSON message.)
+    let mut bridge = Served::fanout(&env, &proxy, &user.key).await;
+    bridge.wait_for_ready(200).await;
+    let client = client_id("iam-fanout");
+    let mut ws = crate::support::connect(&format!(
+        "ws://127.0.0.1:{}/ws?client_id={client}",
+        bridge.port
+    ))
+    .await;
+    env.admin
+        .send(&instance_queue, &command(&client, "fanned-out").to_string())
+        .await;
+    let got = next_json(&mut ws).await;
+    assert_eq!(got["command"], "fanned-out", "{got}");
+    send_text(&mut ws, r#"{"action": "hello", "id": "f1"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "f1"}));
+    let published = env.admin.receive_at_least(&env.observer, 1, PATIENCE).await;
+    assert_eq!(published.len(), 1, "nothing published:\n{}", bridge.log());
+
+    env.admin
+        .send(
+            &instance_queue,
+            &command(&client_id("absent"), "nobody-here").to_string(),
+        )
+        .await;
+    env.admin
+        .send(&instance_queue, "this is not a Command")
+        .await;
+    let dead_letter_queue = format!("{endpoint}/{ACCOUNT_ID}/{}-dlq", env.bridge);
+    let dead = env
+        .admin
+        .receive_at_least(&dead_letter_queue, 1, PATIENCE)
+        .await;
+    assert!(
+        dead.iter().any(|d| d.payload() == "this is not a Command"),
+        "not dead-lettered: {dead:?}\n{}",
+        bridge.log()
+    );
+    wait_until("a release of the Command for the absent client", || {
+        let released = proxy
+            .seen()
+            .iter()
+            .any(|s| s.operation == "ChangeMessageVisibilityBatch");
+        async move { released }
+    })
+    .await;
+    let log = bridge.terminate().await;
+    assert!(!log.contains("AccessDenied"), "a call was refused:\n{log}");
+    let gone = env
+        .admin
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&instance_queue)
+        .send()
+        .await;
+    assert!(gone.is_err(), "{instance_queue} still exists");
+
+    assert_exactly_the_policy_was_needed(&proxy, user);
 }
