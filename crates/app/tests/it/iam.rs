@@ -1,7 +1,8 @@
-//! Least privilege, proven (docs/iam): the `wsbridge serve` binary in shared
-//! (and in fanout) mode, signing with the keys of an IAM user that holds
-//! exactly `docs/iam/shared.json` (`fanout.json`), against a moto server of
-//! its own that checks every request against IAM.
+//! Least privilege, proven (docs/iam): the `wsbridge serve` binary in
+//! shared, fanout and sharded mode, signing with the keys of an IAM user
+//! that holds exactly `docs/iam/shared.json` (`fanout.json`,
+//! `sharded.json`), against a moto server of its own that checks every
+//! request against IAM.
 //!
 //! - With the policy, everything works — `/ready`, a Command delivered, one
 //!   for an absent client released, a malformed one dead-lettered, a client
@@ -48,6 +49,8 @@ use crate::support::{
 const SHARED_POLICY: &str = include_str!("../../../../docs/iam/shared.json");
 /// The documented policy of `wsbridge serve` in fanout mode.
 const FANOUT_POLICY: &str = include_str!("../../../../docs/iam/fanout.json");
+/// The documented policy of `wsbridge serve` in sharded mode.
+const SHARDED_POLICY: &str = include_str!("../../../../docs/iam/sharded.json");
 /// moto's account.
 const ACCOUNT_ID: &str = "123456789012";
 /// Requests moto serves before checking IAM: room for the setup, which
@@ -382,19 +385,26 @@ impl Served {
         Self::start(proxy, key, &[("BRIDGE_COMMAND_QUEUE_URL", queue)], env).await
     }
 
-    /// In fanout mode: a queue of its own, subscribed to the commands topic.
-    async fn fanout(env: &IamEnv, proxy: &FaultProxy, key: &AccessKey) -> Self {
-        let mode = [
-            ("BRIDGE_MODE", "fanout".to_owned()),
+    /// In fanout mode (instance `i1`), or in sharded mode owning all of
+    /// four shards: a queue of its own, subscribed to the commands topic.
+    async fn replica(env: &IamEnv, proxy: &FaultProxy, key: &AccessKey, sharded: bool) -> Self {
+        let mut mode = vec![
             (
                 "BRIDGE_COMMANDS_TOPIC_ARN",
                 env.infra.commands_topic_arn.clone(),
             ),
             ("BRIDGE_BRIDGE_NAME", env.bridge.clone()),
-            ("BRIDGE_INSTANCE_ID", "i1".to_owned()),
             // Releases, so that sqs:ChangeMessageVisibility is used too.
             ("BRIDGE_UNDELIVERABLE", "retry".to_owned()),
         ];
+        if sharded {
+            mode.push(("BRIDGE_MODE", "sharded".to_owned()));
+            mode.push(("BRIDGE_SHARDS", "4".to_owned()));
+            mode.push(("BRIDGE_SHARD_OWNER", "0/1".to_owned()));
+        } else {
+            mode.push(("BRIDGE_MODE", "fanout".to_owned()));
+            mode.push(("BRIDGE_INSTANCE_ID", "i1".to_owned()));
+        }
         Self::start(proxy, key, &mode, env).await
     }
 
@@ -597,22 +607,42 @@ async fn the_shared_mode_policy_is_enough_and_every_action_in_it_is_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fanout_mode_policy_is_enough_and_every_action_in_it_is_used() {
+    replica_policy_is_enough_and_every_action_in_it_is_used(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sharded_mode_policy_is_enough_and_every_action_in_it_is_used() {
+    replica_policy_is_enough_and_every_action_in_it_is_used(true).await;
+}
+
+async fn replica_policy_is_enough_and_every_action_in_it_is_used(sharded: bool) {
+    let document = if sharded {
+        SHARDED_POLICY
+    } else {
+        FANOUT_POLICY
+    };
     let (env, users) = IamEnv::new(&[Grant {
-        document: FANOUT_POLICY,
+        document,
         without: None,
     }])
     .await;
     let user = &users[0];
     let proxy = FaultProxy::start(env.moto.endpoint());
     let endpoint = env.moto.endpoint();
-    let instance_queue = format!("{endpoint}/{ACCOUNT_ID}/{}-i1", env.bridge);
+    let queue_name = if sharded {
+        format!("{}-s4-0-4", env.bridge)
+    } else {
+        format!("{}-i1", env.bridge)
+    };
+    let instance_queue = format!("{endpoint}/{ACCOUNT_ID}/{queue_name}");
 
     // Its own queue made, tagged and subscribed; a Command delivered, one
     // for a client connected nowhere released, a malformed one
-    // dead-lettered, a client message published; the queue and subscription
-    // removed at shutdown. (The Commands go straight to its queue: moto
-    // refuses the signature of the admin's SNS Publish of a JSON message.)
-    let mut bridge = Served::fanout(&env, &proxy, &user.key).await;
+    // dead-lettered, a client message published; at shutdown the fanout
+    // queue and its subscription removed, the shard queue kept. (The
+    // Commands go straight to its queue: moto refuses the signature of the
+    // admin's SNS Publish of a JSON message.)
+    let mut bridge = Served::replica(&env, &proxy, &user.key, sharded).await;
     bridge.wait_for_ready(200).await;
     let client = client_id("iam-fanout");
     let mut ws = crate::support::connect(&format!(
@@ -666,7 +696,7 @@ async fn the_fanout_mode_policy_is_enough_and_every_action_in_it_is_used() {
         .queue_url(&instance_queue)
         .send()
         .await;
-    assert!(gone.is_err(), "{instance_queue} still exists");
+    assert_eq!(gone.is_ok(), sharded, "{instance_queue}: {gone:?}");
 
     assert_exactly_the_policy_was_needed(&proxy, user);
 }
