@@ -23,8 +23,9 @@
 //! reconnects, call latencies) and says why the bridge is not ready; the
 //! app creates it, hands it to both (`spawn_with_metrics`) and exports it.
 //!
-//! Plain `amqp://` only: lapin is built without a TLS stack (see the root
-//! `Cargo.toml`).
+//! `amqp://` and `amqps://` (TLS through rustls on `ring`, the system's
+//! root certificates plus an optional CA file: [`AmqpUrl::with_ca_file`]),
+//! so managed brokers (Amazon MQ for RabbitMQ, CloudAMQP) work.
 
 mod backoff;
 pub mod bootstrap;
@@ -44,4 +45,4 @@ pub use source::{
     AmqpCommandSource, AmqpSourceSettings, ReleaseDelay, FIRST_RECEIVED_HEADER,
     RECEIVE_COUNT_HEADER,
 };
-pub use url::{AmqpUrl, InvalidAmqpUrl};
+pub use url::{AmqpUrl, InvalidAmqpUrl, InvalidCaFile};

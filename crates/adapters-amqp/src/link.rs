@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use domain::{PublishError, SourceError};
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ErrorKind};
 
 use crate::url::AmqpUrl;
 
@@ -37,11 +37,18 @@ impl Failure {
     pub(crate) fn from_lapin(operation: &str, error: &lapin::Error) -> Self {
         let misconfigured = match error.kind() {
             ErrorKind::ProtocolError(amqp) => MISCONFIGURED_CODES.contains(&amqp.get_id()),
+            ErrorKind::IOError(io) => untrusted_certificate(io),
             _ => false,
+        };
+        let hint = if misconfigured && matches!(error.kind(), ErrorKind::IOError(_)) {
+            " (TLS: the broker's certificate must chain to the system's roots or to \
+             amqp_ca_file, and name the URL's host)"
+        } else {
+            ""
         };
         Self {
             misconfigured,
-            text: format!("{operation}: {error}"),
+            text: format!("{operation}: {error}{hint}"),
         }
     }
 
@@ -64,6 +71,28 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Whether a connection failed because the broker's TLS certificate was
+/// refused: an operator must fix the CA or the host name, retrying alone
+/// never helps.
+fn untrusted_certificate(error: &std::io::Error) -> bool {
+    let refused = |e: &rustls::Error| {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        )
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error
+        .get_ref()
+        .map(|e| e as &(dyn std::error::Error + 'static));
+    while let Some(e) = source {
+        if e.downcast_ref::<rustls::Error>().is_some_and(refused) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Opens a connection named `name` (the name the broker shows in
 /// `rabbitmqctl list_connections client_properties`), giving up after `timeout`.
 pub(crate) async fn connect(
@@ -72,12 +101,12 @@ pub(crate) async fn connect(
     timeout: Duration,
 ) -> Result<Connection, Failure> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(
-        timeout,
-        Connection::connect_uri(url.uri().clone(), properties),
-    )
-    .await
-    {
+    let builder = DefaultConnectionBuilder::new()
+        .map_err(|e| Failure::from_lapin("connect", &e))?
+        .with_uri(url.uri().clone())
+        .with_properties(properties)
+        .with_tls_config(url.tls_config());
+    match tokio::time::timeout(timeout, builder.connect()).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(error)) => Err(Failure::from_lapin(&format!("connect to {url}"), &error)),
         Err(_) => Err(Failure::unavailable(format!(

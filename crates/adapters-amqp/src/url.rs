@@ -1,16 +1,27 @@
 //! The broker's URL: parsed and checked once, and kept out of logs (it
-//! holds a password). Every connection the adapters open starts from one.
+//! holds a password). Every connection the adapters open starts from one,
+//! with the TLS settings of an `amqps://` URL.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPScheme, AMQPUri};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
-/// A broker URL (`amqp://user:password@host:port/vhost?heartbeat=10`).
+/// A broker URL (`amqp://user:password@host:port/vhost?heartbeat=10`, or
+/// `amqps://…` for TLS).
 ///
 /// It holds a password, so it never prints whole: `Display` and `Debug`
-/// show `amqp://user@host:port/vhost`. Only plain `amqp://` is accepted:
-/// this build carries no TLS stack.
+/// show `amqp://user@host:port/vhost`.
+///
+/// `amqps://` connects with TLS (rustls): the broker's certificate must
+/// chain to the system's root certificates (Amazon MQ, CloudAMQP) or to a
+/// CA added with [`AmqpUrl::with_ca_file`] (a private CA), and name the
+/// URL's host. The default port is then 5671.
 ///
 /// Mind the vhost: `amqp://host` and `amqp://host/%2f` mean the default
 /// vhost `/`, while `amqp://host/` means the vhost named "" (which usually
@@ -24,12 +35,19 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 pub struct AmqpUrl {
     uri: AMQPUri,
     redacted: String,
+    /// Extra trusted CA certificates (PEM), beside the system's roots.
+    ca_pem: Option<Arc<str>>,
 }
 
 /// Why a string is not a usable [`AmqpUrl`]. The text never repeats the URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid AMQP URL: {0}")]
 pub struct InvalidAmqpUrl(String);
+
+/// Why a CA file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidCaFile(String);
 
 impl AmqpUrl {
     /// Parses and checks a URL.
@@ -42,21 +60,58 @@ impl AmqpUrl {
                 InvalidAmqpUrl(e)
             }
         })?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(InvalidAmqpUrl(
-                "amqps:// needs TLS, which this build does not include; use amqp://".to_owned(),
-            ));
-        }
         let vhost = if uri.vhost == "/" {
             String::new()
         } else {
             format!("/{}", uri.vhost)
         };
         let redacted = format!(
-            "amqp://{}@{}:{}{}",
-            uri.authority.userinfo.username, uri.authority.host, uri.authority.port, vhost
+            "{}://{}@{}:{}{}",
+            uri.scheme,
+            uri.authority.userinfo.username,
+            uri.authority.host,
+            uri.authority.port,
+            vhost
         );
-        Ok(Self { uri, redacted })
+        Ok(Self {
+            uri,
+            redacted,
+            ca_pem: None,
+        })
+    }
+
+    /// Trusts the CA certificates of the PEM file at `path` too, beside the
+    /// system's roots. Fails when the file cannot be read or holds no
+    /// certificate, or when the URL is not `amqps://`.
+    pub fn with_ca_file(self, path: &Path) -> Result<Self, InvalidCaFile> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| InvalidCaFile(format!("cannot read {}: {e}", path.display())))?;
+        self.with_ca_pem(&pem)
+            .map_err(|InvalidCaFile(why)| InvalidCaFile(format!("{}: {why}", path.display())))
+    }
+
+    /// Trusts the CA certificates in `pem` too (see [`AmqpUrl::with_ca_file`]).
+    pub fn with_ca_pem(mut self, pem: &str) -> Result<Self, InvalidCaFile> {
+        if !self.is_tls() {
+            return Err(InvalidCaFile(
+                "a CA file is for amqps:// URLs; this one is amqp:// (no TLS)".to_owned(),
+            ));
+        }
+        let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| InvalidCaFile(format!("not a PEM certificate file: {e}")))?;
+        if certificates.is_empty() {
+            return Err(InvalidCaFile(
+                "no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".to_owned(),
+            ));
+        }
+        self.ca_pem = Some(pem.into());
+        Ok(self)
+    }
+
+    /// Whether the connection is made with TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == AMQPScheme::AMQPS
     }
 
     /// The URL without its password, for logs and messages.
@@ -104,6 +159,15 @@ impl AmqpUrl {
     pub(crate) fn uri(&self) -> &AMQPUri {
         &self.uri
     }
+
+    /// The TLS settings of its connections (used by `amqps://` only): the
+    /// extra CA certificates, if any.
+    pub(crate) fn tls_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_pem.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +193,48 @@ mod tests {
             let error = AmqpUrl::parse(text).unwrap_err().to_string();
             assert!(!error.contains("pw@"), "{text}: {error}");
         }
-        let tls = AmqpUrl::parse("amqps://u:pw@host").unwrap_err();
-        assert!(tls.to_string().contains("TLS"), "{tls}");
     }
+
+    #[test]
+    fn amqps_urls_are_tls_on_port_5671_by_default() {
+        let url = AmqpUrl::parse("amqps://u:pw@broker.example/%2f").unwrap();
+        assert!(url.is_tls());
+        assert_eq!(url.port(), 5671);
+        assert_eq!(url.to_string(), "amqps://u@broker.example:5671");
+        assert!(!AmqpUrl::parse("amqp://u:pw@host").unwrap().is_tls());
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate_and_go_with_amqps() {
+        let url = AmqpUrl::parse("amqps://u:pw@host").unwrap();
+        let none = url.clone().with_ca_pem("just text").unwrap_err();
+        assert!(none.to_string().contains("no certificate"), "{none}");
+        let plain = AmqpUrl::parse("amqp://u:pw@host").unwrap();
+        let error = plain.with_ca_pem(TEST_CA).unwrap_err();
+        assert!(error.to_string().contains("amqps://"), "{error}");
+        let with_ca = url.with_ca_pem(TEST_CA).unwrap();
+        assert_eq!(with_ca.tls_config().cert_chain.as_deref(), Some(TEST_CA));
+        let missing = AmqpUrl::parse("amqps://u:pw@host")
+            .unwrap()
+            .with_ca_file(Path::new("/nonexistent/ca.pem"))
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
+    }
+
+    /// A self-signed CA certificate (its key is not kept: only parsed here).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUFodgYTCL6TK7g8+nisP3k8CQFUcwCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQd3NicmlkZ2UtdGVzdC1jYTAeFw0yNjEyMDYwMzIzMzZaFw0z
+NjEyMDMwMzIzMzZaMBsxGTAXBgNVBAMMEHdzYnJpZGdlLXRlc3QtY2EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAQlDM0A8YAQQXAJyPuiYRs4iR7odjbSkktZJPVb
+Pz/ZWzsALlNrn1BNx3FRYHcoAvj31JGPyHnW5qFWRxUCUceXo1MwUTAdBgNVHQ4E
+FgQUK+ueguIqZljRFy5SU+tMMiCGEcgwHwYDVR0jBBgwFoAUK+ueguIqZljRFy5S
+U+tMMiCGEcgwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA1mTd
+54kKwPlepSMoIMvZNvgxXZh0zt0WR9SVBINMXNgCIC6tsWTB7QWx2QF424JlCKDr
+/o24/InRo2PEKHD23Ubq
+-----END CERTIFICATE-----
+";
 }

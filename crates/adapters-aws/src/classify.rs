@@ -58,12 +58,36 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let detail = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        (None, _) => DisplayErrorContext(err).to_string(),
+    let detail = match err.code() {
+        Some(code) => error_detail(code, err.message()),
+        None => DisplayErrorContext(err).to_string(),
     };
     reason_line(service, operation, &detail)
+}
+
+/// `"<code>: <message>"`, and when the message says which IAM action was
+/// denied (`… is not authorized to perform: sqs:ReceiveMessage on resource
+/// …`), `"<code> for <action>: <message>"`: the action comes first, where a
+/// cut reason still shows it.
+pub(crate) fn error_detail(code: &str, message: Option<&str>) -> String {
+    match message {
+        Some(message) => match denied_action(message) {
+            Some(action) => format!("{code} for {action}: {message}"),
+            None => format!("{code}: {message}"),
+        },
+        None => code.to_owned(),
+    }
+}
+
+/// The IAM action an access-denied message names, if it names one.
+fn denied_action(message: &str) -> Option<&str> {
+    let rest = message.split("authorized to perform:").nth(1)?;
+    let action = rest
+        .split_whitespace()
+        .next()?
+        .trim_end_matches(['.', ',', ';']);
+    let (service, name) = action.split_once(':')?;
+    (!service.is_empty() && !name.is_empty()).then_some(action)
 }
 
 /// `"<service> <operation>: <detail>"` on one line, cut to [`REASON_CHARS`].
@@ -97,6 +121,36 @@ mod tests {
             failure_reason("SQS", "ReceiveMessage", &err),
             "SQS ReceiveMessage: AccessDenied: not authorized to ReceiveMessage"
         );
+    }
+
+    #[test]
+    fn an_access_denied_reason_names_the_action_first() {
+        // moto's wording, and AWS's (lower-case action, resource, reason).
+        let err = service_error(
+            "AccessDenied",
+            "User: arn:aws:iam::123456789012:user/bridge is not authorized to perform: \
+             sqs:ReceiveMessage",
+        );
+        assert_eq!(
+            failure_reason("SQS", "ReceiveMessage", &err),
+            "SQS ReceiveMessage: AccessDenied for sqs:ReceiveMessage: User: \
+             arn:aws:iam::123456789012:user/bridge is not authorized to perform: sqs:ReceiveMessage"
+        );
+        let aws = "User: arn:aws:sts::123456789012:assumed-role/a-rather-long-role-name/\
+                   i-0123456789abcdef0 is not authorized to perform: sqs:receivemessage on \
+                   resource: arn:aws:sqs:us-east-1:123456789012:wsbridge-commands because no \
+                   identity-based policy allows the sqs:receivemessage action";
+        let reason = failure_reason("SQS", "ReceiveMessage", &service_error("AccessDenied", aws));
+        assert!(
+            reason.starts_with("SQS ReceiveMessage: AccessDenied for sqs:receivemessage: User:"),
+            "{reason}"
+        );
+        assert_eq!(denied_action("not authorized to perform: nothing"), None);
+        assert_eq!(
+            error_detail("Throttling", Some("slow down")),
+            "Throttling: slow down"
+        );
+        assert_eq!(error_detail("Throttling", None), "Throttling");
     }
 
     #[test]

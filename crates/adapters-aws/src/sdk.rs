@@ -49,8 +49,15 @@ pub fn sqs_timeouts() -> TimeoutConfig {
 /// jittered), so temporary credentials (assumed roles, web identity, ECS/IMDS)
 /// are renewed while traffic flows.
 ///
+/// The chain is aws-config's default one: environment, the shared config and
+/// credentials files (static keys, assumed roles, SSO, `credential_process`,
+/// web identity), web identity from the environment (EKS IRSA), the ECS
+/// container endpoint, IMDS.
+///
 /// The SDK crates are built without their default HTTP stack, so the client
-/// is chosen here: hyper with rustls on the `ring` provider.
+/// is chosen here: hyper with rustls on the `ring` provider. The loader
+/// hands it to the credential providers that call out (STS, SSO, ECS,
+/// IMDS) as well as to the clients.
 pub async fn load() -> SdkConfig {
     let http_client = Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))

@@ -36,6 +36,17 @@
 //! resets, black-holes, delays or answers with errors on demand, per request;
 //! see the [`fault_proxy`] module.
 //!
+//! # TLS
+//!
+//! [`TlsProxy`] terminates TLS in front of a plain TCP server (RabbitMQ),
+//! with a CA and certificate made at run time: the `amqps://` tests.
+//!
+//! # A moto of one's own
+//!
+//! [`IsolatedMoto::spawn`] starts a moto server for one test, with its own
+//! environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT`, which turns on IAM
+//! checks), killed when dropped.
+//!
 //! # Isolation
 //!
 //! Tests share one moto and run in parallel: every topic and queue must have a
@@ -58,6 +69,7 @@ mod aws;
 pub mod fault_proxy;
 mod names;
 mod server;
+mod tls_proxy;
 pub mod tools;
 
 pub use aws::{Aws, Received, TestQueue};
@@ -65,4 +77,5 @@ pub use aws::{Aws, Received, TestQueue};
 pub use aws_config::SdkConfig;
 pub use fault_proxy::{CannedResponse, Fault, FaultProxy, Limit, Outcome, ProxyStats, Seen};
 pub use names::unique_name;
-pub use server::{env_vars_at, http_client, moto, sdk_config_at, Moto, TEST_REGION};
+pub use server::{env_vars_at, http_client, moto, sdk_config_at, IsolatedMoto, Moto, TEST_REGION};
+pub use tls_proxy::TlsProxy;

@@ -188,6 +188,78 @@ impl Moto {
     }
 }
 
+/// A moto server of one test's own, with an environment of its own (e.g.
+/// `INITIAL_NO_AUTH_ACTION_COUNT`, which turns on moto's IAM checks after
+/// that many requests); killed when dropped.
+#[derive(Debug)]
+pub struct IsolatedMoto {
+    endpoint: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl IsolatedMoto {
+    /// Spawns moto on a free loopback port with `env` added to its
+    /// environment, and waits until it answers (at most 30 s; panics with
+    /// its log otherwise).
+    pub fn spawn(env: &[(&str, &str)]) -> Self {
+        let bin = moto_binary();
+        let mut failures = Vec::new();
+        for _ in 0..SPAWN_ATTEMPTS {
+            let port = free_port();
+            let log = std::env::temp_dir().join(format!(
+                "wsbridge-testkit-moto-isolated-{}-{port}.log",
+                std::process::id()
+            ));
+            let mut child = start_with(&bin, port, &log, env)
+                .unwrap_or_else(|e| panic!("testkit: could not run `{bin}`: {e}"));
+            match wait_ready(SocketAddr::from(([127, 0, 0, 1], port)), &mut child) {
+                Ok(()) => {
+                    watchdog(child.id());
+                    return Self {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        child,
+                        log,
+                    };
+                }
+                Err(Failure::Exited(status)) => {
+                    failures.push(format!("exited ({status}): {}", tail(&log)));
+                }
+                Err(Failure::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "testkit: moto did not answer within {START_TIMEOUT:?}:\n{}",
+                        tail(&log)
+                    );
+                }
+            }
+        }
+        panic!(
+            "testkit: could not start an isolated moto:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// The endpoint URL, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for IsolatedMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
 /// An SDK configuration for the endpoint `endpoint` (moto, or a
 /// [`FaultProxy`](crate::FaultProxy) in front of it): region `us-east-1`,
 /// static test credentials, and the workspace's HTTP client ([`http_client`]).
@@ -256,12 +328,22 @@ fn free_port() -> u16 {
 }
 
 fn start(bin: &str, port: u16, log: &std::path::Path) -> std::io::Result<Child> {
+    start_with(bin, port, log, &[])
+}
+
+fn start_with(
+    bin: &str,
+    port: u16,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::io::Result<Child> {
     let out = File::create(log)?;
     let err = out.try_clone()?;
     // Output goes to a file, never to an inherited pipe: a test runner waits for
     // its pipes to close, and this server outlives the test by up to a second.
     Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

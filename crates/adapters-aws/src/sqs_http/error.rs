@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use domain::SourceError;
 
-use crate::classify::{classified, reason_line};
+use crate::classify::{classified, error_detail, reason_line};
 
 /// Error codes of throttling, retried like server errors.
 const THROTTLING: &[&str] = &[
@@ -68,10 +68,7 @@ impl CallError {
                 } else {
                     code.clone()
                 };
-                match message {
-                    Some(message) => format!("{code}: {message}"),
-                    None => code,
-                }
+                error_detail(&code, message.as_deref())
             }
             Self::Timeout(after) => format!("timeout: no answer within {after:?}"),
             Self::Transport(cause) => format!("dispatch failure: {cause}"),

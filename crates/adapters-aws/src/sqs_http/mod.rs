@@ -384,9 +384,14 @@ impl SqsHttpClient {
 
 /// The error of a non-2xx answer: the code from `x-amzn-query-error` (the
 /// SQS codes of the query protocol, which SQS sends for compatibility),
-/// else from the body's `__type`.
+/// else from the body's `__type`, else from an XML `<ErrorResponse>` (the
+/// query protocol's shape, which some endpoints answer JSON requests with:
+/// moto's IAM checks, for one).
 fn service_error(status: u16, query_error: Option<&str>, body: &[u8]) -> CallError {
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let parsed: ErrorBody = serde_json::from_slice(body)
+        .ok()
+        .or_else(|| xml_error(body))
+        .unwrap_or_default();
     let from_header = query_error
         .and_then(|v| v.split(';').next())
         .filter(|code| !code.is_empty());
@@ -408,6 +413,30 @@ fn service_error(status: u16, query_error: Option<&str>, body: &[u8]) -> CallErr
     }
 }
 
+/// The `<Code>` and `<Message>` of an XML error answer.
+fn xml_error(body: &[u8]) -> Option<ErrorBody> {
+    let text = std::str::from_utf8(body).ok()?;
+    let field = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(unescape(&text[start..end]))
+    };
+    let code = field("Code")?;
+    Some(ErrorBody {
+        kind: code,
+        message: field("Message"),
+    })
+}
+
+/// XML's five predefined entities.
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
 impl Retry {
     /// Full jitter: up to `initial_backoff × 2^(attempt−1)`, at most
     /// `max_backoff`.
@@ -422,6 +451,8 @@ impl Retry {
 
 #[cfg(test)]
 mod tests {
+    use domain::SourceError;
+
     use super::*;
 
     #[test]
@@ -453,6 +484,38 @@ mod tests {
             CallError::Service { code, message: Some(m), .. }
                 if code == "UnrecognizedClientException" && m == "bad key"
         ));
+    }
+
+    #[test]
+    fn an_xml_error_answer_gives_its_code_and_message() {
+        // What moto answers a JSON request that its IAM checks refuse.
+        let body = br#"<?xml version="1.0" encoding="utf-8"?>
+<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/u1 is not authorized to perform: sqs:DeleteMessageBatch</Message><Type>Sender</Type></Error></Errors></ErrorResponse>"#;
+        let error = service_error(403, None, body);
+        assert_eq!(
+            error,
+            CallError::Service {
+                status: 403,
+                code: "AccessDenied".into(),
+                message: Some(
+                    "User: arn:aws:iam::123456789012:user/u1 is not authorized to perform: \
+                     sqs:DeleteMessageBatch"
+                        .into()
+                ),
+            }
+        );
+        assert!(
+            error
+                .failure_reason("DeleteMessageBatch")
+                .starts_with("SQS DeleteMessageBatch: AccessDenied for sqs:DeleteMessageBatch: "),
+            "{}",
+            error.failure_reason("DeleteMessageBatch")
+        );
+        assert!(matches!(
+            error.source_error("DeleteMessageBatch"),
+            SourceError::Misconfigured(_)
+        ));
+        assert_eq!(unescape("a &lt;b&gt; &amp;amp;"), "a <b> &amp;");
     }
 
     #[test]

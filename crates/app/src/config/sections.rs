@@ -247,10 +247,16 @@ impl Config {
             }),
             Broker::Amqp => {
                 let raw = required("amqp_url", &s.amqp_url)?;
+                let mut url = AmqpUrl::parse(raw).map_err(|e| ConfigError {
+                    problems: vec![format!("amqp_url: {e}")],
+                })?;
+                if let Some(path) = &s.amqp_ca_file {
+                    url = url.with_ca_file(path).map_err(|e| ConfigError {
+                        problems: vec![format!("amqp_ca_file: {e}")],
+                    })?;
+                }
                 BrokerConfig::Amqp(AmqpResources {
-                    url: AmqpUrl::parse(raw).map_err(|e| ConfigError {
-                        problems: vec![format!("amqp_url: {e}")],
-                    })?,
+                    url,
                     command_queue: s.amqp_command_queue.clone(),
                     events_exchange: s.amqp_events_exchange.clone(),
                     prefetch: s.amqp_prefetch,

@@ -82,9 +82,14 @@ settings! {
         /// (0: any free port). 9324 is the port SQS emulators customarily use.
         emulator_port: u16 = 9324, range 0..=65_535;
         /// With broker = "amqp", the broker URL (it holds a password: keep it in
-        /// the environment, BRIDGE_AMQP_URL).
+        /// the environment, BRIDGE_AMQP_URL). amqps:// connects with TLS (port
+        /// 5671 by default), trusting the system's root certificates and
+        /// amqp_ca_file.
         amqp_url: Option<String> = None,
             example "\"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+        /// With an amqps:// amqp_url, a PEM file of CA certificates trusted
+        /// besides the system's roots (a broker with a private CA).
+        amqp_ca_file: Option<PathBuf> = None, example "\"/etc/wsbridge/amqp-ca.pem\"";
         /// With broker = "amqp", the durable queue Commands arrive on.
         amqp_command_queue: String = "wsbridge.commands".into();
         /// With broker = "amqp", the topic exchange client messages are published

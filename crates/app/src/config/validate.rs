@@ -114,6 +114,7 @@ impl Settings {
         ];
         let amqp_only = [
             ("amqp_url", self.amqp_url.is_some()),
+            ("amqp_ca_file", self.amqp_ca_file.is_some()),
             (
                 "amqp_command_queue",
                 self.amqp_command_queue != defaults.amqp_command_queue,
@@ -160,11 +161,16 @@ impl Settings {
                         false,
                         "amqp_url: required with broker = \"amqp\" (BRIDGE_AMQP_URL)".into(),
                     ),
-                    Some(url) => {
-                        if let Err(e) = adapters_amqp::AmqpUrl::parse(url) {
-                            check(false, format!("amqp_url: {e}"));
+                    Some(url) => match adapters_amqp::AmqpUrl::parse(url) {
+                        Err(e) => check(false, format!("amqp_url: {e}")),
+                        Ok(url) => {
+                            if let Some(path) = &self.amqp_ca_file {
+                                if let Err(e) = url.with_ca_file(path) {
+                                    check(false, format!("amqp_ca_file: {e}"));
+                                }
+                            }
                         }
-                    }
+                    },
                 }
                 check(
                     self.mode == Mode::Shared,

@@ -57,6 +57,13 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "events_topic_arn" => ("arn:aws:sns:us-east-1:1:e", vec![]),
         "commands_topic_arn" => ("arn:aws:sns:us-east-1:1:c", vec![]),
         "amqp_url" => ("amqp://guest:guest@127.0.0.1:5672/%2f", vec![AMQP]),
+        "amqp_ca_file" => (
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/amqp-ca.pem"),
+            vec![
+                AMQP,
+                ("BRIDGE_AMQP_URL", "amqps://guest:guest@127.0.0.1:5671/%2f"),
+            ],
+        ),
         "sqs_client" => ("sdk", vec![]),
         "amqp_command_queue" => ("other.commands", vec![AMQP, AMQP_URL]),
         "amqp_events_exchange" => ("other.events", vec![AMQP, AMQP_URL]),
@@ -318,6 +325,45 @@ fn a_setting_of_another_broker_or_mode_is_refused_naming_it() {
     Settings::load(&sources(
         &dir,
         &[("BRIDGE_AMQP_COMMAND_QUEUE", "wsbridge.commands")],
+    ))
+    .unwrap();
+}
+
+#[test]
+fn an_amqp_ca_file_must_be_readable_hold_a_certificate_and_go_with_amqps() {
+    let dir = TempDir::new("cfg-amqp-ca");
+    dir.write("not-a-cert.pem", "hello\n");
+    let missing = dir.path().join("missing.pem");
+    let text = dir.path().join("not-a-cert.pem");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/amqp-ca.pem");
+    let amqps = ("BRIDGE_AMQP_URL", "amqps://guest:guest@127.0.0.1:5671/%2f");
+    let amqp = ("BRIDGE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    for (url, file, expected) in [
+        (amqps, missing.to_str().unwrap(), "cannot read"),
+        (amqps, text.to_str().unwrap(), "no certificate"),
+        (amqp, fixture, "amqps://"),
+    ] {
+        let error = load_err(&sources(
+            &dir,
+            &[
+                ("BRIDGE_BROKER", "amqp"),
+                url,
+                ("BRIDGE_AMQP_CA_FILE", file),
+            ],
+        ));
+        assert_eq!(error.problems.len(), 1, "{file}: {error}");
+        assert!(
+            error.problems[0].starts_with("amqp_ca_file: ") && error.problems[0].contains(expected),
+            "{file}: {error}"
+        );
+    }
+    Settings::load(&sources(
+        &dir,
+        &[
+            ("BRIDGE_BROKER", "amqp"),
+            amqps,
+            ("BRIDGE_AMQP_CA_FILE", fixture),
+        ],
     ))
     .unwrap();
 }

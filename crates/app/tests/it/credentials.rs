@@ -6,14 +6,27 @@
 //! ReceiveMessage with the HTTP 403 AWS JSON error real SQS gives for an
 //! unknown key (`InvalidClientTokenId`) or expired temporary credentials
 //! (`ExpiredToken`); moto accepts any credentials.
+//!
+//! And the credential chain of the `wsbridge` binary (README, Credentials):
+//! run with no key in its environment, only a profile with
+//! `credential_process`, or a web identity token (EKS IRSA), it signs every
+//! request on the wire — the lean SQS client's, the SDK's SQS and SNS
+//! clients' — with the key that source hands out. Environment variables are
+//! the process's, so these run the binary as a child with its own.
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::{CannedResponse, Fault, Limit};
 
+use crate::cli::{drain_lines, served_port, signal, stderr_lines, wsbridge};
 use crate::faults::{commands, proxy, send_command, via, wait_for_ready, ATTEMPT};
-use crate::support::{assert_silent, client_id, Bridge, Env, PATIENCE, QUIET};
+use crate::support::{
+    assert_silent, client_id, command, next_json, send_text, Bridge, Env, TempDir, PATIENCE, QUIET,
+    SHUTDOWN_SECS,
+};
 
 /// From the first rejection on, the consumer's backoff (200 ms doubling,
 /// jittered in the upper half) has reached pauses of at least 1.6 s per
@@ -121,4 +134,193 @@ async fn an_unknown_access_key_makes_ready_say_so_backs_off_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_makes_ready_say_so_backs_off_and_recovers() {
     rejected_credentials_are_reported_back_off_and_recover("ExpiredToken").await;
+}
+
+// ---------------------------------------------------------------------------
+// The credential chain of the binary: a profile with `credential_process`
+
+/// A `credential_process` that prints its key as JSON (temporary
+/// credentials, valid for an hour from each run) and counts its runs in
+/// `runs`.
+fn credential_process_script(key_id: &str, runs: &std::path::Path) -> String {
+    format!(
+        r#"#!/bin/sh
+echo run >> '{runs}'
+expiration=$(date -u -d '+1 hour' '+%Y-%m-%dT%H:%M:%SZ')
+printf '{{"Version": 1, "AccessKeyId": "{key_id}", "SecretAccessKey": "process-secret", "SessionToken": "process-session-token", "Expiration": "%s"}}' "$expiration"
+"#,
+        runs = runs.display()
+    )
+}
+
+/// `wsbridge serve`, with no credentials in its environment but `chain`
+/// (the variables that point the credential chain somewhere), through a
+/// fault proxy in front of moto: a Command delivered, a client message
+/// published, a clean shutdown. Returns every request the proxy saw.
+async fn serve_through_the_chain(dir: &TempDir, chain: &[(&str, String)]) -> Vec<testkit::Seen> {
+    let env = Env::new(5).await;
+    let proxy = proxy();
+    let mut command_line = wsbridge(dir.path());
+    command_line
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("no-such-file"),
+        )
+        .env("AWS_CONFIG_FILE", dir.path().join("no-such-config"))
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("AWS_REGION", testkit::TEST_REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("BRIDGE_COMMAND_QUEUE_URL", &env.infra.command_queue_url)
+        .env("BRIDGE_EVENTS_TOPIC_ARN", &env.infra.events_topic_arn)
+        .env("BRIDGE_PORT", "0")
+        .env("BRIDGE_WORKERS", "1")
+        .env("BRIDGE_RECEIVE_WAIT_SECS", "1")
+        .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
+        .arg("serve");
+    // `chain` wins over the defaults above (a later `env` replaces).
+    for (name, value) in chain {
+        command_line.env(name, value);
+    }
+    let mut child = command_line.spawn().expect("spawning wsbridge serve");
+    let mut lines = stderr_lines(&mut child);
+    let mut log = Vec::new();
+    let port = served_port(&mut lines, &mut log).await;
+    wait_for_ready(port, 200, PATIENCE).await;
+
+    let client = client_id("creds-chain");
+    let mut ws =
+        crate::support::connect(&format!("ws://127.0.0.1:{port}/ws?client_id={client}")).await;
+    let observer = env.events_observer().await;
+    env.aws
+        .send(
+            &env.infra.command_queue_url,
+            &command(&client, "signed").to_string(),
+        )
+        .await;
+    assert_eq!(next_json(&mut ws).await["command"], "signed");
+    send_text(&mut ws, r#"{"action": "signed-too", "id": "p1"}"#).await;
+    assert_eq!(next_json(&mut ws).await, serde_json::json!({"ack": "p1"}));
+    let published = env.aws.receive_at_least(&observer.url, 1, PATIENCE).await;
+    assert_eq!(published.len(), 1);
+    // The Command's delete is sent in the background: wait for it.
+    assert_eq!(env.wait_for_queue_counts((0, 0)).await, (0, 0));
+
+    signal(&child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(SHUTDOWN_SECS + 3), child.wait())
+        .await
+        .expect("wsbridge did not exit in time")
+        .unwrap();
+    drain_lines(&mut lines, &mut log).await;
+    assert_eq!(status.code(), Some(0), "{}", log.join("\n"));
+
+    let seen = proxy.seen();
+    let operations: BTreeSet<&str> = seen.iter().map(|s| s.operation.as_str()).collect();
+    // The lean client (ReceiveMessage, DeleteMessageBatch), the SDK's SQS
+    // client (GetQueueAttributes) and its SNS client (PublishBatch).
+    for operation in [
+        "ReceiveMessage",
+        "DeleteMessageBatch",
+        "GetQueueAttributes",
+        "PublishBatch",
+    ] {
+        assert!(
+            operations.contains(operation),
+            "no {operation} among {operations:?}"
+        );
+    }
+    seen
+}
+
+/// The access key ids that signed the bridge's SQS and SNS requests.
+fn signing_keys(seen: &[testkit::Seen]) -> BTreeSet<&str> {
+    seen.iter()
+        .filter(|s| s.operation != "AssumeRoleWithWebIdentity")
+        .map(|s| s.access_key_id.as_str())
+        .collect()
+}
+
+/// A profile (`AWS_CONFIG_FILE`, `AWS_PROFILE`) whose `credential_process`
+/// hands out a key: every call on the wire is signed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_process_profile_signs_every_call_of_the_binary() {
+    let dir = TempDir::new("creds-process");
+    let key_id = format!(
+        "ASIAPROCESS{}",
+        testkit::unique_name("k").replace('-', "").to_uppercase()
+    );
+    let runs = dir.path().join("runs");
+    dir.write("credentials.sh", &credential_process_script(&key_id, &runs));
+    let script = dir.path().join("credentials.sh");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.write(
+        "aws-config",
+        &format!(
+            "[profile wsbridge-test]\nregion = {}\ncredential_process = {}\n",
+            testkit::TEST_REGION,
+            script.display()
+        ),
+    );
+    let seen = serve_through_the_chain(
+        &dir,
+        &[
+            (
+                "AWS_CONFIG_FILE",
+                dir.path().join("aws-config").display().to_string(),
+            ),
+            ("AWS_PROFILE", "wsbridge-test".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        signing_keys(&seen),
+        BTreeSet::from([key_id.as_str()]),
+        "{:?}",
+        testkit::fault_proxy::operations(&seen)
+    );
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert!(!ran.is_empty(), "the credential_process never ran");
+}
+
+/// Web identity (what EKS IRSA sets up): the chain trades the token file
+/// for temporary credentials with STS's AssumeRoleWithWebIdentity — over
+/// the bridge's own HTTP client, through the same endpoint (moto answers
+/// it) — and every SQS and SNS call is signed with the key STS gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_identity_credentials_come_from_sts_and_sign_every_call_of_the_binary() {
+    let dir = TempDir::new("creds-web-identity");
+    dir.write("token", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ3c2JyaWRnZSJ9.");
+    let seen = serve_through_the_chain(
+        &dir,
+        &[
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                dir.path().join("token").display().to_string(),
+            ),
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/wsbridge-irsa".to_owned(),
+            ),
+            ("AWS_ROLE_SESSION_NAME", "wsbridge-test".to_owned()),
+        ],
+    )
+    .await;
+    // The SDK's identity cache and the lean client's each ask the chain
+    // once: one AssumeRoleWithWebIdentity each, each with a key of its own.
+    let assumed = seen
+        .iter()
+        .filter(|s| s.operation == "AssumeRoleWithWebIdentity")
+        .count();
+    let keys = signing_keys(&seen);
+    assert!(
+        !keys.is_empty() && keys.len() <= assumed,
+        "{} keys for {assumed} AssumeRoleWithWebIdentity: {:?}",
+        keys.len(),
+        testkit::fault_proxy::operations(&seen)
+    );
+    for key in keys {
+        assert!(
+            key.starts_with("ASIA"),
+            "signed with {key:?}, not a temporary key from STS"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod admin;
+mod amqps;
 mod brokers;
 mod browser;
 mod cli;
@@ -19,6 +20,7 @@ mod docs;
 mod downlink;
 mod faults;
 mod http;
+mod iam;
 mod idle;
 mod ops;
 mod receipts;

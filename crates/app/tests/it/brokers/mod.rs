@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::support::{Bridge, PATIENCE, QUIET};
 
-mod rabbit;
+pub(crate) mod rabbit;
 mod sns_sqs;
 
 /// Defines, for each named `async fn(Broker)` of the enclosing module, a
