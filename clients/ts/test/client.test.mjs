@@ -1,5 +1,5 @@
 // Unit tests of the SDK against the in-process fake bridge.
-import { test, describe } from "node:test";
+import { test, describe, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocket } from "ws";
 import {
@@ -14,8 +14,17 @@ import { FakeBridge, nextEvent, sleep, fakeJwt, withTimeout } from "./fake-bridg
 /** Short delays, so reconnect tests run in milliseconds. */
 const fast = { initialDelayMs: 10, maxDelayMs: 40, busyDelayMs: 60, stableAfterMs: 60_000 };
 
+// Every client a test makes is closed after it, passed or failed: a client
+// left open would reconnect forever and keep the test process alive.
+const clients = [];
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+});
+
 function client(bridge, options = {}) {
-  return new WsBridgeClient({ url: bridge.url, WebSocket, reconnect: fast, ...options });
+  const c = new WsBridgeClient({ url: bridge.url, WebSocket, reconnect: fast, ...options });
+  clients.push(c);
+  return c;
 }
 
 async function withBridge(options, body) {
