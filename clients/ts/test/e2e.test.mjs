@@ -38,9 +38,7 @@ function cleanEnv(extra) {
  */
 async function startBridge(extraEnv = {}) {
   if (!existsSync(bin)) {
-    throw new Error(
-      `the wsbridge binary is not at ${bin}: build it (cargo build -p app --bin wsbridge) or point WSBRIDGE_BIN at one`,
-    );
+    throw new Error(missing());
   }
   const env = cleanEnv({ BRIDGE_PORT: "0", BRIDGE_EMULATOR_PORT: "0", ...extraEnv });
   const child = spawn(bin, ["dev"], { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
@@ -134,6 +132,14 @@ afterEach(() => {
 const track = (client) => (clients.push(client), client);
 
 const unique = (what) => `ts-sdk-${what}-${process.pid}-${Date.now().toString(36)}`;
+
+const missing = () =>
+  `the wsbridge binary is not at ${bin}: build it (cargo build -p app --bin wsbridge) or point WSBRIDGE_BIN at one`;
+
+// Counted as a failure of its own (the suites below are then cancelled).
+test("the wsbridge binary is there", () => {
+  assert.ok(existsSync(bin), missing());
+});
 
 describe("against the real bridge (auth none)", () => {
   let bridge;
