@@ -50,13 +50,17 @@ export class WsBridgeError extends Error {
   }
 }
 
-/** The part of the WebSocket API the SDK uses (browser, undici and `ws` all have it). */
+/**
+ * The part of the WebSocket API the SDK uses (browser, undici and `ws` all
+ * have it). The handlers take `any` so that each implementation's own event
+ * types fit.
+ */
 export interface WebSocketLike {
   readonly readyState: number;
   readonly protocol: string;
   onopen: ((event: any) => void) | null;
-  onmessage: ((event: { data: any }) => void) | null;
-  onclose: ((event: { code: number; reason: string; wasClean?: boolean }) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
@@ -455,11 +459,11 @@ export class WsBridgeClient {
       const m = /Unexpected server response: (\d{3})/.exec(text);
       if (m) this.lastHttpStatus = Number(m[1]);
     };
-    socket.onmessage = (event) => {
+    socket.onmessage = (event: { data: unknown }) => {
       if (this.current !== connection) return;
       if (typeof event.data === "string") this.dispatch(event.data, socket, connection);
     };
-    socket.onclose = (event) => {
+    socket.onclose = (event: { code: number; reason?: string; wasClean?: boolean }) => {
       if (this.current !== connection) return;
       this.current = undefined;
       this.socket = undefined;
