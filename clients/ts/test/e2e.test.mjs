@@ -101,6 +101,7 @@ async function startBridge(extraEnv = {}) {
   };
   return {
     url: `ws://127.0.0.1:${port}`,
+    httpUrl: `http://127.0.0.1:${port}`,
     helperEnv,
     stop,
     logs: () => stderr.replace(ANSI, ""),
@@ -164,9 +165,20 @@ describe("against the real bridge (auth none)", () => {
     assert.deepEqual(command.data, { n: 1 });
     assert.equal(command.id, "cmd-1", "unknown fields pass through");
     assert.equal(typeof context.deliveryId, "string");
-    // The ack_delivery went out; an unknown or foreign id would come back
-    // as an unknown_delivery error.
-    await new Promise((r) => setTimeout(r, 300));
+    // The bridge took the ack_delivery: its metrics count it (an unknown or
+    // foreign id would have come back as an unknown_delivery error instead).
+    await withTimeout(
+      (async () => {
+        for (;;) {
+          const text = await (await fetch(`${bridge.httpUrl}/metrics`)).text();
+          const m = /wsbridge_commands(?:_total)?\{outcome="acknowledged_by_client"\} (\d+)/.exec(text);
+          if (m && Number(m[1]) >= 1) return;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      })(),
+      10_000,
+      "the bridge to count the acknowledgement",
+    );
     assert.deepEqual(errors, []);
     client.close();
   });
