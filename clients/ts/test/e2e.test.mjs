@@ -261,4 +261,18 @@ describe("against the real bridge (auth jwt)", () => {
     assert.equal(ev.httpStatus, 401);
     assert.equal(ev.willReconnect, false);
   });
+
+  // Last in this suite: it stops the bridge.
+  test("a bridge shutting down closes with 1001, and the client plans a reconnect", async () => {
+    const clientId = unique("shutdown");
+    const client = track(new WsBridgeClient({ url: bridge.url, getToken: () => mint(clientId), WebSocket }));
+    await client.connect();
+    const closed = nextEvent(client, "closed", 20_000);
+    const reconnecting = nextEvent(client, "reconnecting", 20_000);
+    await bridge.stop();
+    const ev = await closed;
+    assert.equal(ev.code, 1001);
+    assert.equal(ev.willReconnect, true);
+    assert.equal((await reconnecting).busy, false);
+  });
 });
