@@ -198,6 +198,7 @@ impl Access {
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(demo_page))
+        .route("/sdk/wsbridge.js", web::get().to(sdk_bundle))
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
@@ -213,6 +214,16 @@ async fn demo_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
         .body(DEMO_PAGE)
+}
+
+/// The TypeScript client SDK's browser bundle (`clients/ts`, built and
+/// checked in by `scripts/ts-sdk.sh`), which the demo page imports.
+const SDK_BUNDLE: &str = include_str!("sdk/wsbridge.js");
+
+async fn sdk_bundle() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(SDK_BUNDLE)
 }
 
 async fn health() -> HttpResponse {

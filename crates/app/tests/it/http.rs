@@ -110,10 +110,29 @@ async fn the_demo_page_is_served() {
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let page = response.text().await.unwrap();
     assert!(page.to_lowercase().contains("<html"), "{page}");
-    assert!(page.contains("new WebSocket("), "{page}");
-    assert!(page.contains("/ws"), "{page}");
-    // Self-contained: nothing loaded from elsewhere.
-    assert!(!page.contains("<script src=\"http"), "{page}");
+    assert!(page.contains("new WsBridgeClient("), "{page}");
+    // Self-contained: the SDK comes from the bridge, nothing from elsewhere.
+    assert!(page.contains(r#"from "/sdk/wsbridge.js""#), "{page}");
+    assert!(!page.contains("src=\"http"), "{page}");
+
+    let sdk = get(&bridge.http("/sdk/wsbridge.js")).await;
+    assert_eq!(sdk.status().as_u16(), 200);
+    let content_type = sdk
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/javascript"),
+        "{content_type}"
+    );
+    let bundle = sdk.text().await.unwrap();
+    assert!(
+        bundle.contains("WsBridgeClient = class") && bundle.contains("export {"),
+        "not the SDK bundle"
+    );
+    assert!(!bundle.contains("require("), "an ESM bundle for browsers");
     bridge.stop().await;
 }
 
