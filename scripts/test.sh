@@ -137,6 +137,7 @@ step "packaging (docker-compose config, CI workflow)" scripts/check-packaging.sh
 step "chromium + chromedriver (demo page test)" ensure_chromium
 step "nginx (sharded routing test)" ensure_nginx
 step "tests" run_tests
+step "TypeScript SDK (clients/ts)" scripts/ts-sdk.sh
 step "benchmark smoke run" run_bench_smoke
 step "autobahn (kosoku)" scripts/autobahn.sh
 if ((coverage)); then
