@@ -69,7 +69,7 @@ settings! {
         /// With broker = "amqp", the broker URL (it holds a password: keep it in
         /// the environment, BRIDGE_AMQP_URL).
         amqp_url: Option<String> = None,
-            example "\"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+            example "\"amqp://wsbridge:PASSWORD@rabbitmq.internal:5672/%2f\"";
         /// With broker = "amqp", the durable queue Commands arrive on.
         amqp_command_queue: String = "wsbridge.commands".into();
         /// With broker = "amqp", the topic exchange client messages are published
@@ -230,7 +230,10 @@ settings! {
         allowed_origins: Vec<String> = Vec::new();
     }
     "telemetry" {
-        /// "text" or "json"; filter with RUST_LOG.
-        log_format: LogFormat = LogFormat::Text;
+        /// "auto": human-readable lines when stderr is a terminal, else one
+        /// JSON object per line (containers, log collectors, files); "text"
+        /// or "json" whatever the output. Colours only on a terminal (and
+        /// never with NO_COLOR set). Filter with RUST_LOG.
+        log_format: LogFormat = LogFormat::Auto;
     }
 }

@@ -175,6 +175,34 @@ async fn the_emulator_command_serves_until_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_listens_on_the_host_given_and_passes_the_compose_healthcheck() {
+    // As docker-compose.yml runs it: on every interface of its container.
+    let dir = TempDir::new("emulator-host");
+    let mut command = wsbridge(dir.path());
+    command.args(["emulator", "--host", "0.0.0.0", "--port", "0"]);
+    let mut child = command.spawn().expect("spawning wsbridge emulator");
+    let mut out = stdout_lines(&mut child);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let exports = exports(&mut out).await;
+    // Printed as a client reaches it: on loopback.
+    let endpoint = exports["AWS_ENDPOINT_URL"].clone();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{exports:?}");
+    let port = endpoint.rsplit(':').next().unwrap().to_owned();
+    let listening = wait_for_line(&mut lines, &mut seen, "serving until Ctrl-C").await;
+    assert!(
+        listening.contains(&format!("0.0.0.0:{port}")),
+        "{listening}"
+    );
+    // The compose file's healthcheck of this service.
+    let mut health = wsbridge(dir.path());
+    health.args(["health", "--url", &format!("{endpoint}/__stub/health")]);
+    let output = run(health).await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    stop(child, &mut lines, &mut seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_emulator_port_fails_naming_the_setting() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
