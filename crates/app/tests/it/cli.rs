@@ -104,10 +104,18 @@ async fn a_missing_required_setting_is_a_configuration_error() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
     let cases: [Case; 4] = [
         (&["serve"], &[], &["command_queue_url", "events_topic_arn"]),
+        // Fanout: the commands topic is checked at load (a rule of the
+        // mode), the events topic before anything is created.
         (
             &["serve"],
-            &[("BRIDGE_MODE", "fanout")],
-            &["commands_topic_arn", "events_topic_arn"],
+            &[
+                ("BRIDGE_MODE", "fanout"),
+                (
+                    "BRIDGE_COMMANDS_TOPIC_ARN",
+                    "arn:aws:sns:ap-northeast-3:123456789012:c",
+                ),
+            ],
+            &["events_topic_arn"],
         ),
         (&["monitor"], &[], &["events_topic_arn"]),
         (

@@ -59,11 +59,16 @@ fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     // The two set-up commands come first: run it, test it.
     let blocks = code_blocks(&readme);
-    let first: Vec<&str> = blocks.iter().take(2).map(|(_, b)| b.trim()).collect();
+    let first: Vec<&str> = blocks
+        .iter()
+        .filter(|(language, _)| language == "sh")
+        .take(2)
+        .map(|(_, b)| b.trim())
+        .collect();
     assert_eq!(
         first,
         ["cargo run -p app --bin wsbridge -- dev", "scripts/test.sh"],
-        "the README's first two code blocks"
+        "the README's first two shell blocks"
     );
     for section in [
         "## Protocol",

@@ -990,7 +990,7 @@ async fn completions_are_printed_for_bash_zsh_and_fish() {
                 "{shell}: no {subcommand} in:\n{script}"
             );
         }
-        assert!(script.contains("--config-dir"), "{shell}: {script}");
+        assert!(script.contains("config-dir"), "{shell}: {script}");
     }
     let bash = {
         let mut command = wsbridge(dir.path());
