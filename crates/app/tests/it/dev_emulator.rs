@@ -148,6 +148,48 @@ async fn dev_without_an_endpoint_runs_the_emulator_and_send_command_reaches_a_cl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_for_the_other_shell_what_it_took_from_dotenv() {
+    // `.env` gives dev its settings and AWS variables; the shell where the
+    // helper commands run (they do not read .env) gets them from the
+    // export lines: the region .env set, dummy credentials (never .env's).
+    let dir = TempDir::new("dev-dotenv");
+    dir.write(
+        ".env",
+        "AWS_REGION=eu-west-3\nAWS_ACCESS_KEY_ID=from-dotenv\n\
+         AWS_SECRET_ACCESS_KEY=dotenv-secret\nBRIDGE_EMULATOR_PORT=0\nBRIDGE_PORT=0\n\
+         BRIDGE_RECEIVE_WAIT_SECS=1\n",
+    );
+    let mut command = wsbridge(dir.path());
+    command
+        .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
+        .arg("dev");
+    let mut child = command.spawn().expect("spawning wsbridge dev");
+    let mut out = stdout_lines(&mut child);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let exports = exports(&mut out).await;
+    assert_eq!(exports["AWS_REGION"], "eu-west-3", "{exports:?}");
+    assert_eq!(exports["AWS_DEFAULT_REGION"], "eu-west-3", "{exports:?}");
+    assert_eq!(exports["AWS_ACCESS_KEY_ID"], "test", "{exports:?}");
+    assert_eq!(exports["AWS_SECRET_ACCESS_KEY"], "test", "{exports:?}");
+    // The emulator ran in the region of .env (BRIDGE_EMULATOR_PORT=0 from
+    // .env too: any free port).
+    let port = served_port(&mut lines, &mut seen).await;
+    assert_ne!(port, 8000);
+    let aws = testkit::Aws::new(testkit::sdk_config_at(&exports["AWS_ENDPOINT_URL"]).await);
+    let topics = aws.sns.list_topics().send().await.unwrap();
+    assert!(
+        topics
+            .topics()
+            .iter()
+            .filter_map(|t| t.topic_arn())
+            .any(|arn| arn.starts_with("arn:aws:sns:eu-west-3:")),
+        "{topics:?}"
+    );
+    stop(child, &mut lines, &mut seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_command_serves_until_sigterm() {
     let dir = TempDir::new("emulator-cmd");
     let mut command = wsbridge(dir.path());
