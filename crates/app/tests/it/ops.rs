@@ -841,6 +841,8 @@ async fn config_prints_the_effective_settings_with_secrets_redacted() {
         port: 9001,
         pollers: 4,
         command_queue_url: Some("https://user:[redacted]@sqs.example/1/q".into()),
+        // wsbridge() asks for text logs.
+        log_format: app::config::LogFormat::Text,
         ..app::config::Settings::default()
     };
     assert_eq!(reloaded, expected);
