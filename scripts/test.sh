@@ -14,7 +14,8 @@
 # 2. cargo fmt --check, cargo clippy -D warnings (also of the app's optional
 #    `otlp` feature);
 #    the packaging files (scripts/check-packaging.sh: docker-compose.yml through
-#    the real `docker-compose config`, the CI workflow);
+#    the real `docker-compose config`, the Dockerfile's pinned base images and
+#    HEALTHCHECK, the CI workflow, the licence files, no tracked artefacts);
 #    a headless Chromium and chromedriver for the demo page test: Debian's
 #    chromium and chromium-driver, installed with apt-get when missing (root or
 #    sudo), or the ones WSBRIDGE_CHROME / WSBRIDGE_CHROMEDRIVER name;
@@ -133,7 +134,7 @@ step "cargo clippy (app --features otlp)" cargo clippy -p app --features otlp --
 # The release binary: without the test-only routes the tests build in.
 step "cargo clippy (app without test routes)" cargo clippy -p app --lib --bins -- -D warnings
 step "domain dependency rule" check_domain_deps
-step "packaging (docker-compose config, CI workflow)" scripts/check-packaging.sh
+step "packaging (compose file, Dockerfile, CI workflow, licences, git hygiene)" scripts/check-packaging.sh
 step "chromium + chromedriver (demo page test)" ensure_chromium
 step "nginx (sharded routing test)" ensure_nginx
 step "tests" run_tests

@@ -14,10 +14,20 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    // `.env` fills in what the environment does not set (never overrides);
-    // done before the runtime starts any thread.
-    let _ = dotenvy::dotenv();
-    let cli = app::cli::Cli::parse();
+    let mut cli = app::cli::Cli::parse();
+    // `.env` is a development file: `dev` alone reads it, filling in what the
+    // environment does not set (never overriding), before the runtime starts
+    // any thread; then the command line is read again, so that the
+    // BRIDGE_PROFILE or BRIDGE_CONFIG_DIR it may set apply.
+    if cli.reads_dotenv() {
+        match app::cli::load_dotenv() {
+            Ok(filled) => cli = app::cli::Cli::parse().with_dotenv(filled),
+            Err(e) => {
+                eprintln!("wsbridge: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,10 @@
-//! Tracing setup: human-readable lines (default) or one JSON object per line
-//! (`log_format = "json"`, `BRIDGE_LOG_FORMAT=json`), filtered by `RUST_LOG`,
-//! written to stderr.
+//! Tracing setup: written to stderr, filtered by `RUST_LOG`, as
+//! human-readable lines or one JSON object per line. `log_format = "auto"`
+//! (the default) picks by where stderr goes: lines for a person at a
+//! terminal, JSON for everything else (a container runtime, a log
+//! collector, a file); `"text"` and `"json"` (`BRIDGE_LOG_FORMAT`) force
+//! one. Colours (ANSI escapes) only when stderr is a terminal and
+//! `NO_COLOR` is unset, so no escape code ever reaches a file or a collector.
 //!
 //! Spans carry the context: `ws_connection{client_id, connection_id}` around
 //! everything a connection does, `command{message_id, client_id}` around the
@@ -13,6 +17,8 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (e.g. `http://127.0.0.1:4318`);
 //! the other standard `OTEL_*` variables apply. Plain HTTP only: point it at
 //! a local collector or sidecar.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -47,9 +53,14 @@ impl Drop for Telemetry {
 pub fn init(format: LogFormat) -> Telemetry {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (filter, bad_filter) = log_filter(rust_log.as_deref());
-    let output = match format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+    let terminal = std::io::stderr().is_terminal();
+    let output = match format.resolve(terminal) {
+        LogFormat::Text | LogFormat::Auto => fmt::layer()
+            .with_ansi(colours(terminal, std::env::var_os("NO_COLOR").as_deref()))
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer()
+            .with_ansi(false)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -80,6 +91,12 @@ pub fn init(format: LogFormat) -> Telemetry {
         #[cfg(feature = "otlp")]
         otlp,
     }
+}
+
+/// Whether text lines get colours: on a terminal, unless `NO_COLOR` is set
+/// to anything non-empty (<https://no-color.org>).
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// The filter `RUST_LOG` asks for, or the default one and why `RUST_LOG`
@@ -138,6 +155,26 @@ mod otlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_is_text_on_a_terminal_json_elsewhere_and_explicit_formats_stay() {
+        assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Text);
+        assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
+        for terminal in [true, false] {
+            assert_eq!(LogFormat::Text.resolve(terminal), LogFormat::Text);
+            assert_eq!(LogFormat::Json.resolve(terminal), LogFormat::Json);
+        }
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
+        assert!(!colours(false, Some(OsStr::new("1"))));
+    }
 
     #[test]
     fn rust_log_filters_and_an_invalid_one_falls_back_to_the_default() {

@@ -160,7 +160,7 @@ pub async fn dev_clients(
     if embedded::endpoint_in_env() {
         return Ok((Clients::from_env().await, None));
     }
-    let emulator = embedded::start(emulator_port).await?;
+    let emulator = embedded::start(embedded::DEFAULT_HOST, emulator_port).await?;
     info!(endpoint = %emulator.endpoint(), "embedded SQS/SNS emulator started");
     let clients = Clients::from_config(&embedded::sdk_config(emulator.endpoint()).await);
     Ok((clients, Some(emulator)))

@@ -18,11 +18,14 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// no credentials: the emulator checks no signature.
 pub const DUMMY_CREDENTIAL: &str = "test";
 
-/// Starts the emulator on 127.0.0.1:`port` (0: any free port) in this
+/// The address the emulator listens on unless told otherwise: loopback only.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// Starts the emulator on `host`:`port` (0: any free port) in this
 /// process's runtime, with ARNs in the configured region.
-pub async fn start(port: u16) -> anyhow::Result<Emulator> {
+pub async fn start(host: &str, port: u16) -> anyhow::Result<Emulator> {
     let config = EmulatorConfig {
-        host: "127.0.0.1".into(),
+        host: host.to_owned(),
         port,
         region: region(),
         ..EmulatorConfig::default()
@@ -34,7 +37,7 @@ pub async fn start(port: u16) -> anyhow::Result<Emulator> {
         } else {
             ""
         };
-        anyhow::anyhow!("cannot start the embedded SQS/SNS emulator on 127.0.0.1:{port}: {e}{hint}")
+        anyhow::anyhow!("cannot start the embedded SQS/SNS emulator on {host}:{port}: {e}{hint}")
     })
 }
 
@@ -65,23 +68,46 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
     loader.load().await
 }
 
-/// The shell lines that point AWS tools at the emulator at `endpoint`:
-/// `export AWS_ENDPOINT_URL=…`, then the region and dummy credentials when
-/// the environment has none (the tools need some).
-pub fn exports(endpoint: &str) -> Vec<String> {
-    let mut lines = vec![format!("export AWS_ENDPOINT_URL={endpoint}")];
-    if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+/// The shell lines that point AWS tools in another shell at the emulator
+/// at `endpoint`: `export AWS_ENDPOINT_URL=…` (a loopback address when the
+/// emulator listens on every interface), then the region and dummy
+/// credentials when that shell has none (the tools need some). What `.env`
+/// filled in (`from_dotenv`, the names `dev` read from it) is not in that
+/// shell, so it is printed too.
+pub fn exports(endpoint: &str, from_dotenv: &[String]) -> Vec<String> {
+    export_lines(endpoint, &env, from_dotenv)
+}
+
+fn export_lines(
+    endpoint: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    from_dotenv: &[String],
+) -> Vec<String> {
+    let inherited = |name: &str| env(name).is_some() && !from_dotenv.iter().any(|n| n == name);
+    let mut lines = vec![format!("export AWS_ENDPOINT_URL={}", reachable(endpoint))];
+    if !inherited("AWS_REGION") && !inherited("AWS_DEFAULT_REGION") {
         // The SDKs read the first, the AWS CLI v1 only the second.
+        let region = env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
         lines.push(format!(
-            "export AWS_REGION={DEFAULT_REGION} AWS_DEFAULT_REGION={DEFAULT_REGION}"
+            "export AWS_REGION={region} AWS_DEFAULT_REGION={region}"
         ));
     }
-    if !credentials_in_env() {
+    if !(inherited("AWS_ACCESS_KEY_ID") && inherited("AWS_SECRET_ACCESS_KEY")) {
         lines.push(format!(
             "export AWS_ACCESS_KEY_ID={DUMMY_CREDENTIAL} AWS_SECRET_ACCESS_KEY={DUMMY_CREDENTIAL}"
         ));
     }
     lines
+}
+
+/// `endpoint` as a client reaches it: an emulator listening on every
+/// interface (`0.0.0.0`, `[::]`) is reached on loopback.
+pub fn reachable(endpoint: &str) -> String {
+    endpoint
+        .replacen("//0.0.0.0:", "//127.0.0.1:", 1)
+        .replacen("//[::]:", "//[::1]:", 1)
 }
 
 fn env(name: &str) -> Option<String> {
@@ -102,4 +128,63 @@ fn credentials_in_env() -> bool {
 /// `dev` then uses instead of starting the emulator.
 pub fn endpoint_in_env() -> bool {
     env("AWS_ENDPOINT_URL").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lines(env: &[(&str, &str)], from_dotenv: &[&str], endpoint: &str) -> Vec<String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let from_dotenv: Vec<String> = from_dotenv.iter().map(|n| (*n).to_owned()).collect();
+        export_lines(endpoint, &|name| env.get(name).cloned(), &from_dotenv)
+    }
+
+    #[test]
+    fn the_other_shell_gets_what_it_lacks() {
+        let endpoint = "http://127.0.0.1:9324";
+        assert_eq!(
+            lines(&[], &[], endpoint),
+            [
+                "export AWS_ENDPOINT_URL=http://127.0.0.1:9324",
+                "export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1",
+                "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
+            ]
+        );
+        // Set in the environment: the other shell has them too.
+        let set = [
+            ("AWS_REGION", "eu-west-3"),
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+        ];
+        assert_eq!(
+            lines(&set, &[], endpoint),
+            ["export AWS_ENDPOINT_URL=http://127.0.0.1:9324"]
+        );
+        // Filled in from .env by `dev`: the other shell lacks them. The
+        // region in use is printed; credentials never, only dummy ones.
+        let all = ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+        let printed = lines(&set, &all, endpoint);
+        assert_eq!(
+            printed,
+            [
+                "export AWS_ENDPOINT_URL=http://127.0.0.1:9324",
+                "export AWS_REGION=eu-west-3 AWS_DEFAULT_REGION=eu-west-3",
+                "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
+            ]
+        );
+        assert!(!printed.concat().contains("s3cr3t"), "{printed:?}");
+    }
+
+    #[test]
+    fn an_emulator_on_every_interface_is_reached_on_loopback() {
+        assert_eq!(reachable("http://0.0.0.0:9324"), "http://127.0.0.1:9324");
+        assert_eq!(reachable("http://[::]:9324"), "http://[::1]:9324");
+        assert_eq!(reachable("http://10.1.2.3:9324"), "http://10.1.2.3:9324");
+    }
 }

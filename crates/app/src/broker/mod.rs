@@ -111,6 +111,9 @@ pub struct Dev {
     /// With broker = "aws": the SQS/SNS endpoint to use (`--endpoint`);
     /// unset, `AWS_ENDPOINT_URL`, and without it the embedded emulator.
     pub endpoint: Option<String>,
+    /// The environment variables `dev` took from `.env` (not set in the
+    /// shell it was started from), for the `export` lines it prints.
+    pub from_dotenv: Vec<String>,
 }
 
 impl Serving {
@@ -132,7 +135,10 @@ impl Serving {
             }
             BrokerConfig::Aws(resources) => {
                 let (clients, emulator, config) = match dev {
-                    None => (Clients::from_env().await, None, config),
+                    None => {
+                        resources.required_for_serve(&config.scale)?;
+                        (Clients::from_env().await, None, config)
+                    }
                     Some(dev) => {
                         let (clients, emulator) =
                             aws::dev_clients(dev.endpoint.as_deref(), resources.emulator_port)

@@ -42,7 +42,7 @@ pub fn render(settings: &Settings, format: ShowFormat) -> String {
         }
         ShowFormat::Toml => {
             let mut out = String::from(
-                "# wsbridge: the effective configuration (defaults, config files, .env,\n\
+                "# wsbridge: the effective configuration (defaults, config files,\n\
                  # environment, flags), secrets redacted.\n",
             );
             for (name, value) in fields {

@@ -3,15 +3,19 @@
 
 //!
 //! One file per subcommand: [`serve`] (`serve` and `dev`), [`emulator`],
-//! [`send_command`], [`monitor`], [`gc`], [`shards`], [`config`] and
-//! [`token`]. This module
+//! [`send_command`], [`monitor`], [`gc`], [`shards`], [`config`],
+//! [`token`], [`health`] and [`completions`]. This module
 //! parses the command line, loads the configuration (flags are its last
-//! layer) and maps each outcome to its exit code.
+//! layer) and maps each outcome to its exit code. `.env` is read by `dev`
+//! only ([`Cli::reads_dotenv`], [`load_dotenv`]): a development file never
+//! configures a production `serve`.
 
 mod admin;
+mod completions;
 pub mod config;
 mod emulator;
 mod gc;
+mod health;
 mod monitor;
 mod send_command;
 mod serve;
@@ -46,6 +50,44 @@ pub struct Cli {
     global: GlobalArgs,
     #[command(subcommand)]
     command: CliCommand,
+    /// The variables `.env` filled in (`dev` only).
+    #[arg(skip)]
+    from_dotenv: Vec<String>,
+}
+
+impl Cli {
+    /// Whether this command reads `.env`: `dev` only.
+    pub fn reads_dotenv(&self) -> bool {
+        matches!(self.command, CliCommand::Dev(_))
+    }
+
+    /// Records the variables [`load_dotenv`] filled in, for the `export`
+    /// lines `dev` prints for another shell.
+    #[must_use]
+    pub fn with_dotenv(mut self, filled: Vec<String>) -> Self {
+        self.from_dotenv = filled;
+        self
+    }
+}
+
+/// Loads `.env` from the working directory into the process environment,
+/// filling in what is not set (never overriding); returns the names it
+/// filled in. No `.env` is no error; one that cannot be read or parsed is.
+/// Call before any thread starts (it sets environment variables).
+pub fn load_dotenv() -> Result<Vec<String>, String> {
+    let before: std::collections::HashSet<std::ffi::OsString> =
+        std::env::vars_os().map(|(name, _)| name).collect();
+    match dotenvy::dotenv() {
+        Ok(_) => {}
+        Err(e) if e.not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(format!(".env: {e}")),
+    }
+    let mut filled: Vec<String> = std::env::vars_os()
+        .filter(|(name, _)| !before.contains(name))
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    filled.sort();
+    Ok(filled)
 }
 
 #[derive(Debug, Args)]
@@ -104,8 +146,13 @@ enum CliCommand {
     /// region and credentials the AWS tools need, when the environment has
     /// none).
     ///
-    /// Example: wsbridge emulator --port 9324
+    /// Example: wsbridge emulator --port 9324   (in a container: --host 0.0.0.0)
     Emulator {
+        /// Address to listen on (default 127.0.0.1; 0.0.0.0 in a container,
+        /// for the other containers: it has no authentication, publish its
+        /// port on loopback only).
+        #[arg(long)]
+        host: Option<String>,
         /// Port to listen on (default: emulator_port; 0: any free port).
         #[arg(long)]
         port: Option<u16>,
@@ -166,8 +213,8 @@ enum CliCommand {
         client_id: Option<String>,
     },
     /// Print the effective configuration (built-in defaults, config files,
-    /// .env, environment, flags), secrets redacted; exit 2 naming every
-    /// invalid setting.
+    /// environment, flags), secrets redacted; exit 2 naming every invalid
+    /// setting. (`.env` is read by `dev` only.)
     ///
     /// Example: BRIDGE_PORT=9000 wsbridge --profile staging config --format json
     Config {
@@ -198,16 +245,53 @@ enum CliCommand {
         #[arg(long, default_value = "15m", value_parser = parse_ttl)]
         ttl: Duration,
     },
+    /// Check that a bridge answers: GET its /health (on 127.0.0.1 and the
+    /// configured port, or --url); exit 0 on 200, 1 on anything else (another
+    /// status, no answer within --timeout, nothing listening), saying which.
+    /// For container health checks: no curl needed in the image.
+    ///
+    /// Example: wsbridge health   (or: wsbridge health --url http://127.0.0.1:8000/ready)
+    Health {
+        /// The URL to GET (plain http://); default
+        /// http://127.0.0.1:PORT/health with the configured port (BRIDGE_PORT).
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the answer, in whole seconds or minutes
+        /// (3s, 1m; a bare number is seconds).
+        #[arg(long, default_value = "3s", value_parser = parse_ttl)]
+        timeout: Duration,
+    },
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// Example: wsbridge completions bash > /etc/bash_completion.d/wsbridge
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: completions::Shell,
+    },
 }
 
 /// Runs the parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // Commands that need no configuration: a bad one does not stop them.
+    match &cli.command {
+        CliCommand::Completions { shell } => {
+            completions::print(*shell);
+            return ExitCode::SUCCESS;
+        }
+        CliCommand::Health {
+            url: Some(url),
+            timeout,
+        } => return exit_code(health::run(url, *timeout).await),
+        _ => {}
+    }
     let (overrides, dev) = match &cli.command {
         CliCommand::Serve(args) => (serve_overrides(args), None),
         CliCommand::Dev(args) => (
             serve_overrides(&args.serve),
             Some(Dev {
                 endpoint: args.endpoint.clone(),
+                from_dotenv: cli.from_dotenv.clone(),
             }),
         ),
         _ => (Vec::new(), None),
@@ -229,7 +313,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let _telemetry = telemetry::init(config.log_format);
     let result = match cli.command {
         CliCommand::Serve(_) | CliCommand::Dev(_) => serve::run(config, dev).await,
-        CliCommand::Emulator { port } => emulator::run(&config, port).await,
+        CliCommand::Emulator { host, port } => emulator::run(&config, host.as_deref(), port).await,
         CliCommand::SendCommand {
             json,
             raw,
@@ -238,7 +322,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         CliCommand::Monitor { count } => monitor::run(&config, count).await,
         CliCommand::Token { sub, ttl } => token::run(&config, &sub, ttl),
         CliCommand::Admin { url, command } => admin::run(&config, url.as_deref(), command).await,
-        CliCommand::Config { .. } => Ok(()),
+        CliCommand::Config { .. } | CliCommand::Completions { .. } => Ok(()),
+        CliCommand::Health { url, timeout } => {
+            let url = url.unwrap_or_else(|| health::default_url(&config.server));
+            health::run(&url, timeout).await
+        }
         CliCommand::Gc {
             stale_after_secs,
             shard_queues,
@@ -254,6 +342,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             client_id.as_deref(),
         ),
     };
+    exit_code(result)
+}
+
+/// Reports a failure on stderr; the exit code of the outcome.
+fn exit_code(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
@@ -366,6 +459,8 @@ mod tests {
             "monitor",
             "token",
             "config",
+            "health",
+            "completions",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),

@@ -15,9 +15,13 @@ use crate::startup::Application;
 pub(crate) async fn run(config: Config, dev: Option<Dev>) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
+    let from_dotenv = dev
+        .as_ref()
+        .map(|dev| dev.from_dotenv.clone())
+        .unwrap_or_default();
     let serving = Serving::start(config, dev).await?;
     if let Some(endpoint) = serving.emulator_endpoint() {
-        for line in embedded::exports(endpoint) {
+        for line in embedded::exports(endpoint, &from_dotenv) {
             println!("{line}");
         }
     }

@@ -115,6 +115,31 @@ impl AwsResources {
     pub fn commands_topic_arn(&self) -> Result<&str, ConfigError> {
         required("commands_topic_arn", &self.commands_topic_arn)
     }
+
+    /// What `serve` needs in `scale` mode (shared: the command queue and the
+    /// events topic; fanout and sharded: the commands topic, which the
+    /// replica's own queue is subscribed to, and the events topic), or one
+    /// error naming each missing setting. There are no local defaults: only
+    /// `dev` makes its own.
+    pub fn required_for_serve(&self, scale: &Scale) -> Result<(), ConfigError> {
+        let checks = [
+            match scale {
+                Scale::Shared => self.command_queue_url().err(),
+                Scale::Fanout { .. } | Scale::Sharded(_) => self.commands_topic_arn().err(),
+            },
+            self.events_topic_arn().err(),
+        ];
+        let problems: Vec<String> = checks
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e.problems)
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
 }
 
 /// The RabbitMQ broker and its names.

@@ -86,7 +86,7 @@ settings! {
         /// 5671 by default), trusting the system's root certificates and
         /// amqp_ca_file.
         amqp_url: Option<String> = None,
-            example "\"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+            example "\"amqp://wsbridge:PASSWORD@rabbitmq.internal:5672/%2f\"";
         /// With an amqps:// amqp_url, a PEM file of CA certificates trusted
         /// besides the system's roots (a broker with a private CA).
         amqp_ca_file: Option<PathBuf> = None, example "\"/etc/wsbridge/amqp-ca.pem\"";
@@ -263,7 +263,10 @@ settings! {
         allowed_origins: Vec<String> = Vec::new();
     }
     "telemetry" {
-        /// "text" or "json"; filter with RUST_LOG.
-        log_format: LogFormat = LogFormat::Text;
+        /// "auto": human-readable lines when stderr is a terminal, else one
+        /// JSON object per line (containers, log collectors, files); "text"
+        /// or "json" whatever the output. Colours only on a terminal (and
+        /// never with NO_COLOR set). Filter with RUST_LOG.
+        log_format: LogFormat = LogFormat::Auto;
     }
 }

@@ -64,10 +64,25 @@ pub enum SqsClient {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines when stderr is a terminal, else JSON (a log
+    /// collector, a container runtime, a file).
+    Auto,
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl LogFormat {
+    /// The format to write: `Auto` decided by whether the log stream is a
+    /// terminal.
+    pub fn resolve(self, is_terminal: bool) -> Self {
+        match self {
+            LogFormat::Auto if is_terminal => LogFormat::Text,
+            LogFormat::Auto => LogFormat::Json,
+            explicit => explicit,
+        }
+    }
 }
 
 /// A secret setting (the JWT secret): zeroed when dropped, and never shown —

@@ -17,7 +17,9 @@ use crate::support::{wait_until, TempDir, PATIENCE, SHUTDOWN_SECS};
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_wsbridge");
 
 /// The binary, run in `cwd`, with no `BRIDGE_*` or `AWS_*` variable of the
-/// test process (those the test passes are the only ones it sees).
+/// test process (those the test passes are the only ones it sees) but
+/// `BRIDGE_LOG_FORMAT=text`: the tests read its log lines (through a pipe
+/// the default, `auto`, would write JSON; `ops.rs` checks that).
 pub(crate) fn wsbridge(cwd: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
@@ -35,6 +37,7 @@ pub(crate) fn wsbridge(cwd: &Path) -> Command {
             command.env_remove(name.as_ref());
         }
     }
+    command.env("BRIDGE_LOG_FORMAT", "text");
     command
 }
 
@@ -97,18 +100,37 @@ async fn a_missing_required_setting_is_a_configuration_error() {
     // names the command queue or the events topic, and in a region where
     // `dev` made nothing, the helpers find no resource of `dev`'s either.
     let dir = TempDir::new("cli-missing");
-    let cases: [(&[&str], &str); 3] = [
-        (&["serve"], "command_queue_url"),
-        (&["monitor"], "events_topic_arn"),
+    /// Arguments, extra variables, the settings the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 4] = [
+        (&["serve"], &[], &["command_queue_url", "events_topic_arn"]),
+        // Fanout: the commands topic is checked at load (a rule of the
+        // mode), the events topic before anything is created.
+        (
+            &["serve"],
+            &[
+                ("BRIDGE_MODE", "fanout"),
+                (
+                    "BRIDGE_COMMANDS_TOPIC_ARN",
+                    "arn:aws:sns:ap-northeast-3:123456789012:c",
+                ),
+            ],
+            &["events_topic_arn"],
+        ),
+        (&["monitor"], &[], &["events_topic_arn"]),
         (
             &["send-command", r#"{"client_id":"c","command":"x"}"#],
-            "command_queue_url",
+            &[],
+            &["command_queue_url"],
         ),
     ];
-    for (args, field) in cases {
+    for (args, vars, fields) in cases {
         let mut command = wsbridge(dir.path());
         with_moto(&mut command);
-        command.env("AWS_REGION", "ap-northeast-3").args(args);
+        command
+            .env("AWS_REGION", "ap-northeast-3")
+            .envs(vars.iter().copied())
+            .args(args);
         let output = run(command).await;
         assert_eq!(
             output.status.code(),
@@ -119,8 +141,40 @@ async fn a_missing_required_setting_is_a_configuration_error() {
         let stderr = text(&output.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{args:?}: {}", describe(&output));
-        assert!(lines[0].contains(field), "{args:?}: {}", describe(&output));
+        for field in fields {
+            assert!(lines[0].contains(field), "{args:?}: {}", describe(&output));
+            let env_name = format!("BRIDGE_{}", field.to_uppercase());
+            assert!(
+                lines[0].contains(&env_name),
+                "{args:?}: {}",
+                describe(&output)
+            );
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_shipped_configuration_exits_2_naming_what_it_needs() {
+    // The repository's config/default.toml, as the container image ships
+    // it: no queue, no topic, no endpoint. `serve` refuses before it calls
+    // anything (no AWS variable at all here: not even a region).
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let dir = TempDir::new("cli-shipped");
+    let mut command = wsbridge(dir.path());
+    command.arg("--config-dir").arg(&config_dir).arg("serve");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{}", describe(&output));
+    for needed in [
+        "command_queue_url: not set",
+        "BRIDGE_COMMAND_QUEUE_URL",
+        "events_topic_arn: not set",
+        "BRIDGE_EVENTS_TOPIC_ARN",
+    ] {
+        assert!(stderr.contains(needed), "{needed}: {}", describe(&output));
+    }
+    assert!(output.stdout.is_empty(), "{}", describe(&output));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,39 +375,71 @@ async fn send_command_via_topic_publishes_to_the_commands_topic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dotenv_file_fills_in_but_never_overrides_the_environment() {
-    let aws = testkit::moto().aws().await;
-    let queue = aws.create_queue(&testkit::unique_name("cli-dotenv")).await;
+async fn only_dev_reads_the_dotenv_file_and_it_never_overrides_the_environment() {
     let dir = TempDir::new("cli-dotenv");
     dir.write(
         ".env",
-        &format!("BRIDGE_COMMAND_QUEUE_URL={}\nBRIDGE_PORT=abc\n", queue.url),
+        "BRIDGE_COMMAND_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/1/from-dotenv\n\
+         BRIDGE_EVENTS_TOPIC_ARN=arn:aws:sns:eu-west-1:1:from-dotenv\n\
+         BRIDGE_PORT=abc\n",
     );
-    let sent = json!({"client_id": "c-env", "command": "dotenv"});
 
-    // BRIDGE_PORT from .env alone is invalid.
+    // `dev` reads it: BRIDGE_PORT from .env alone is invalid.
     let mut command = wsbridge(dir.path());
-    with_moto(&mut command);
-    command.args(["send-command", "--raw", &sent.to_string()]);
+    command.arg("dev");
     let output = run(command).await;
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = text(&output.stderr);
     assert!(
-        text(&output.stderr).contains("port"),
+        stderr.contains("port") && stderr.contains("abc"),
         "{}",
         describe(&output)
     );
 
-    // Set in the environment, it wins; the queue URL still comes from .env.
+    // Set in the environment, the variable wins over .env.
     let mut command = wsbridge(dir.path());
-    with_moto(&mut command);
-    command
-        .env("BRIDGE_PORT", "8000")
-        .args(["send-command", "--raw", &sent.to_string()]);
+    command.env("BRIDGE_PORT", "70000").arg("dev");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("70000"), "{}", describe(&output));
+    assert!(!stderr.contains("abc"), "{}", describe(&output));
+
+    // Every other command ignores it: `config` shows neither the port nor
+    // the queue of .env, and `serve` does not find its queue and topic there.
+    let mut command = wsbridge(dir.path());
+    command.args(["config", "--format", "json"]);
     let output = run(command).await;
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let got = aws.receive_at_least(&queue.url, 1, PATIENCE).await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].json(), sent);
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["port"], 8000, "{shown}");
+    assert_eq!(shown["command_queue_url"], Value::Null, "{shown}");
+
+    let mut command = wsbridge(dir.path());
+    command.arg("serve");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("command_queue_url: not set") && !stderr.contains("port"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dotenv_file_that_cannot_be_parsed_stops_dev_naming_it() {
+    let dir = TempDir::new("cli-dotenv-bad");
+    dir.write(".env", "BRIDGE_PORT=8000\nthis is not an assignment\n");
+    let mut command = wsbridge(dir.path());
+    command.arg("dev");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).starts_with("wsbridge: .env: "),
+        "{}",
+        describe(&output)
+    );
 }
 
 /// Subscriptions of a topic, as (subscription ARN, endpoint).

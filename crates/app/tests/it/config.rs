@@ -101,6 +101,47 @@ fn the_shipped_default_toml_is_generated_from_the_settings_table() {
 }
 
 #[test]
+fn the_shipped_default_toml_names_no_endpoint_and_no_local_address() {
+    // Production configuration is explicit: `serve` gets its queue, topics
+    // and broker from the operator, never a local emulator's by default
+    // (`dev` makes its own, on the embedded emulator or the endpoint given).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml");
+    let file = std::fs::read_to_string(&path).unwrap();
+    for line in file.lines() {
+        let lower = line.to_ascii_lowercase();
+        for local in [
+            "://127.",
+            "@127.",
+            "://localhost",
+            "@localhost",
+            "://0.0.0.0",
+            "://[::1]",
+        ] {
+            assert!(
+                !lower.contains(local),
+                "a local address in default.toml: {line}"
+            );
+        }
+    }
+    for name in [
+        "command_queue_url",
+        "events_topic_arn",
+        "commands_topic_arn",
+        "dead_letter_queue_url",
+        "amqp_url",
+    ] {
+        assert!(
+            file.lines().any(|l| l.starts_with(&format!("# {name} = "))),
+            "{name} is not a commented example"
+        );
+        assert!(
+            !file.lines().any(|l| l.starts_with(&format!("{name} = "))),
+            "default.toml sets {name}"
+        );
+    }
+}
+
+#[test]
 fn the_readme_settings_table_is_generated_from_the_settings_table() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
     let readme = std::fs::read_to_string(&path).unwrap();

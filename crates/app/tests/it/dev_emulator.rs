@@ -148,6 +148,48 @@ async fn dev_without_an_endpoint_runs_the_emulator_and_send_command_reaches_a_cl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_for_the_other_shell_what_it_took_from_dotenv() {
+    // `.env` gives dev its settings and AWS variables; the shell where the
+    // helper commands run (they do not read .env) gets them from the
+    // export lines: the region .env set, dummy credentials (never .env's).
+    let dir = TempDir::new("dev-dotenv");
+    dir.write(
+        ".env",
+        "AWS_REGION=eu-west-3\nAWS_ACCESS_KEY_ID=from-dotenv\n\
+         AWS_SECRET_ACCESS_KEY=dotenv-secret\nBRIDGE_EMULATOR_PORT=0\nBRIDGE_PORT=0\n\
+         BRIDGE_RECEIVE_WAIT_SECS=1\n",
+    );
+    let mut command = wsbridge(dir.path());
+    command
+        .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
+        .arg("dev");
+    let mut child = command.spawn().expect("spawning wsbridge dev");
+    let mut out = stdout_lines(&mut child);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let exports = exports(&mut out).await;
+    assert_eq!(exports["AWS_REGION"], "eu-west-3", "{exports:?}");
+    assert_eq!(exports["AWS_DEFAULT_REGION"], "eu-west-3", "{exports:?}");
+    assert_eq!(exports["AWS_ACCESS_KEY_ID"], "test", "{exports:?}");
+    assert_eq!(exports["AWS_SECRET_ACCESS_KEY"], "test", "{exports:?}");
+    // The emulator ran in the region of .env (BRIDGE_EMULATOR_PORT=0 from
+    // .env too: any free port).
+    let port = served_port(&mut lines, &mut seen).await;
+    assert_ne!(port, 8000);
+    let aws = testkit::Aws::new(testkit::sdk_config_at(&exports["AWS_ENDPOINT_URL"]).await);
+    let topics = aws.sns.list_topics().send().await.unwrap();
+    assert!(
+        topics
+            .topics()
+            .iter()
+            .filter_map(|t| t.topic_arn())
+            .any(|arn| arn.starts_with("arn:aws:sns:eu-west-3:")),
+        "{topics:?}"
+    );
+    stop(child, &mut lines, &mut seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_command_serves_until_sigterm() {
     let dir = TempDir::new("emulator-cmd");
     let mut command = wsbridge(dir.path());
@@ -171,6 +213,34 @@ async fn the_emulator_command_serves_until_sigterm() {
     aws.send(&queue.url, "hello").await;
     let got = aws.receive_at_least(&queue.url, 1, PATIENCE).await;
     assert_eq!(got[0].body, "hello");
+    stop(child, &mut lines, &mut seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_listens_on_the_host_given_and_passes_the_compose_healthcheck() {
+    // As docker-compose.yml runs it: on every interface of its container.
+    let dir = TempDir::new("emulator-host");
+    let mut command = wsbridge(dir.path());
+    command.args(["emulator", "--host", "0.0.0.0", "--port", "0"]);
+    let mut child = command.spawn().expect("spawning wsbridge emulator");
+    let mut out = stdout_lines(&mut child);
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let exports = exports(&mut out).await;
+    // Printed as a client reaches it: on loopback.
+    let endpoint = exports["AWS_ENDPOINT_URL"].clone();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{exports:?}");
+    let port = endpoint.rsplit(':').next().unwrap().to_owned();
+    let listening = wait_for_line(&mut lines, &mut seen, "serving until Ctrl-C").await;
+    assert!(
+        listening.contains(&format!("0.0.0.0:{port}")),
+        "{listening}"
+    );
+    // The compose file's healthcheck of this service.
+    let mut health = wsbridge(dir.path());
+    health.args(["health", "--url", &format!("{endpoint}/__stub/health")]);
+    let output = run(health).await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     stop(child, &mut lines, &mut seen).await;
 }
 

@@ -1,5 +1,7 @@
 //! The repository's documents keep up with the code: ARCHITECTURE.md names
-//! every crate of the workspace and every subcommand's file.
+//! every crate of the workspace and every subcommand's file; the README
+//! starts with the two set-up commands and documents every subcommand, the
+//! protocol's error and close codes, and the first errors people hit.
 
 use std::path::Path;
 
@@ -29,5 +31,116 @@ fn architecture_md_lists_every_crate_and_every_subcommand_file() {
                 "ARCHITECTURE.md does not mention cli/{file}"
             );
         }
+    }
+}
+
+/// The fenced code blocks of a Markdown text, in order, with their language.
+fn code_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(language)) => open = Some((language.trim().to_owned(), String::new())),
+            (Some(_), Some(_)) => blocks.extend(open.take()),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
+    use clap::CommandFactory;
+
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    // The two set-up commands come first: run it, test it.
+    let blocks = code_blocks(&readme);
+    let first: Vec<&str> = blocks
+        .iter()
+        .filter(|(language, _)| language == "sh")
+        .take(2)
+        .map(|(_, b)| b.trim())
+        .collect();
+    assert_eq!(
+        first,
+        ["cargo run -p app --bin wsbridge -- dev", "scripts/test.sh"],
+        "the README's first two shell blocks"
+    );
+    for section in [
+        "## Protocol",
+        "## Command line",
+        "## Configuration",
+        "## Troubleshooting",
+        "## License",
+    ] {
+        assert!(readme.lines().any(|l| l == section), "no {section} section");
+    }
+    assert!(readme.contains("](docs/iam/)"), "no link to docs/iam/");
+    // A browser client example.
+    assert!(
+        blocks
+            .iter()
+            .any(|(language, body)| language == "js" && body.contains("new WebSocket(")),
+        "no JavaScript client example"
+    );
+    // Every subcommand.
+    for sub in app::cli::Cli::command().get_subcommands() {
+        let name = sub.get_name();
+        assert!(
+            readme.contains(&format!("`wsbridge {name}")),
+            "the README does not show `wsbridge {name}`"
+        );
+    }
+    // Every error code a client can get, every close code the server sends,
+    // every HTTP refusal of an upgrade.
+    let protocol = readme
+        .split("## Protocol")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap();
+    for code in [
+        domain::client_message::INVALID_MESSAGE,
+        domain::client_message::RATE_LIMITED,
+        domain::client_message::PUBLISH_FAILED,
+        domain::client_message::PUBLISH_REJECTED,
+        domain::uplink::UNKNOWN_DELIVERY,
+        "origin_not_allowed",
+        "missing_token",
+        "invalid_token",
+        "client_id_mismatch",
+        "misdirected_client",
+        "too_many_connections",
+        "server_at_capacity",
+        "invalid_client_id",
+    ] {
+        assert!(
+            protocol.contains(&format!("`{code}`")),
+            "the Protocol section does not explain {code}"
+        );
+    }
+    for close in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1013] {
+        assert!(
+            protocol.contains(&format!("| {close} |")),
+            "the Protocol section does not list close code {close}"
+        );
+    }
+    // The troubleshooting section names the errors as they show.
+    let troubleshooting = readme.split("## Troubleshooting").nth(1).unwrap();
+    for shown in [
+        "NonExistentQueue",
+        "AccessDenied",
+        "origin_not_allowed",
+        "invalid_token",
+        "421",
+        "misdirected_client",
+    ] {
+        assert!(
+            troubleshooting.contains(shown),
+            "Troubleshooting does not mention {shown}"
+        );
     }
 }

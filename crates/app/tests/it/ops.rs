@@ -604,6 +604,137 @@ async fn text_logs_are_for_humans_with_the_span_fields_inline() {
     );
 }
 
+/// `wsbridge token` with an invalid `RUST_LOG`: one WARN log line, then
+/// the token on stdout; a quick way to make the binary log.
+fn one_log_line(dir: &TempDir) -> tokio::process::Command {
+    let mut command = wsbridge(dir.path());
+    command
+        .env("RUST_LOG", "app=notalevel")
+        .env("BRIDGE_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .args(["token", "--sub", "logs"]);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_when_not_on_a_terminal_unless_text_is_asked_and_never_coloured() {
+    let dir = TempDir::new("ops-log-auto");
+    // (name, BRIDGE_LOG_FORMAT, JSON expected). Colours allowed (no NO_COLOR):
+    // none appear all the same, stderr being a pipe.
+    for (name, format, json) in [
+        ("auto (unset)", None, true),
+        ("auto", Some("auto"), true),
+        ("json", Some("json"), true),
+        ("text", Some("text"), false),
+    ] {
+        let mut command = one_log_line(&dir);
+        command
+            .env_remove("NO_COLOR")
+            .env_remove("BRIDGE_LOG_FORMAT");
+        if let Some(format) = format {
+            command.env("BRIDGE_LOG_FORMAT", format);
+        }
+        let output = run(command).await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{name}: {}",
+            describe(&output)
+        );
+        let stderr = text(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: {}", describe(&output));
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{name}: an escape code: {stderr:?}"
+        );
+        let parsed = serde_json::from_str::<Value>(lines[0]);
+        if json {
+            let line = parsed.unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {stderr}"));
+            assert_eq!(line["level"], "WARN", "{name}: {line}");
+            assert!(
+                line["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("RUST_LOG"),
+                "{name}: {line}"
+            );
+        } else {
+            assert!(parsed.is_err(), "{name}: JSON in text mode: {stderr}");
+            assert!(
+                lines[0].contains(" WARN ") && lines[0].contains("RUST_LOG"),
+                "{name}: {stderr}"
+            );
+        }
+    }
+
+    // An unknown format is a configuration error naming the setting.
+    let mut command = one_log_line(&dir);
+    command.env("BRIDGE_LOG_FORMAT", "yaml");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains("log_format"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_auto_logs_are_text_coloured_unless_no_color() {
+    // `script` (util-linux) runs the binary on a pseudo-terminal and copies
+    // what it writes there (stdout and stderr) to its own stdout.
+    let dir = TempDir::new("ops-log-tty");
+    let quoted = |arg: &str| format!("'{}'", arg.replace('\'', r"'\''"));
+    let line = [crate::cli::BIN, "token", "--sub", "logs"]
+        .iter()
+        .map(|a| quoted(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for (no_color, coloured) in [(None, true), (Some("1"), false)] {
+        let mut command = wsbridge(dir.path());
+        command
+            .env_remove("BRIDGE_LOG_FORMAT")
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "app=notalevel")
+            .env("BRIDGE_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let mut script = tokio::process::Command::new("script");
+        script
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null());
+        // The environment `command` would have given the binary.
+        for (name, value) in command.as_std().get_envs() {
+            match value {
+                Some(value) => script.env(name, value),
+                None => script.env_remove(name),
+            };
+        }
+        let output = tokio::time::timeout(PATIENCE, script.output())
+            .await
+            .expect("script did not exit in time")
+            .expect("running script (util-linux)");
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        let shown = text(&output.stdout);
+        let warn = shown
+            .lines()
+            .find(|l| l.contains("RUST_LOG"))
+            .unwrap_or_else(|| panic!("no log line: {shown:?}"));
+        assert!(
+            !warn.trim_start().starts_with('{'),
+            "JSON on a terminal: {shown:?}"
+        );
+        assert!(warn.contains("WARN"), "{shown:?}");
+        assert_eq!(
+            warn.contains('\u{1b}'),
+            coloured,
+            "NO_COLOR={no_color:?}: {shown:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The binary: version, help, configuration
 
@@ -710,6 +841,8 @@ async fn config_prints_the_effective_settings_with_secrets_redacted() {
         port: 9001,
         pollers: 4,
         command_queue_url: Some("https://user:[redacted]@sqs.example/1/q".into()),
+        // wsbridge() asks for text logs.
+        log_format: app::config::LogFormat::Text,
         ..app::config::Settings::default()
     };
     assert_eq!(reloaded, expected);
@@ -758,6 +891,122 @@ async fn every_invalid_setting_is_reported_at_once_in_one_line_exit_2() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_0_on_200_and_1_naming_what_else_it_got() {
+    let dir = TempDir::new("ops-health");
+    let health = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = wsbridge(dir.path());
+        command.arg("health").args(args).envs(vars.iter().copied());
+        run(command)
+    };
+    // A bridge whose SQS never answers: live (/health 200), not ready (/ready 503).
+    let env = Env::new(5).await;
+    let proxy = FaultProxy::start(testkit::moto().endpoint());
+    proxy.set(Fault::BlackHole);
+    let bridge = Bridge::start_with(env.settings(), &proxy.sdk_config().await).await;
+    let port = bridge.port.to_string();
+
+    let output = health(&["--url", &bridge.http("/health")], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        text(&output.stdout).contains("200"),
+        "{}",
+        describe(&output)
+    );
+
+    // The default URL: 127.0.0.1 and the configured port, also when the
+    // bridge listens on every interface.
+    let output = health(&[], &[("BRIDGE_PORT", &port), ("BRIDGE_HOST", "0.0.0.0")]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        text(&output.stdout).contains(&format!("http://127.0.0.1:{port}/health")),
+        "{}",
+        describe(&output)
+    );
+
+    let output = health(&["--url", &bridge.http("/ready")], &[]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("503") && stderr.contains("not_ready") && stderr.contains("/ready"),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{}", describe(&output));
+    bridge.stop().await;
+
+    // Nothing listens any more.
+    let output = health(&[], &[("BRIDGE_PORT", &port)]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{}",
+        describe(&output)
+    );
+
+    // Connected, but no answer within --timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let output = health(&["--url", &url, "--timeout", "1"], &[]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains("no answer") && started.elapsed() < Duration::from_secs(10),
+        "{}",
+        describe(&output)
+    );
+
+    // Not a plain-HTTP URL: a usage error.
+    let output = health(&["--url", "https://127.0.0.1/health"], &[]).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_are_printed_for_bash_zsh_and_fish() {
+    let dir = TempDir::new("ops-completions");
+    for shell in ["bash", "zsh", "fish"] {
+        let mut command = wsbridge(dir.path());
+        // Even with an invalid configuration: completions need none.
+        command
+            .env("BRIDGE_PORT", "abc")
+            .args(["completions", shell]);
+        let output = run(command).await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{shell}: {}",
+            describe(&output)
+        );
+        let script = text(&output.stdout);
+        for subcommand in [
+            "serve",
+            "dev",
+            "emulator",
+            "send-command",
+            "monitor",
+            "health",
+            "completions",
+        ] {
+            assert!(
+                script.contains(subcommand),
+                "{shell}: no {subcommand} in:\n{script}"
+            );
+        }
+        assert!(script.contains("config-dir"), "{shell}: {script}");
+    }
+    let bash = {
+        let mut command = wsbridge(dir.path());
+        command.args(["completions", "bash"]);
+        text(&run(command).await.stdout)
+    };
+    assert!(bash.contains("complete -F _wsbridge"), "{bash}");
+
+    let mut command = wsbridge(dir.path());
+    command.args(["completions", "powershell-7"]);
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+}
+
 // ---------------------------------------------------------------------------
 // Packaging files
 
@@ -796,6 +1045,30 @@ fn the_dockerfile_builds_in_one_stage_and_runs_small_and_unprivileged() {
     );
     assert!(runtime.contains("EXPOSE 8000"), "{runtime}");
     assert!(runtime.contains("BRIDGE_HOST=0.0.0.0"), "{runtime}");
+    // Base images pinned to a version (scripts/check-packaging.sh checks
+    // the tags in detail), and a health check by the binary itself.
+    for stage in &stages {
+        let image = stage.split_whitespace().nth(1).unwrap_or_default();
+        let tag = image
+            .split_once(':')
+            .map(|(_, tag)| tag)
+            .unwrap_or_default();
+        assert!(
+            tag.starts_with(|c: char| c.is_ascii_digit()) && tag.contains('.'),
+            "{image} is not pinned to a version"
+        );
+    }
+    let healthcheck = runtime
+        .find("HEALTHCHECK ")
+        .map(|at| &runtime[at..])
+        .expect("the runtime stage has a HEALTHCHECK");
+    assert!(
+        healthcheck
+            .lines()
+            .take(3)
+            .any(|l| l.contains(r#"CMD ["wsbridge", "health""#)),
+        "{healthcheck}"
+    );
     // The build context leaves out what is big or private.
     let ignore = read(".dockerignore");
     for entry in ["target", ".venv", ".git", ".env"] {

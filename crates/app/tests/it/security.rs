@@ -863,6 +863,8 @@ fn wsbridge(dir: &TempDir) -> Command {
             command.env_remove(name.as_ref());
         }
     }
+    // Text lines, which the log checks read (a pipe would get JSON).
+    command.env("BRIDGE_LOG_FORMAT", "text");
     command
 }
 
