@@ -90,6 +90,19 @@ fn same_secret(given: &str, expected: &str) -> bool {
         == 0
 }
 
+/// The client a call is about, once the call is authorized: the 401 or 400
+/// answer otherwise.
+fn authorized_client(
+    req: &HttpRequest,
+    state: &AdminState,
+    raw: &str,
+) -> Result<ClientId, Box<HttpResponse>> {
+    if let Some(refusal) = refused(req, state) {
+        return Err(Box::new(refusal));
+    }
+    client_id(raw)
+}
+
 fn client_id(raw: &str) -> Result<ClientId, Box<HttpResponse>> {
     ClientId::parse(raw).map_err(|e| {
         Box::new(error(
@@ -128,10 +141,7 @@ async fn show_client(
     id: web::Path<String>,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Some(refusal) = refused(&req, &state) {
-        return refusal;
-    }
-    let client = match client_id(&id) {
+    let client = match authorized_client(&req, &state, &id) {
         Ok(client) => client,
         Err(refusal) => return *refusal,
     };
@@ -178,10 +188,7 @@ async fn disconnect(
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Some(refusal) = refused(&req, &state) {
-        return refusal;
-    }
-    let client = match client_id(&id) {
+    let client = match authorized_client(&req, &state, &id) {
         Ok(client) => client,
         Err(refusal) => return *refusal,
     };
@@ -241,10 +248,7 @@ async fn send(
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    if let Some(refusal) = refused(&req, &state) {
-        return refusal;
-    }
-    let client = match client_id(&id) {
+    let client = match authorized_client(&req, &state, &id) {
         Ok(client) => client,
         Err(refusal) => return *refusal,
     };

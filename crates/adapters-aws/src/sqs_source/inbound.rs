@@ -17,32 +17,21 @@ pub(super) const SYSTEM_ATTRIBUTES: [&str; 3] =
 pub(super) fn inbound(message: Message) -> Option<InboundMessage> {
     let system = message.attributes.as_ref();
     let attr = |name: MessageSystemAttributeName| system.and_then(|a| a.get(&name));
-    let sent_at = attr(MessageSystemAttributeName::SentTimestamp)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
     let attributes = message
         .message_attributes
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, value)| attribute(name, value))
         .collect();
-    let message_id = message.message_id.unwrap_or_default();
-    let Some(receipt) = message.receipt_handle else {
-        warn!(%message_id, "SQS message without a receipt handle, skipped");
-        return None;
-    };
-    Some(InboundMessage {
-        message_id,
-        body: message.body.unwrap_or_default(),
-        receipt: Receipt::new(receipt),
-        sent_at,
-        receive_count,
+    assemble(Parts {
+        message_id: message.message_id,
+        receipt: message.receipt_handle,
+        body: message.body,
+        sent_ms: attr(MessageSystemAttributeName::SentTimestamp).map(String::as_str),
+        receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount)
+            .map(String::as_str),
+        group_id: attr(MessageSystemAttributeName::MessageGroupId).cloned(),
         attributes,
-        group_id,
     })
 }
 
@@ -62,16 +51,7 @@ fn attribute(name: String, value: MessageAttributeValue) -> Option<MessageAttrib
 /// A message of the lean client's answer.
 pub(super) fn from_wire(message: WireMessage) -> Option<InboundMessage> {
     let system = &message.attributes;
-    let sent_at = system
-        .get("SentTimestamp")
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let receive_count = system
-        .get("ApproximateReceiveCount")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    let group_id = system.get("MessageGroupId").cloned();
-    let message_id = message.message_id.unwrap_or_default();
+    let message_id = message.message_id.clone().unwrap_or_default();
     let attributes = message
         .message_attributes
         .into_iter()
@@ -94,17 +74,48 @@ pub(super) fn from_wire(message: WireMessage) -> Option<InboundMessage> {
             })
         })
         .collect();
-    let Some(receipt) = message.receipt_handle else {
+    assemble(Parts {
+        message_id: message.message_id,
+        receipt: message.receipt_handle,
+        body: message.body,
+        sent_ms: system.get("SentTimestamp").map(String::as_str),
+        receive_count: system.get("ApproximateReceiveCount").map(String::as_str),
+        group_id: system.get("MessageGroupId").cloned(),
+        attributes,
+    })
+}
+
+/// What either client's answer says of one message.
+struct Parts<'a> {
+    message_id: Option<String>,
+    receipt: Option<String>,
+    body: Option<String>,
+    sent_ms: Option<&'a str>,
+    receive_count: Option<&'a str>,
+    group_id: Option<String>,
+    attributes: Vec<MessageAttribute>,
+}
+
+/// The domain's message; `None` (logged) without a receipt handle.
+fn assemble(parts: Parts<'_>) -> Option<InboundMessage> {
+    let message_id = parts.message_id.unwrap_or_default();
+    let Some(receipt) = parts.receipt else {
         warn!(%message_id, "SQS message without a receipt handle, skipped");
         return None;
     };
     Some(InboundMessage {
         message_id,
-        body: message.body.unwrap_or_default(),
+        body: parts.body.unwrap_or_default(),
         receipt: Receipt::new(receipt),
-        sent_at,
-        receive_count,
-        attributes,
-        group_id,
+        sent_at: parts
+            .sent_ms
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        receive_count: parts
+            .receive_count
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1),
+        attributes: parts.attributes,
+        group_id: parts.group_id,
     })
 }
