@@ -36,14 +36,16 @@ report_failure() {
 }
 
 # The real AWS clients the tests drive the embedded emulator with (the AWS
-# CLI v1 and boto3; crates/emulator/tests/it/clients.rs), the versions tested.
-AWS_CLIENTS_PIP_SPECS="${AWS_CLIENTS_PIP_SPECS:-awscli==1.46.3 boto3==1.44.18}"
+# CLI v1 and boto3; crates/emulator/tests/it/clients.rs), and the JSON Schema
+# validator the tests hold emitted events to docs/schemas with
+# (crates/testkit/src/schemas.rs): the versions tested.
+AWS_CLIENTS_PIP_SPECS="${AWS_CLIENTS_PIP_SPECS:-awscli==1.46.3 boto3==1.44.18 jsonschema==4.26.0}"
 
 # Create $VENV with moto[server], the AWS CLI and boto3 (test dependencies:
 # running wsbridge needs none of them) unless they are already there.
 ensure_moto_venv() {
     if [[ -x "$VENV/bin/moto_server" && -x "$VENV/bin/aws" ]] \
-        && "$VENV/bin/python" -c 'import boto3' 2>/dev/null; then
+        && "$VENV/bin/python" -c 'import boto3, jsonschema' 2>/dev/null; then
         return 0
     fi
     command -v python3 >/dev/null || die "python3 is required (to run moto, the AWS emulator the tests use)"

@@ -107,6 +107,14 @@ export interface WsBridgeOptions {
   refreshBeforeExpMs?: number | false;
   /** Acknowledged delivery (`?ack=true`). */
   ack?: boolean;
+  /**
+   * Acknowledged mode: how many Command `id`s to remember (default 10 000;
+   * 0: none). A Command delivered again whose `id` was already handled —
+   * its acknowledgement was lost to a reconnect or a bridge restart — is
+   * acknowledged without calling the handlers again, so each Command with
+   * an `id` reaches them once. Commands without an `id` are at-least-once.
+   */
+  rememberIds?: number;
   /** The WebSocket constructor; default `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   /** Reconnection settings. */
@@ -168,8 +176,13 @@ export function retryDecision(code: number, reason: string, httpStatus: number |
     case 1013:
       return { retry: true, busy: true };
     default:
+      // 3000-4999 come only from an operator or a backend (the admin API's
+      // or a `$disconnect`'s code): the client was sent away, and coming
+      // straight back would undo that. (To move clients, e.g. off a
+      // replica, they are closed with 1000: that one is retried.)
+      if (code >= 3000 && code <= 4999) return { retry: false, busy: false };
       // 1000, 1001 (shutdown, idle timeout), 1006 (no close frame), 1009,
-      // 1011, 1002, 1007, application codes: try again.
+      // 1011, 1002, 1007: try again.
       return { retry: true, busy: false };
   }
 }
@@ -206,6 +219,14 @@ export function tokenExpiry(token: string): number | undefined {
 
 const OPEN = 1;
 
+/** A Command's `id` (a string, or a number written as one), the key of exactly-once handling. */
+function commandKey(command: Command): string | undefined {
+  const id = command.id;
+  if (typeof id === "string" && id !== "") return id;
+  if (typeof id === "number" && Number.isFinite(id)) return String(id);
+  return undefined;
+}
+
 interface Pending {
   resolve: (id: string) => void;
   reject: (error: WsBridgeError) => void;
@@ -233,6 +254,8 @@ export class WsBridgeClient {
   private readonly listeners = new Map<keyof WsBridgeEvents, Set<(payload: any) => void>>();
   private readonly handlers = new Set<CommandHandler>();
   private readonly pending = new Map<string, Pending>();
+  /** Acknowledged mode: Command ids handled, or being handled, oldest first. */
+  private readonly handled = new Map<string, Promise<boolean>>();
   private readonly idPrefix: string;
   private socket: WebSocketLike | undefined;
   private current: string | undefined;
@@ -555,6 +578,21 @@ export class WsBridgeClient {
   }
 
   private deliver(command: Command, deliveryId: string | undefined, socket: WebSocketLike, connection: string): void {
+    const ack = (handled: boolean) => {
+      if (!handled || deliveryId === undefined) return;
+      // A delivery id belongs to its connection: after a reconnect the
+      // bridge has released it and will deliver it again.
+      if (this.current !== connection || socket.readyState !== OPEN) return;
+      socket.send(JSON.stringify({ ack_delivery: deliveryId }));
+    };
+    const key = deliveryId === undefined ? undefined : commandKey(command);
+    const earlier = key === undefined ? undefined : this.handled.get(key);
+    if (earlier) {
+      // Delivered again: acknowledge once the first run succeeded; if it
+      // failed, that run's error was reported and this copy is handled anew.
+      void earlier.then((ok) => (ok ? ack(true) : this.deliver(command, deliveryId, socket, connection)));
+      return;
+    }
     const handlers = [...this.handlers];
     const runs = handlers.map((handler) => {
       try {
@@ -563,19 +601,30 @@ export class WsBridgeClient {
         return Promise.reject(e);
       }
     });
-    Promise.all(runs).then(
-      () => {
-        if (deliveryId === undefined) return;
-        if (handlers.length === 0) return; // nobody handled it: let it come again
-        // A delivery id belongs to its connection: after a reconnect the
-        // bridge has released it and will deliver it again.
-        if (this.current !== connection || socket.readyState !== OPEN) return;
-        socket.send(JSON.stringify({ ack_delivery: deliveryId }));
-      },
+    const run = Promise.all(runs).then(
+      // Nobody handled it: let it come again.
+      () => handlers.length > 0,
       (e) => {
         this.emit("error", new WsBridgeError("handler_failed", `command handler failed: ${e instanceof Error ? e.message : String(e)}`, deliveryId));
+        return false;
       },
     );
+    if (key !== undefined) this.remember(key, run);
+    void run.then(ack);
+  }
+
+  /** Keeps `run` as the handling of Command `key`, forgetting it if it fails. */
+  private remember(key: string, run: Promise<boolean>): void {
+    const capacity = this.options.rememberIds ?? 10_000;
+    if (capacity <= 0) return;
+    this.handled.set(key, run);
+    while (this.handled.size > capacity) {
+      const oldest = this.handled.keys().next().value as string;
+      this.handled.delete(oldest);
+    }
+    void run.then((ok) => {
+      if (!ok && this.handled.get(key) === run) this.handled.delete(key);
+    });
   }
 
   private armRefresh(token: string): void {

@@ -167,6 +167,79 @@ describe("commands", () => {
       c.close();
     }));
 
+  test("ack mode: a Command delivered again after a reconnect reaches the handler once, and both deliveries are acknowledged", () =>
+    withBridge({}, async (bridge) => {
+      const c = client(bridge, { clientId: "c", ack: true, reconnect: { initialDelayMs: 1 } });
+      const calls = [];
+      let release;
+      const gate = new Promise((r) => (release = r));
+      c.onCommand(async (cmd) => {
+        calls.push(cmd.id);
+        await gate;
+      });
+      await c.connect();
+      const first = await bridge.connection(0);
+      const command = { client_id: "c", command: "x", id: "corr-1" };
+      first.ws.send(JSON.stringify({ delivery_id: "d-1", command }));
+      await withTimeout((async () => { while (calls.length === 0) await sleep(5); })(), 2000, "handler");
+      // The connection ends before the handler finished: the bridge delivers
+      // it again on the next one, while the first run is still going.
+      first.ws.close(1001, "server shutting down");
+      const second = await bridge.connection(1);
+      second.ws.send(JSON.stringify({ delivery_id: "d-9", command }));
+      await sleep(30);
+      assert.equal(second.frames.length, 0, "no ack before the first run finished");
+      release();
+      assert.deepEqual(await bridge.frame(second, (f) => "ack_delivery" in f), { ack_delivery: "d-9" });
+      // And once more, after it was handled: acknowledged at once.
+      second.ws.send(JSON.stringify({ delivery_id: "d-10", command }));
+      assert.deepEqual(await bridge.frame(second, (f) => f.ack_delivery === "d-10"), { ack_delivery: "d-10" });
+      // A Command with another id, or none, is handled as usual.
+      second.ws.send(JSON.stringify({ delivery_id: "d-11", command: { ...command, id: 2 } }));
+      second.ws.send(JSON.stringify({ delivery_id: "d-12", command: { client_id: "c", command: "y" } }));
+      second.ws.send(JSON.stringify({ delivery_id: "d-13", command: { client_id: "c", command: "y" } }));
+      await bridge.frame(second, (f) => f.ack_delivery === "d-13");
+      assert.deepEqual(calls, ["corr-1", 2, undefined, undefined]);
+      c.close();
+    }));
+
+  test("ack mode: a Command whose handler failed is handled again when delivered again", () =>
+    withBridge({}, async (bridge) => {
+      const c = client(bridge, { clientId: "c", ack: true });
+      let calls = 0;
+      c.onCommand(async () => {
+        calls += 1;
+        if (calls === 1) throw new Error("try later");
+      });
+      c.on("error", () => {});
+      await c.connect();
+      const conn = await bridge.connection(0);
+      const command = { client_id: "c", command: "x", id: "corr-2" };
+      conn.ws.send(JSON.stringify({ delivery_id: "d-1", command }));
+      await sleep(30);
+      conn.ws.send(JSON.stringify({ delivery_id: "d-2", command }));
+      assert.deepEqual(await bridge.frame(conn, (f) => "ack_delivery" in f), { ack_delivery: "d-2" });
+      assert.equal(calls, 2);
+      c.close();
+    }));
+
+  test("ack mode: rememberIds bounds the ids kept; 0 keeps none", () =>
+    withBridge({}, async (bridge) => {
+      const c = client(bridge, { clientId: "c", ack: true, rememberIds: 0 });
+      let calls = 0;
+      c.onCommand(() => {
+        calls += 1;
+      });
+      await c.connect();
+      const conn = await bridge.connection(0);
+      const command = { client_id: "c", command: "x", id: "corr-3" };
+      conn.ws.send(JSON.stringify({ delivery_id: "d-1", command }));
+      conn.ws.send(JSON.stringify({ delivery_id: "d-2", command }));
+      await bridge.frame(conn, (f) => f.ack_delivery === "d-2");
+      assert.equal(calls, 2);
+      c.close();
+    }));
+
   test("plain mode: Commands reach every handler, nothing is acknowledged", () =>
     withBridge({}, async (bridge) => {
       const c = client(bridge, { clientId: "c" });
@@ -296,6 +369,10 @@ describe("reconnect policy", () => {
       [1006, "", 400, true, { retry: false, busy: false }],
       [1006, "", 403, true, { retry: false, busy: false }],
       [1006, "", 421, false, { retry: true, busy: false }],
+      [4001, "session revoked", undefined, true, { retry: false, busy: false }],
+      [3000, "", undefined, false, { retry: false, busy: false }],
+      [4999, "", undefined, true, { retry: false, busy: false }],
+      [2999, "", undefined, false, { retry: true, busy: false }],
     ];
     for (const [code, reason, status, hasToken, expected] of cases) {
       assert.deepEqual(retryDecision(code, reason, status, hasToken), expected, `${code} ${reason} ${status} ${hasToken}`);

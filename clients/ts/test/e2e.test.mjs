@@ -8,6 +8,7 @@ import { test, before, after, afterEach, describe } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { existsSync } from "node:fs";
+import { createServer } from "node:net";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -36,7 +37,7 @@ function cleanEnv(extra) {
  * environment its helper commands need (the printed `export` lines) and a
  * stop function.
  */
-async function startBridge(extraEnv = {}) {
+async function startBridge(extraEnv = {}, { external = false } = {}) {
   if (!existsSync(bin)) {
     throw new Error(missing());
   }
@@ -48,7 +49,8 @@ async function startBridge(extraEnv = {}) {
   const started = new Promise((resolvePort, reject) => {
     const look = () => {
       const port = /wsbridge serving\b.*?\bport\W{0,3}(\d+)/.exec(stderr.replace(ANSI, ""));
-      if (port && /AWS_ACCESS_KEY_ID/.test(stdout)) resolvePort(Number(port[1]));
+      // With an endpoint of its own (`external`), dev prints no export lines.
+      if (port && (external || /AWS_ACCESS_KEY_ID/.test(stdout))) resolvePort(Number(port[1]));
     };
     child.stdout.on("data", (d) => {
       stdout += d;
@@ -70,14 +72,7 @@ async function startBridge(extraEnv = {}) {
     throw e;
   }
   // `export A=1 B=2` lines: what send-command needs to reach the emulator.
-  const helperEnv = { ...env };
-  for (const line of stdout.split("\n")) {
-    if (!line.startsWith("export ")) continue;
-    for (const pair of line.slice("export ".length).trim().split(/\s+/)) {
-      const eq = pair.indexOf("=");
-      if (eq > 0) helperEnv[pair.slice(0, eq)] = pair.slice(eq + 1);
-    }
-  }
+  const helperEnv = { ...env, ...exportsOf(stdout) };
   assert.ok(helperEnv.AWS_ENDPOINT_URL, `no AWS_ENDPOINT_URL in wsbridge dev's output:\n${stdout}`);
   // Ready: the command consumer runs and its last receive succeeded.
   await withTimeout(
@@ -108,6 +103,64 @@ async function startBridge(extraEnv = {}) {
     /** Runs a `wsbridge` helper subcommand against this bridge's emulator. */
     cli: (...args) => run(bin, args, { cwd: repoRoot, env: helperEnv, timeout: 30_000 }),
   };
+}
+
+/** The `export A=1 B=2` lines of `text`, as an object. */
+function exportsOf(text) {
+  const vars = {};
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("export ")) continue;
+    for (const pair of line.slice("export ".length).trim().split(/\s+/)) {
+      const eq = pair.indexOf("=");
+      if (eq > 0) vars[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+  }
+  return vars;
+}
+
+/** Starts `wsbridge emulator` on a free port; resolves with the environment that points at it and a stop function. */
+async function startEmulator() {
+  const child = spawn(bin, ["emulator", "--port", "0"], { cwd: repoRoot, env: cleanEnv({}), stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  const exited = new Promise((r) => child.once("exit", r));
+  const started = new Promise((resolve, reject) => {
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      const vars = exportsOf(stdout);
+      if (vars.AWS_ENDPOINT_URL && vars.AWS_ACCESS_KEY_ID) resolve(vars);
+    });
+    exited.then((code) => reject(new Error(`wsbridge emulator exited (${code}) before serving`)));
+  });
+  const env = await withTimeout(started, 30_000, "wsbridge emulator to print its endpoint");
+  return {
+    env,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+/** A TCP port free on 127.0.0.1 now. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** A counter of the bridge's /metrics, summed over its series that match `labels`. */
+async function metric(httpUrl, name, labels) {
+  const text = await (await fetch(`${httpUrl}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(`${name}{`) && line.includes(labels)) sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return sum;
 }
 
 /** Resolves with the next Command a client's handler gets. */
@@ -274,5 +327,63 @@ describe("against the real bridge (auth jwt)", () => {
     assert.equal(ev.code, 1001);
     assert.equal(ev.willReconnect, true);
     assert.equal((await reconnecting).busy, false);
+  });
+});
+
+describe("through a bridge restart (ack mode)", () => {
+  let emulator;
+  let bridge;
+  after(async () => {
+    await bridge?.stop();
+    await emulator?.stop();
+  });
+
+  test("the client reconnects, and its handler gets every Command exactly once", async () => {
+    // The queue outlives the bridge: an emulator of its own, and the bridge
+    // on a fixed port so that the client finds it again.
+    emulator = await startEmulator();
+    const env = { ...emulator.env, BRIDGE_PORT: String(await freePort()) };
+    bridge = await startBridge(env, { external: true });
+    const clientId = unique("restart");
+    const client = track(
+      new WsBridgeClient({ url: bridge.url, clientId, ack: true, WebSocket, reconnect: { initialDelayMs: 100, maxDelayMs: 500 } }),
+    );
+    const calls = new Map();
+    let finish;
+    const held = new Promise((r) => (finish = r));
+    client.onCommand(async (command) => {
+      calls.set(command.id, (calls.get(command.id) ?? 0) + 1);
+      // c-3 is still being handled when the bridge goes away: its
+      // acknowledgement cannot reach the bridge, which delivers it again.
+      if (command.id === "c-3") await held;
+    });
+    await client.connect();
+    const send = (id) => bridge.cli("send-command", JSON.stringify({ client_id: clientId, command: "work", id }));
+    const until = (what, condition) =>
+      withTimeout(
+        (async () => {
+          while (!(await condition())) await new Promise((r) => setTimeout(r, 50));
+        })(),
+        30_000,
+        what,
+      );
+    for (const id of ["c-1", "c-2", "c-3"]) await send(id);
+    await until("c-1 to c-3 handled", () => ["c-1", "c-2", "c-3"].every((id) => calls.has(id)));
+
+    const reconnected = nextEvent(client, "open", 60_000);
+    await bridge.stop();
+    // Sent while no bridge runs: they wait in the queue.
+    for (const id of ["c-4", "c-5"]) await send(id);
+    bridge = await startBridge(env, { external: true });
+    await reconnected;
+    finish();
+    await until("c-4 and c-5 handled", () => calls.has("c-4") && calls.has("c-5"));
+    // c-3 came again and was acknowledged without a second call: the new
+    // bridge counts three acknowledgements (c-3, c-4, c-5).
+    await until("three acknowledgements on the new bridge", async () =>
+      (await metric(bridge.httpUrl, "wsbridge_commands_total", 'outcome="acknowledged_by_client"')) >= 3,
+    );
+    assert.deepEqual(Object.fromEntries(calls), { "c-1": 1, "c-2": 1, "c-3": 1, "c-4": 1, "c-5": 1 });
+    assert.equal(await metric(bridge.httpUrl, "wsbridge_commands_total", 'outcome="acknowledged_by_client"'), 3);
   });
 });

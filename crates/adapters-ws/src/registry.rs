@@ -42,7 +42,10 @@ use crate::fragment_budget::FragmentBudget;
 /// How many shards the map is split into; a power of two.
 const SHARDS: usize = 64;
 
-/// Identifies one connection for as long as the process runs.
+/// Identifies one connection for as long as the process runs — and, in
+/// practice, across replicas: each registry counts from a random start, so
+/// a control message naming a connection (it travels to every replica in
+/// fanout mode) closes that one and not another replica's namesake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(u64);
 
@@ -56,6 +59,12 @@ impl ConnectionId {
     pub fn from_raw(n: u64) -> Self {
         Self(n)
     }
+}
+
+/// A random first id, below 2^52 so that ids (and a few billion after them)
+/// stay exact as JavaScript numbers.
+fn first_connection_id() -> u64 {
+    (RandomState::new().hash_one(0u8) >> 12) | 1
 }
 
 impl fmt::Display for ConnectionId {
@@ -342,7 +351,7 @@ impl WsClientRegistry {
                 shards,
                 ip_shards,
                 hasher: RandomState::new(),
-                next_id: AtomicU64::new(1),
+                next_id: AtomicU64::new(first_connection_id()),
                 connections: AtomicUsize::new(0),
                 on_last_acknowledging_gone: OnceLock::new(),
                 fragments: FragmentBudget::default(),

@@ -5,7 +5,10 @@
 //! (compared in constant time); the bridge does not start the listener
 //! without a token.
 //!
-//! It acts on this replica's connections only.
+//! `disconnect` and `send` act on this replica's connections when the
+//! client has any here (200, with how many); otherwise they are published
+//! to the bus as the control message a backend would send (202, with its
+//! message id), and the replica that holds the client carries them out.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use domain::{ClientId, Frame};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::broker::ControlRelay;
 use crate::config::Secret;
 
 /// Most client ids one page lists.
@@ -32,6 +36,7 @@ const MAX_REASON_BYTES: usize = 123;
 struct AdminState {
     registry: Arc<WsClientRegistry>,
     token: Secret,
+    relay: Arc<ControlRelay>,
 }
 
 /// The admin server on `listener` (run it; stop it with its handle).
@@ -39,8 +44,13 @@ pub fn server(
     listener: TcpListener,
     registry: Arc<WsClientRegistry>,
     token: Secret,
+    relay: Arc<ControlRelay>,
 ) -> std::io::Result<Server> {
-    let state = web::Data::new(AdminState { registry, token });
+    let state = web::Data::new(AdminState {
+        registry,
+        token,
+        relay,
+    });
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -232,14 +242,19 @@ async fn disconnect(
     let closed = state
         .registry
         .disconnect(&client, only, order.code, &order.reason);
-    if closed == 0 {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_connected",
-            "no such connection here",
-        );
+    if closed > 0 {
+        return HttpResponse::Ok().json(json!({"disconnected": closed}));
     }
-    HttpResponse::Ok().json(json!({"disconnected": closed}))
+    let mut control = json!({
+        "client_id": client.as_str(),
+        "command": domain::control::DISCONNECT,
+        "code": order.code,
+        "reason": order.reason,
+    });
+    if let Some(id) = only {
+        control["connection_id"] = json!(id.to_string());
+    }
+    forward(&state, &client, &control).await
 }
 
 async fn send(
@@ -268,12 +283,32 @@ async fn send(
     }
     let frame: Frame = Arc::from(text);
     let sent = state.registry.send_frame(&client, &frame);
-    if sent == 0 {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_connected",
-            "no connection of this client took it",
-        );
+    if sent > 0 {
+        return HttpResponse::Ok().json(json!({"sent": sent}));
     }
-    HttpResponse::Ok().json(json!({"sent": sent}))
+    // Spliced in as it came: the frame reaches the client byte for byte.
+    let control = format!(
+        r#"{{"client_id":{},"command":"{}","frame":{text}}}"#,
+        json!(client.as_str()),
+        domain::control::SEND,
+    );
+    forward_text(&state, &client, &control).await
+}
+
+/// Publishes `control` for a client that has no connection here: 202 with
+/// the message id, 502 when the bus refused it.
+async fn forward(state: &AdminState, client: &ClientId, control: &Value) -> HttpResponse {
+    forward_text(state, client, &control.to_string()).await
+}
+
+async fn forward_text(state: &AdminState, client: &ClientId, control: &str) -> HttpResponse {
+    match state.relay.relay(control, client).await {
+        Ok(message_id) => HttpResponse::Accepted()
+            .json(json!({"forwarded": true, "message_id": message_id})),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            "bus_unavailable",
+            &format!("no connection of this client here, and the control message could not be published: {e:#}"),
+        ),
+    }
 }

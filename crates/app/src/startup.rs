@@ -10,12 +10,12 @@ use actix_web::{web, App, HttpServer};
 use adapters_aws::AwsMetrics;
 use adapters_ws::WsClientRegistry;
 use anyhow::Context;
-use domain::{Downlink, PendingAcks, Presence, Stats, Uplink};
+use domain::{Downlink, Outcome, PendingAcks, Presence, SkipOutcome, Stats, Uplink};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{self, Closer, Connection, Ports};
-use crate::config::Config;
+use crate::config::{Config, Scale};
 use crate::consumer;
 use crate::routes::{self, AppState};
 
@@ -48,6 +48,7 @@ impl Application {
             status,
             aws_metrics,
             receipts,
+            relay,
         } = broker::connect(&config, connection.into(), &stats)?;
         let mut downlink = Downlink::new(
             source,
@@ -55,7 +56,10 @@ impl Application {
             config.downlink.delivery.clone(),
             stats.clone(),
         );
-        if let Some(receipts) = receipts {
+        if let Some(mut receipts) = receipts {
+            if matches!(config.scale, Scale::Fanout { .. }) {
+                receipts = Arc::new(SkipOutcome::new(receipts, Outcome::Undeliverable));
+            }
             downlink = downlink.with_receipts(receipts);
         }
         let downlink = Arc::new(downlink);
@@ -107,7 +111,12 @@ impl Application {
                         format!("admin API: cannot listen on {}:{}", admin.host, admin.port)
                     })?;
                 let port = listener.local_addr()?.port();
-                let server = crate::admin::server(listener, registry.clone(), admin.token.clone())?;
+                let server = crate::admin::server(
+                    listener,
+                    registry.clone(),
+                    admin.token.clone(),
+                    relay.clone(),
+                )?;
                 Some((port, server))
             }
         };

@@ -41,7 +41,7 @@ pub use ports::{
     DETAIL_ATTRIBUTE, REASON_ATTRIBUTE,
 };
 pub use presence::{Disconnect, Presence};
-pub use receipts::{DeliveryReceipt, Outcome, ReceiptSink};
+pub use receipts::{DeliveryReceipt, Outcome, ReceiptSink, SkipOutcome};
 pub use shard::{shard_of, ShardAssignment, ShardRange, ShardRangeError, MAX_SHARDS};
 pub use stats::Stats;
 pub use uplink::Uplink;

@@ -90,6 +90,30 @@ pub trait ReceiptSink: Send + Sync {
     fn record(&self, receipt: DeliveryReceipt);
 }
 
+/// A [`ReceiptSink`] that passes on every receipt except those of one
+/// outcome. A fanout replica wraps its sink in one that skips
+/// `undeliverable`: every replica receives every Command, so all but the
+/// ones holding its client would report it undeliverable each time.
+pub struct SkipOutcome<S: ?Sized> {
+    skipped: Outcome,
+    inner: std::sync::Arc<S>,
+}
+
+impl<S: ReceiptSink + ?Sized> SkipOutcome<S> {
+    /// Passes to `inner` every receipt whose outcome is not `skipped`.
+    pub fn new(inner: std::sync::Arc<S>, skipped: Outcome) -> Self {
+        Self { skipped, inner }
+    }
+}
+
+impl<S: ReceiptSink + ?Sized> ReceiptSink for SkipOutcome<S> {
+    fn record(&self, receipt: DeliveryReceipt) {
+        if receipt.outcome != self.skipped {
+            self.inner.record(receipt);
+        }
+    }
+}
+
 /// The `id` field of a Command's JSON, when it is a string or a number.
 pub(crate) fn command_id(json: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -151,6 +175,38 @@ mod tests {
         assert_eq!(command_id(r#"{"id":{"nested":1}}"#), None);
         assert_eq!(command_id(r#"{"command":"x"}"#), None);
         assert_eq!(command_id("not json"), None);
+    }
+
+    #[test]
+    fn a_skipping_sink_passes_on_every_other_outcome() {
+        #[derive(Default)]
+        struct Kept(std::sync::Mutex<Vec<Outcome>>);
+        impl ReceiptSink for Kept {
+            fn record(&self, receipt: DeliveryReceipt) {
+                self.0.lock().unwrap().push(receipt.outcome);
+            }
+        }
+        let kept = std::sync::Arc::new(Kept::default());
+        let sink = SkipOutcome::new(kept.clone(), Outcome::Undeliverable);
+        for outcome in [
+            Outcome::Delivered,
+            Outcome::Undeliverable,
+            Outcome::Acknowledged,
+        ] {
+            sink.record(DeliveryReceipt {
+                outcome,
+                client_id: None,
+                message_id: "m".into(),
+                sns_message_id: None,
+                command_id: None,
+                connections: None,
+                at: UNIX_EPOCH,
+            });
+        }
+        assert_eq!(
+            *kept.0.lock().unwrap(),
+            [Outcome::Delivered, Outcome::Acknowledged]
+        );
     }
 
     #[test]

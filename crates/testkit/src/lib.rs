@@ -68,6 +68,7 @@
 mod aws;
 pub mod fault_proxy;
 mod names;
+pub mod schemas;
 mod server;
 mod tls_proxy;
 pub mod tools;

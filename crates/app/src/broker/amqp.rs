@@ -13,7 +13,7 @@ use adapters_amqp::{
 use domain::{CommandSource, EventSink};
 use tracing::info;
 
-use super::{BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
+use super::{BrokerStatus, CloserKind, ControlRelay, Ports, SeenEvent, SendTarget};
 use crate::config::{AmqpResources, Config};
 
 /// What shutdown closes: the channels are settled and closed
@@ -69,6 +69,7 @@ pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
         .with_collector(metrics),
         aws_metrics: None,
         receipts: None,
+        relay: Arc::new(ControlRelay::amqp(resources.clone())),
     }
 }
 

@@ -14,7 +14,7 @@ use adapters_aws::{
 use domain::{ClientId, CommandSource, EventSink, ReceiptSink, Stats};
 use tracing::info;
 
-use super::{embedded, BrokerStatus, CloserKind, Ports, SeenEvent, SendTarget};
+use super::{embedded, BrokerStatus, CloserKind, ControlRelay, Ports, SeenEvent, SendTarget};
 use crate::config::{AwsResources, BrokerConfig, Config, ConfigError, SqsClient};
 use crate::settler::{Settler, SettlerSettings};
 
@@ -50,6 +50,12 @@ pub fn connect(
     stats: &Arc<Stats>,
 ) -> Result<Ports, ConfigError> {
     let metrics = AwsMetrics::new();
+    let relay = ControlRelay::aws(
+        clients.clone(),
+        resources.clone(),
+        &config.scale,
+        config.fleet.shards,
+    );
     let queue_url = resources.command_queue_url()?;
     let topic_arn = resources.events_topic_arn()?;
     let mut source = SqsCommandSource::new(
@@ -112,6 +118,7 @@ pub fn connect(
         })
         .with_collector(metrics.clone()),
         aws_metrics: Some(metrics),
+        relay: Arc::new(relay),
     })
 }
 
@@ -236,7 +243,7 @@ fn unset_and_not_found(field: &str, dev_name: &str, error: tools::ToolError) -> 
     .into()
 }
 
-/// `send-command` on SNS/SQS.
+/// `send-command` on SNS/SQS, with the clients the environment gives.
 pub async fn send_command(
     config: &Config,
     resources: &AwsResources,
@@ -245,10 +252,31 @@ pub async fn send_command(
     target: SendTarget,
 ) -> anyhow::Result<String> {
     let clients = Clients::from_env().await;
+    put_command(
+        &clients,
+        resources,
+        config.fleet.shards,
+        json,
+        client_id,
+        target,
+    )
+    .await
+}
+
+/// Puts `json` (a Command for `client_id`) where `target` says, through
+/// `clients`; returns the message id.
+pub(super) async fn put_command(
+    clients: &Clients,
+    resources: &AwsResources,
+    shards: u32,
+    json: &str,
+    client_id: &ClientId,
+    target: SendTarget,
+) -> anyhow::Result<String> {
     let id = match target {
         SendTarget::Topic => {
             let topic = topic(
-                &clients,
+                clients,
                 "commands_topic_arn",
                 &resources.commands_topic_arn,
                 DEV_COMMANDS_TOPIC,
@@ -256,17 +284,10 @@ pub async fn send_command(
             .await?;
             // The `shard` attribute is what sharded replicas' subscriptions
             // filter on; other modes ignore it.
-            tools::publish_to_topic(
-                &clients.sns,
-                &topic,
-                json,
-                client_id,
-                Some(config.fleet.shards),
-            )
-            .await?
+            tools::publish_to_topic(&clients.sns, &topic, json, client_id, Some(shards)).await?
         }
         SendTarget::QueueRaw | SendTarget::QueueEnveloped => {
-            let queue = command_queue(&clients, resources).await?;
+            let queue = command_queue(clients, resources).await?;
             let body = if target == SendTarget::QueueRaw {
                 json.to_owned()
             } else {

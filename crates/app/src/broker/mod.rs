@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod aws;
 pub mod embedded;
+pub mod relay;
 pub mod replica;
 pub mod status;
 
@@ -19,6 +20,7 @@ use adapters_aws::sdk::Clients;
 use adapters_aws::AwsMetrics;
 use domain::{CommandSource, EventSink, ReceiptSink, Stats};
 
+pub use self::relay::ControlRelay;
 pub use self::status::BrokerStatus;
 use crate::config::{BrokerConfig, Config, ConfigError};
 
@@ -51,6 +53,8 @@ pub struct Ports {
     pub aws_metrics: Option<AwsMetrics>,
     /// Where delivery receipts go, when they are on.
     pub receipts: Option<Arc<dyn ReceiptSink>>,
+    /// Where the admin API sends a control message for a client not here.
+    pub relay: Arc<ControlRelay>,
 }
 
 /// The broker-specific part of a graceful shutdown.

@@ -34,6 +34,8 @@ function retryDecision(code, reason, httpStatus, hasTokenSource) {
     case 1013:
       return { retry: true, busy: true };
     default:
+      if (code >= 3e3 && code <= 4999)
+        return { retry: false, busy: false };
       return { retry: true, busy: false };
   }
 }
@@ -62,6 +64,14 @@ function tokenExpiry(token) {
   }
 }
 var OPEN = 1;
+function commandKey(command) {
+  const id = command.id;
+  if (typeof id === "string" && id !== "")
+    return id;
+  if (typeof id === "number" && Number.isFinite(id))
+    return String(id);
+  return void 0;
+}
 var instances = 0;
 var WsBridgeClient = class {
   constructor(options) {
@@ -71,6 +81,8 @@ var WsBridgeClient = class {
     __publicField(this, "listeners", /* @__PURE__ */ new Map());
     __publicField(this, "handlers", /* @__PURE__ */ new Set());
     __publicField(this, "pending", /* @__PURE__ */ new Map());
+    /** Acknowledged mode: Command ids handled, or being handled, oldest first. */
+    __publicField(this, "handled", /* @__PURE__ */ new Map());
     __publicField(this, "idPrefix");
     __publicField(this, "socket");
     __publicField(this, "current");
@@ -394,6 +406,19 @@ var WsBridgeClient = class {
     }
   }
   deliver(command, deliveryId, socket, connection) {
+    const ack = (handled) => {
+      if (!handled || deliveryId === void 0)
+        return;
+      if (this.current !== connection || socket.readyState !== OPEN)
+        return;
+      socket.send(JSON.stringify({ ack_delivery: deliveryId }));
+    };
+    const key = deliveryId === void 0 ? void 0 : commandKey(command);
+    const earlier = key === void 0 ? void 0 : this.handled.get(key);
+    if (earlier) {
+      void earlier.then((ok) => ok ? ack(true) : this.deliver(command, deliveryId, socket, connection));
+      return;
+    }
     const handlers = [...this.handlers];
     const runs = handlers.map((handler) => {
       try {
@@ -402,16 +427,31 @@ var WsBridgeClient = class {
         return Promise.reject(e);
       }
     });
-    Promise.all(runs).then(() => {
-      if (deliveryId === void 0)
-        return;
-      if (handlers.length === 0)
-        return;
-      if (this.current !== connection || socket.readyState !== OPEN)
-        return;
-      socket.send(JSON.stringify({ ack_delivery: deliveryId }));
-    }, (e) => {
-      this.emit("error", new WsBridgeError("handler_failed", `command handler failed: ${e instanceof Error ? e.message : String(e)}`, deliveryId));
+    const run = Promise.all(runs).then(
+      // Nobody handled it: let it come again.
+      () => handlers.length > 0,
+      (e) => {
+        this.emit("error", new WsBridgeError("handler_failed", `command handler failed: ${e instanceof Error ? e.message : String(e)}`, deliveryId));
+        return false;
+      }
+    );
+    if (key !== void 0)
+      this.remember(key, run);
+    void run.then(ack);
+  }
+  /** Keeps `run` as the handling of Command `key`, forgetting it if it fails. */
+  remember(key, run) {
+    const capacity = this.options.rememberIds ?? 1e4;
+    if (capacity <= 0)
+      return;
+    this.handled.set(key, run);
+    while (this.handled.size > capacity) {
+      const oldest = this.handled.keys().next().value;
+      this.handled.delete(oldest);
+    }
+    void run.then((ok) => {
+      if (!ok && this.handled.get(key) === run)
+        this.handled.delete(key);
     });
   }
   armRefresh(token) {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::support::{client_id, connect, next_frame, next_json, Env, Next, PATIENCE};
 
 /// A port nothing listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -19,10 +19,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-const TOKEN: &str = "admin-token-0123456789-abcdefghijklmnop";
+pub(crate) const TOKEN: &str = "admin-token-0123456789-abcdefghijklmnop";
 
 /// A call to the admin API: (status, JSON body).
-async fn call(
+pub(crate) async fn call(
     port: u16,
     method: &str,
     path: &str,

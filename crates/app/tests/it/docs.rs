@@ -144,3 +144,49 @@ fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
         );
     }
 }
+
+/// The schema check used on emitted events can fail: each schema refuses a
+/// message that breaks it.
+#[test]
+fn the_event_schemas_refuse_what_breaks_them() {
+    use serde_json::json;
+    let refused = |name: &str, bad: serde_json::Value| {
+        let outcome = std::panic::catch_unwind(|| {
+            testkit::schemas::assert_valid(name, std::slice::from_ref(&bad))
+        });
+        assert!(outcome.is_err(), "{name} took {bad}");
+    };
+    let connect = json!({"action": "$connect", "client_id": "a", "connection_id": "7",
+                         "at": "2024-05-02T00:54:06.655Z", "instance_id": "r1"});
+    testkit::schemas::assert_valid("presence-event", std::slice::from_ref(&connect));
+    let mut numeric_id = connect.clone();
+    numeric_id["connection_id"] = json!(7);
+    refused("presence-event", numeric_id);
+    let mut no_code = connect.clone();
+    no_code["action"] = json!("$disconnect");
+    refused("presence-event", no_code);
+
+    let delivered = json!({"outcome": "delivered", "client_id": "a", "message_id": "m",
+                           "sns_message_id": null, "command_id": "c", "at": "2024-05-02T00:54:06.655Z",
+                           "connections": 1});
+    testkit::schemas::assert_valid("receipt", std::slice::from_ref(&delivered));
+    let mut unknown = delivered.clone();
+    unknown["outcome"] = json!("lost");
+    refused("receipt", unknown);
+    let mut counted = delivered.clone();
+    counted["outcome"] = json!("acknowledged");
+    refused("receipt", counted);
+
+    testkit::schemas::assert_valid(
+        "control-message",
+        &[json!({"client_id": "a", "command": "$send", "frame": {"n": 1}})],
+    );
+    refused(
+        "control-message",
+        json!({"client_id": "a", "command": "$send"}),
+    );
+    refused(
+        "control-message",
+        json!({"client_id": "a", "command": "$disconnect", "code": 1006}),
+    );
+}

@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod config;
 mod config_rules;
+mod control_plane;
 mod credentials;
 mod dev_emulator;
 mod docs;

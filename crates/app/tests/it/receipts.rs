@@ -163,6 +163,8 @@ async fn malformed_and_undeliverable_commands_have_receipts_and_subscriptions_fi
     assert_eq!(undeliverable["client_id"], nobody["client_id"]);
     let (delivered, _) = &got[0];
     assert_eq!(delivered["command_id"], Value::Null);
+    let bodies: Vec<Value> = got.iter().map(|(body, _)| body.clone()).collect();
+    testkit::schemas::assert_valid("receipt", &bodies);
 
     let filtered = take(&env, &not_delivered, 2).await;
     let mut outcomes: Vec<_> = filtered.iter().map(|(b, _)| b["outcome"].clone()).collect();
@@ -207,5 +209,6 @@ async fn a_command_given_up_after_the_retry_window_has_a_dead_lettered_receipt()
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0["outcome"], "dead_lettered", "{:?}", got[0].0);
     assert_eq!(got[0].0["command_id"], "c-1");
+    testkit::schemas::assert_valid("receipt", &[got[0].0.clone()]);
     bridge.stop().await;
 }

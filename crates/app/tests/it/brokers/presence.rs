@@ -64,6 +64,7 @@ async fn opening_and_closing_a_connection_are_announced_in_order(broker: Broker)
     assert_eq!(disconnect["connection_id"], connection_id);
     assert_eq!(disconnect["code"], 1000, "{disconnect}");
     assert_eq!(closed[0].attributes, attributes(&alice, "$disconnect"));
+    testkit::schemas::assert_valid("presence-event", &[connect.clone(), disconnect.clone()]);
     observer.assert_quiet().await;
     let stats = bridge.stats.control.snapshot();
     assert_eq!((stats.presence_published, stats.presence_failed), (2, 0));
@@ -84,6 +85,7 @@ async fn connections_closed_by_shutdown_are_announced(broker: Broker) {
     assert_eq!(closed[0].body["action"], "$disconnect");
     assert_eq!(closed[0].body["client_id"], json!(bob));
     assert_eq!(closed[0].body["code"], 1001, "{:?}", closed[0].body);
+    testkit::schemas::assert_valid("presence-event", &[closed[0].body.clone()]);
 }
 
 async fn presence_is_off_by_default(broker: Broker) {

@@ -1,0 +1,70 @@
+//! The bus side of the admin API: where a `disconnect` or `send` goes when
+//! the client it names has no connection on this replica. It is published
+//! as the control message (SPEC §10) a backend would send, to where this
+//! fleet reads Commands — the commands topic in fanout and sharded mode (so
+//! every replica, or the client's shard, gets it), the command queue in
+//! shared mode, the commands exchange (else the queue) on RabbitMQ — and the
+//! replica that holds the client carries it out.
+
+use adapters_aws::sdk::Clients;
+use domain::ClientId;
+
+use super::SendTarget;
+use crate::config::{AmqpResources, AwsResources, Scale};
+
+/// Publishes control messages onto the bus, with the bridge's own clients.
+pub struct ControlRelay(Kind);
+
+enum Kind {
+    Aws {
+        clients: Clients,
+        resources: AwsResources,
+        shards: u32,
+        target: SendTarget,
+    },
+    Amqp(AmqpResources),
+}
+
+impl ControlRelay {
+    /// On SNS/SQS, through `clients`, to where `scale` reads Commands.
+    pub(super) fn aws(
+        clients: Clients,
+        resources: AwsResources,
+        scale: &Scale,
+        shards: u32,
+    ) -> Self {
+        let target = match scale {
+            Scale::Shared => SendTarget::QueueRaw,
+            Scale::Fanout { .. } | Scale::Sharded(_) => SendTarget::Topic,
+        };
+        Self(Kind::Aws {
+            clients,
+            resources,
+            shards,
+            target,
+        })
+    }
+
+    /// On RabbitMQ: to the commands exchange, else the command queue.
+    pub(super) fn amqp(resources: AmqpResources) -> Self {
+        Self(Kind::Amqp(resources))
+    }
+
+    /// Publishes `json`, a control message for `client_id`; returns the
+    /// broker's message id.
+    pub async fn relay(&self, json: &str, client_id: &ClientId) -> anyhow::Result<String> {
+        match &self.0 {
+            Kind::Aws {
+                clients,
+                resources,
+                shards,
+                target,
+            } => {
+                super::aws::put_command(clients, resources, *shards, json, client_id, *target).await
+            }
+            Kind::Amqp(resources) => {
+                super::amqp::send_command(resources, json, SendTarget::Topic).await
+            }
+        }
+    }
+}
