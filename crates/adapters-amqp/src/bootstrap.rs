@@ -6,6 +6,7 @@
 //!                                          │        ▼
 //!                                          └──TTL── delay queue
 //! bridge ──publish (routing key = action, headers client_id/action)──▶ events exchange (topic)
+//! bridge ──publish (routing key = outcome, headers outcome/client_id)──▶ receipts exchange (topic, optional)
 //! ```
 //!
 //! Safe to run on every start: declaring an exchange or queue that exists
@@ -24,6 +25,9 @@ use crate::url::AmqpUrl;
 pub const DEFAULT_COMMAND_QUEUE: &str = "wsbridge.commands";
 /// Default name of the exchange client events are published to.
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "wsbridge.events";
+/// Name of the exchange delivery receipts are published to when none is
+/// given (receipts themselves are off unless configured).
+pub const DEFAULT_RECEIPTS_EXCHANGE: &str = "wsbridge.receipts";
 
 /// The kind of the command and dead-letter queues.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub struct Topology {
     /// publish Commands to an exchange (the analogue of the SNS commands
     /// topic); `None` to declare none.
     pub commands_exchange: Option<String>,
+    /// Topic exchange delivery receipts are published to (routing key =
+    /// outcome); `None` (receipts off) to declare none.
+    pub receipts_exchange: Option<String>,
 }
 
 impl Default for Topology {
@@ -74,7 +81,15 @@ impl Topology {
             dead_letter_exchange: format!("{command_queue}.dlx"),
             dead_letter_queue: format!("{command_queue}.dlq"),
             commands_exchange: Some(command_queue.to_owned()),
+            receipts_exchange: None,
         }
+    }
+
+    /// The same topology, with a receipts exchange to declare.
+    #[must_use]
+    pub fn with_receipts_exchange(mut self, exchange: &str) -> Self {
+        self.receipts_exchange = Some(exchange.to_owned());
+        self
     }
 
     /// The queue where released messages wait out their delay
@@ -121,6 +136,9 @@ pub async fn ensure(url: &AmqpUrl, topology: &Topology) -> Result<(), BootstrapE
 
 async fn declare_all(channel: &Channel, topology: &Topology) -> Result<(), BootstrapError> {
     declare_exchange(channel, &topology.events_exchange, ExchangeKind::Topic).await?;
+    if let Some(exchange) = &topology.receipts_exchange {
+        declare_exchange(channel, exchange, ExchangeKind::Topic).await?;
+    }
     declare_exchange(
         channel,
         &topology.dead_letter_exchange,
@@ -259,5 +277,11 @@ mod tests {
             Some("wsbridge.commands")
         );
         assert_eq!(topology.delay_queue(), "wsbridge.commands.delay");
+        assert_eq!(topology.receipts_exchange, None);
+        let topology = topology.with_receipts_exchange(DEFAULT_RECEIPTS_EXCHANGE);
+        assert_eq!(
+            topology.receipts_exchange.as_deref(),
+            Some("wsbridge.receipts")
+        );
     }
 }

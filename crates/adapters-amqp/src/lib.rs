@@ -10,18 +10,22 @@
 //!   delay queue.
 //! - [`AmqpEventSink`] implements `domain::EventSink` over an exchange, with
 //!   publisher confirms: `publish` returns once the broker has the event.
+//! - [`AmqpReceiptSink`] implements `domain::ReceiptSink` over a topic
+//!   exchange (routing key = outcome): recording never waits, a background
+//!   task publishes with confirms and retries, `flush` at shutdown.
 //! - [`bootstrap`] declares exchanges, queues and bindings, idempotently.
 //! - [`tools`] backs `wsbridge send-command` and `wsbridge monitor`.
 //!
-//! Source and sink each own one connection, kept by the same connection
-//! supervisor (`supervisor.rs`), which reconnects with backoff after the
-//! broker restarts or the network drops and reopens a channel the broker
-//! closed; while it is down they answer `Unavailable` (so `/ready` says
-//! 503), and the broker redelivers whatever was not acknowledged.
+//! Both sinks publish through one core (`confirmed.rs`). The source and
+//! each sink own one connection, kept by the same connection supervisor
+//! (`supervisor.rs`), which reconnects with backoff after the broker
+//! restarts or the network drops and reopens a channel the broker closed;
+//! while it is down they answer `Unavailable` (so `/ready` says 503), and
+//! the broker redelivers whatever was not acknowledged.
 //!
-//! [`AmqpMetrics`] counts what both do at the broker (errors, acks,
+//! [`AmqpMetrics`] counts what they do at the broker (errors, acks,
 //! reconnects, call latencies) and says why the bridge is not ready; the
-//! app creates it, hands it to both (`spawn_with_metrics`) and exports it.
+//! app creates it, hands it to each (`spawn_with_metrics`) and exports it.
 //!
 //! `amqp://` and `amqps://` (TLS through rustls on `ring`, the system's
 //! root certificates plus an optional CA file: [`AmqpUrl::with_ca_file`]),
@@ -29,9 +33,11 @@
 
 mod backoff;
 pub mod bootstrap;
+mod confirmed;
 mod link;
 mod metrics;
 mod receipt;
+mod receipt_sink;
 mod sink;
 mod source;
 mod supervisor;
@@ -40,6 +46,7 @@ mod url;
 
 pub use backoff::Reconnect;
 pub use metrics::AmqpMetrics;
+pub use receipt_sink::{AmqpReceiptSettings, AmqpReceiptSink};
 pub use sink::{AmqpEventSink, AmqpSinkSettings};
 pub use source::{
     AmqpCommandSource, AmqpSourceSettings, ReleaseDelay, FIRST_RECEIVED_HEADER,

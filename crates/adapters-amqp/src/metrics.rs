@@ -47,19 +47,22 @@ pub(crate) mod op {
     pub(crate) const NACK: &str = "basic.nack";
     /// `basic.publish` of one event, until the broker's confirm.
     pub(crate) const PUBLISH: &str = "basic.publish";
+    /// `basic.publish` of one delivery receipt, until the broker's confirm.
+    pub(crate) const PUBLISH_RECEIPT: &str = "basic.publish.receipt";
     /// `basic.publish` of a batch of delayed copies, until every confirm.
     pub(crate) const PUBLISH_DELAYED: &str = "basic.publish.delay";
     /// `basic.publish` of a batch of dead-letter copies, until every confirm.
     pub(crate) const PUBLISH_DEAD_LETTER: &str = "basic.publish.dead_letter";
 
     /// Every operation, in the order they are exported.
-    pub(crate) const ALL: [&str; 8] = [
+    pub(crate) const ALL: [&str; 9] = [
         CONNECT,
         CHANNEL_OPEN,
         CONSUME_WAIT,
         ACK,
         NACK,
         PUBLISH,
+        PUBLISH_RECEIPT,
         PUBLISH_DELAYED,
         PUBLISH_DEAD_LETTER,
     ];
@@ -126,6 +129,8 @@ pub(crate) enum Role {
     Commands,
     /// The event sink's publishing link.
     Events,
+    /// The receipt sink's publishing link (only with receipts on).
+    Receipts,
 }
 
 /// One supervised link's state as the metrics see it: `None` while up,
@@ -306,14 +311,16 @@ impl Collector for AmqpMetrics {
         counter(
             &mut encoder,
             "wsbridge_amqp_reconnects",
-            "Links (command source, event sink) up again on a new connection after losing one.",
+            "Links (command source, event sink, receipt sink) up again on a new connection after \
+             losing one.",
             inner.reconnects.load(Ordering::Relaxed),
         )?;
         let connected = i64::from(self.connected());
         encoder
             .encode_descriptor(
                 "wsbridge_amqp_connected",
-                "1 while every AMQP link (command source, event sink) has its channel open.",
+                "1 while every AMQP link (command source, event sink, receipt sink when on) has its \
+                 channel open.",
                 None,
                 MetricType::Gauge,
             )?

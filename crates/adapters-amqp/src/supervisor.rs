@@ -1,10 +1,10 @@
 //! The connection supervisor, written once for the command source and the
-//! event sink: a task that owns one connection, opens the link's channels
+//! sinks (events, receipts): a task that owns one connection, opens the link's channels
 //! on it, watches both, and puts them back when they go.
 //!
 //! What a link needs on a connection is a [`Session`]: the source opens a
 //! consuming channel (`basic.qos` + `basic.consume`) and pumps its
-//! deliveries; the sink opens a confirm-mode channel and only answers
+//! deliveries; a sink opens a confirm-mode channel and only answers
 //! calls. The supervisor does the rest, the same way for both:
 //!
 //! - connects within a deadline, and after a failure waits a [`Backoff`]
@@ -365,5 +365,6 @@ fn role_name(role: Role) -> &'static str {
     match role {
         Role::Commands => "commands",
         Role::Events => "events",
+        Role::Receipts => "receipts",
     }
 }

@@ -11,6 +11,7 @@
 
 mod bootstrap;
 mod metrics;
+mod receipt_sink;
 mod reconnect;
 mod sink;
 mod source;

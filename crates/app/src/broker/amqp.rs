@@ -1,6 +1,6 @@
-//! The RabbitMQ side of the broker seam: the AMQP command source and event
-//! sink, `dev`'s topology, and the helper commands (the counterparts of the
-//! SNS/SQS ones).
+//! The RabbitMQ side of the broker seam: the AMQP command source, event
+//! sink and (with `amqp_receipts_exchange`) receipt sink, `dev`'s topology,
+//! and the helper commands (the counterparts of the SNS/SQS ones).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +8,10 @@ use std::time::Duration;
 use adapters_amqp::bootstrap::{self, Topology};
 use adapters_amqp::tools::{self, Target};
 use adapters_amqp::{
-    AmqpCommandSource, AmqpEventSink, AmqpMetrics, AmqpSinkSettings, AmqpSourceSettings,
+    AmqpCommandSource, AmqpEventSink, AmqpMetrics, AmqpReceiptSettings, AmqpReceiptSink,
+    AmqpSinkSettings, AmqpSourceSettings,
 };
-use domain::{CommandSource, EventSink};
+use domain::{CommandSource, EventSink, ReceiptSink, Stats};
 use tracing::info;
 
 use super::{BrokerStatus, CloserKind, ControlRelay, Ports, SeenEvent, SendTarget};
@@ -21,19 +22,24 @@ use crate::config::{AmqpResources, Config};
 pub struct Closer {
     source: Arc<AmqpCommandSource>,
     sink: Arc<AmqpEventSink>,
+    receipts: Option<Arc<AmqpReceiptSink>>,
 }
 
 impl Closer {
-    /// Closes the sink, then the source.
+    /// Closes the event sink; publishes the receipts still queued and
+    /// closes their connection; then closes the source.
     pub async fn close(&self) {
         self.sink.close().await;
+        if let Some(receipts) = &self.receipts {
+            receipts.close().await;
+        }
         self.source.close().await;
     }
 }
 
-/// The AMQP source and sink of `resources`.
-pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
-    // One recorder for both links: the adapter's own series and readiness.
+/// The AMQP source, sink and receipt sink (when on) of `resources`.
+pub fn connect(config: &Config, resources: &AmqpResources, stats: &Arc<Stats>) -> Ports {
+    // One recorder for every link: the adapter's own series and readiness.
     let metrics = AmqpMetrics::new();
     let source = Arc::new(AmqpCommandSource::spawn_with_metrics(
         resources.url.clone(),
@@ -56,28 +62,49 @@ pub fn connect(config: &Config, resources: &AmqpResources) -> Ports {
         },
         metrics.clone(),
     ));
+    // A link of its own, beside the event sink's (see the adapter).
+    let receipts = resources.receipts_exchange.as_ref().map(|exchange| {
+        Arc::new(AmqpReceiptSink::spawn_with_metrics(
+            resources.url.clone(),
+            AmqpReceiptSettings {
+                exchange: exchange.clone(),
+                ..AmqpReceiptSettings::default()
+            },
+            stats.clone(),
+            metrics.clone(),
+        ))
+    });
     let (commands, events): (Arc<dyn CommandSource>, Arc<dyn EventSink>) =
         (source.clone(), sink.clone());
     Ports {
         source: commands,
         sink: events,
-        closer: super::Closer(CloserKind::Amqp(Closer { source, sink })),
+        receipts: receipts.clone().map(|r| r as Arc<dyn ReceiptSink>),
+        closer: super::Closer(CloserKind::Amqp(Closer {
+            source,
+            sink,
+            receipts,
+        })),
         status: BrokerStatus::new({
             let metrics = metrics.clone();
             move || metrics.not_ready_reason()
         })
         .with_collector(metrics),
         aws_metrics: None,
-        receipts: None,
         relay: Arc::new(ControlRelay::amqp(resources.clone())),
     }
 }
 
 fn topology(resources: &AmqpResources) -> Topology {
-    Topology::new(&resources.command_queue, &resources.events_exchange)
+    let topology = Topology::new(&resources.command_queue, &resources.events_exchange);
+    match &resources.receipts_exchange {
+        Some(exchange) => topology.with_receipts_exchange(exchange),
+        None => topology,
+    }
 }
 
-/// `dev`: declares the exchanges, queues, bindings and dead-letter queue.
+/// `dev`: declares the exchanges, queues, bindings and dead-letter queue
+/// (and the receipts exchange, when receipts are on).
 pub async fn prepare_dev(resources: &AmqpResources) -> anyhow::Result<()> {
     let topology = topology(resources);
     bootstrap::ensure(&resources.url, &topology)
@@ -88,6 +115,7 @@ pub async fn prepare_dev(resources: &AmqpResources) -> anyhow::Result<()> {
         queue = %topology.command_queue,
         dead_letter_queue = %topology.dead_letter_queue,
         events_exchange = %topology.events_exchange,
+        receipts_exchange = ?topology.receipts_exchange,
         commands_exchange = ?topology.commands_exchange,
         "development resources ready"
     );

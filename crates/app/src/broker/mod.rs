@@ -75,7 +75,7 @@ impl Closer {
     }
 }
 
-/// Builds the source and sink `config` asks for over `connection`.
+/// Builds the source, sink and receipt sink `config` asks for over `connection`.
 pub fn connect(
     config: &Config,
     connection: Connection,
@@ -85,7 +85,9 @@ pub fn connect(
         (BrokerConfig::Aws(resources), Connection::Aws(clients)) => {
             aws::connect(config, resources, clients, stats)
         }
-        (BrokerConfig::Amqp(resources), Connection::Amqp) => Ok(amqp::connect(config, resources)),
+        (BrokerConfig::Amqp(resources), Connection::Amqp) => {
+            Ok(amqp::connect(config, resources, stats))
+        }
         (BrokerConfig::Aws(_), Connection::Amqp) | (BrokerConfig::Amqp(_), Connection::Aws(_)) => {
             Err(ConfigError {
                 problems: vec![

@@ -151,6 +151,8 @@ pub struct AmqpResources {
     pub command_queue: String,
     /// The topic exchange client messages are published to.
     pub events_exchange: String,
+    /// The topic exchange delivery receipts are published to (none when unset).
+    pub receipts_exchange: Option<String>,
     /// Most unacknowledged deliveries the broker hands the bridge at once.
     pub prefetch: u16,
 }
@@ -284,6 +286,7 @@ impl Config {
                     url,
                     command_queue: s.amqp_command_queue.clone(),
                     events_exchange: s.amqp_events_exchange.clone(),
+                    receipts_exchange: s.amqp_receipts_exchange.clone(),
                     prefetch: s.amqp_prefetch,
                 })
             }

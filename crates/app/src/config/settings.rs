@@ -95,6 +95,12 @@ settings! {
         /// With broker = "amqp", the topic exchange client messages are published
         /// to (routing key = action, headers client_id and action).
         amqp_events_exchange: String = "wsbridge.events".into();
+        /// With broker = "amqp", the topic exchange delivery receipts are
+        /// published to: one per Command outcome, routing key = the outcome
+        /// (delivered, acknowledged, undeliverable, malformed, dead_lettered),
+        /// headers outcome and client_id, the body as on SNS (unset: no
+        /// receipts; `dev` declares it).
+        amqp_receipts_exchange: Option<String> = None, example "\"wsbridge.receipts\"";
         /// With broker = "amqp", the most unacknowledged deliveries the broker
         /// hands the bridge at once (basic.qos), sized for throughput. Commands
         /// held for a client's acknowledgement occupy it, so it must exceed

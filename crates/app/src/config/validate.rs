@@ -124,6 +124,10 @@ impl Settings {
                 self.amqp_events_exchange != defaults.amqp_events_exchange,
             ),
             (
+                "amqp_receipts_exchange",
+                self.amqp_receipts_exchange.is_some(),
+            ),
+            (
                 "amqp_prefetch",
                 self.amqp_prefetch != defaults.amqp_prefetch,
             ),
@@ -193,6 +197,12 @@ impl Settings {
                     ("amqp_events_exchange", &self.amqp_events_exchange),
                 ] {
                     check(!value.is_empty(), format!("{field}: must not be empty"));
+                }
+                if let Some(exchange) = &self.amqp_receipts_exchange {
+                    check(
+                        !exchange.trim().is_empty(),
+                        "amqp_receipts_exchange: must not be empty when set".into(),
+                    );
                 }
             }
             Broker::Aws => self.validate_aws_names(check),

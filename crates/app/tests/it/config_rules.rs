@@ -67,6 +67,7 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
         "sqs_client" => ("sdk", vec![]),
         "amqp_command_queue" => ("other.commands", vec![AMQP, AMQP_URL]),
         "amqp_events_exchange" => ("other.events", vec![AMQP, AMQP_URL]),
+        "amqp_receipts_exchange" => ("other.receipts", vec![AMQP, AMQP_URL]),
         "amqp_prefetch" => ("250", vec![AMQP, AMQP_URL]),
         "mode" => ("fanout", vec![TOPIC]),
         "shards" => ("16", vec![]),
@@ -301,6 +302,21 @@ fn a_setting_of_another_broker_or_mode_is_refused_naming_it() {
             ],
             "command_queue_url",
             "broker = \"aws\"",
+        ),
+        // A receipts setting of the other broker: receipts would silently be off.
+        (
+            vec![
+                ("BRIDGE_BROKER", "amqp"),
+                amqp_url,
+                ("BRIDGE_RECEIPTS_TOPIC_ARN", "arn:aws:sns:us-east-1:1:r"),
+            ],
+            "receipts_topic_arn",
+            "broker = \"aws\"",
+        ),
+        (
+            vec![("BRIDGE_AMQP_RECEIPTS_EXCHANGE", "wsbridge.receipts")],
+            "amqp_receipts_exchange",
+            "broker = \"amqp\"",
         ),
         (
             vec![("BRIDGE_INSTANCE_ID", "replica-1")],

@@ -3,6 +3,8 @@
 //! number of sockets), acknowledged, undeliverable, malformed, dead-lettered
 //! — naming the SQS and SNS message ids and the Command's own `id`, with the
 //! String attribute `outcome` that subscriptions filter on.
+//!
+//! [`rabbit`]: the same receipts on RabbitMQ (`amqp_receipts_exchange`).
 
 use std::time::Duration;
 
@@ -211,4 +213,154 @@ async fn a_command_given_up_after_the_retry_window_has_a_dead_lettered_receipt()
     assert_eq!(got[0].0["command_id"], "c-1");
     testkit::schemas::assert_valid("receipt", &[got[0].0.clone()]);
     bridge.stop().await;
+}
+
+/// Delivery receipts on RabbitMQ (`amqp_receipts_exchange`): the same
+/// bodies on a topic exchange, routing key = outcome, headers `outcome` and
+/// `client_id`, seen through a temporary queue bound to it.
+mod rabbit {
+    use adapters_amqp::tools::{Monitor, SeenEvent};
+    use app::broker::{Connection, Dev, Serving};
+    use app::config::Config;
+    use serde_json::{json, Value};
+    use tokio::time::Instant;
+
+    use crate::brokers::rabbit::RabbitEnv;
+    use crate::brokers::start_bridge;
+    use crate::support::{client_id, connect, next_json, send_text, PATIENCE};
+
+    /// What the monitor sees until at least `n` receipts arrived or
+    /// [`PATIENCE`] passed (assert on the length).
+    async fn take(monitor: &mut Monitor, n: usize) -> Vec<SeenEvent> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            got.extend(monitor.next_events(left).await.expect("monitor"));
+        }
+        got
+    }
+
+    fn body(seen: &SeenEvent) -> Value {
+        serde_json::from_str(&seen.message)
+            .unwrap_or_else(|e| panic!("a receipt is JSON ({e}): {seen:?}"))
+    }
+
+    /// (published, failed, dropped) receipts.
+    fn counted(stats: &domain::Stats) -> (u64, u64, u64) {
+        let c = stats.control.snapshot();
+        (c.receipts_published, c.receipts_failed, c.receipts_dropped)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivered_and_acknowledged_command_has_a_receipt_for_each_on_the_exchange() {
+        let env = RabbitEnv::with_receipts(true).await;
+        let mut receipts = env.receipts_monitor("#").await;
+        let mut settings = env.settings();
+        settings.ack_timeout_secs = 30;
+        let bridge = start_bridge(settings, Connection::Amqp).await;
+        let stats = bridge.stats.clone();
+        let alice = client_id("alice");
+        let mut ws = connect(&bridge.ws_url(&format!("/ws/{alice}?ack=true"))).await;
+        let command = json!({"client_id": alice, "command": "reboot", "id": "cmd-42"});
+        env.send_command(&command.to_string(), false).await;
+        let frame = next_json(&mut ws).await;
+        assert_eq!(frame["command"], command, "{frame}");
+
+        let delivered = take(&mut receipts, 1).await;
+        assert_eq!(delivered.len(), 1, "{delivered:?}");
+        let seen = &delivered[0];
+        assert_eq!(seen.routing_key, "delivered", "{seen:?}");
+        assert_eq!(
+            seen.attributes.get("outcome").map(String::as_str),
+            Some("delivered")
+        );
+        assert_eq!(seen.attributes.get("client_id"), Some(&alice));
+        let receipt = body(seen);
+        assert_eq!(receipt["outcome"], "delivered", "{receipt}");
+        assert_eq!(receipt["client_id"], json!(alice));
+        assert_eq!(receipt["command_id"], "cmd-42");
+        assert_eq!(receipt["connections"], 1);
+        assert!(
+            receipt["message_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{receipt}"
+        );
+        let message_id = receipt["message_id"].clone();
+
+        send_text(
+            &mut ws,
+            &json!({"ack_delivery": frame["delivery_id"]}).to_string(),
+        )
+        .await;
+        let acknowledged = take(&mut receipts, 1).await;
+        assert_eq!(acknowledged.len(), 1, "{acknowledged:?}");
+        let seen = &acknowledged[0];
+        assert_eq!(seen.routing_key, "acknowledged", "{seen:?}");
+        assert_eq!(
+            seen.attributes.get("outcome").map(String::as_str),
+            Some("acknowledged")
+        );
+        let receipt = body(seen);
+        assert_eq!(receipt["outcome"], "acknowledged", "{receipt}");
+        assert_eq!(receipt["command_id"], "cmd-42");
+        assert_eq!(receipt["message_id"], message_id);
+
+        // Stopping flushes the receipt sink: every receipt is counted.
+        bridge.stop().await;
+        assert_eq!(counted(&stats), (2, 0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_malformed_command_has_a_malformed_receipt_without_a_client() {
+        let env = RabbitEnv::with_receipts(true).await;
+        let mut receipts = env.receipts_monitor("#").await;
+        let bridge = start_bridge(env.settings(), Connection::Amqp).await;
+        let stats = bridge.stats.clone();
+        env.send_command("not a command", false).await;
+
+        let got = take(&mut receipts, 1).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        let seen = &got[0];
+        assert_eq!(seen.routing_key, "malformed", "{seen:?}");
+        assert_eq!(
+            seen.attributes.get("outcome").map(String::as_str),
+            Some("malformed")
+        );
+        assert_eq!(seen.attributes.get("client_id"), None, "{seen:?}");
+        let receipt = body(seen);
+        assert_eq!(receipt["outcome"], "malformed", "{receipt}");
+        assert_eq!(receipt["client_id"], Value::Null);
+        assert_eq!(receipt["command_id"], Value::Null);
+        // And the Command itself went to the dead-letter queue.
+        let dead = env.dead_letters(1).await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].body, "not a command");
+
+        bridge.stop().await;
+        assert_eq!(counted(&stats), (1, 0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dev_declares_the_receipts_exchange() {
+        let env = RabbitEnv::with_receipts(false).await;
+        let exchange = env.receipts_exchange().to_owned();
+        assert!(
+            !env.exchange_exists(&exchange).await,
+            "{exchange} exists already"
+        );
+        let config = Config::new(env.settings()).expect("valid settings");
+        let serving = Serving::start(config, Some(Dev::default()))
+            .await
+            .unwrap_or_else(|e| panic!("dev's start: {e:#}"));
+        assert!(
+            env.exchange_exists(&exchange).await,
+            "{exchange} not declared"
+        );
+        serving.leave().await;
+    }
 }

@@ -1,8 +1,8 @@
 //! The suite's broker on RabbitMQ: a topology under a unique prefix made by
 //! `adapters_amqp::bootstrap::ensure` (command queue, its dead-letter
 //! exchange and queue `<queue>.dlq`, delay queue `<queue>.delay`, commands
-//! exchange `<queue>`, events exchange), deleted when the test ends, passed
-//! or not. Commands go in with `adapters_amqp::tools::send_command`, events
+//! exchange `<queue>`, events exchange, and with [`RabbitEnv::with_receipts`]
+//! a receipts exchange), deleted when the test ends, passed or not. Commands go in with `adapters_amqp::tools::send_command`, events
 //! are watched with `tools::Monitor`, dead letters read with lapin, and the
 //! queue counts come from `rabbitmqctl` (AMQP itself does not tell how many
 //! messages are unacknowledged).
@@ -14,9 +14,11 @@ use adapters_amqp::bootstrap::{self, Topology};
 use adapters_amqp::tools::{self, Monitor, SeenEvent, Target};
 use adapters_amqp::AmqpUrl;
 use app::config::{Broker, Settings};
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::time::Instant;
 
 use super::{json, DeadLettered, Event, Pending};
@@ -38,16 +40,30 @@ pub struct RabbitEnv {
     topology: Topology,
     /// For reading the dead-letter queue.
     channel: Channel,
-    _connection: Connection,
+    connection: Connection,
 }
 
 impl RabbitEnv {
     pub async fn new() -> Self {
+        Self::build(None).await
+    }
+
+    /// With a receipts exchange `<prefix>.receipts`, which the bridge's
+    /// settings name; declared beforehand only when `declared` (else it is
+    /// left to `wsbridge dev`).
+    pub async fn with_receipts(declared: bool) -> Self {
+        Self::build(Some(declared)).await
+    }
+
+    async fn build(receipts: Option<bool>) -> Self {
         let raw_url = broker_url();
         let url = AmqpUrl::parse(&raw_url)
             .unwrap_or_else(|e| panic!("WSBRIDGE_TEST_AMQP_URL {raw_url:?}: {e}"));
         let base = testkit::unique_name("wsbt-app");
-        let topology = Topology::new(&format!("{base}.commands"), &format!("{base}.events"));
+        let mut topology = Topology::new(&format!("{base}.commands"), &format!("{base}.events"));
+        if receipts.is_some() {
+            topology = topology.with_receipts_exchange(&format!("{base}.receipts"));
+        }
         let connection = Connection::connect(
             &raw_url,
             ConnectionProperties::default().with_connection_name(format!("{base}.test").into()),
@@ -66,9 +82,13 @@ impl RabbitEnv {
             url,
             topology,
             channel,
-            _connection: connection,
+            connection,
         };
-        bootstrap::ensure(&env.url, &env.topology)
+        let mut declared = env.topology.clone();
+        if receipts == Some(false) {
+            declared.receipts_exchange = None;
+        }
+        bootstrap::ensure(&env.url, &declared)
             .await
             .unwrap_or_else(|e| panic!("AMQP bootstrap failed: {e}"));
         env
@@ -80,10 +100,48 @@ impl RabbitEnv {
             amqp_url: Some(self.raw_url.clone()),
             amqp_command_queue: self.topology.command_queue.clone(),
             amqp_events_exchange: self.topology.events_exchange.clone(),
+            amqp_receipts_exchange: self.topology.receipts_exchange.clone(),
             command_queue_url: None,
             events_topic_arn: None,
             ..test_settings("", "", None)
         }
+    }
+
+    /// The receipts exchange of [`RabbitEnv::with_receipts`].
+    pub fn receipts_exchange(&self) -> &str {
+        self.topology
+            .receipts_exchange
+            .as_deref()
+            .expect("an env made with_receipts")
+    }
+
+    /// A temporary queue bound to the receipts exchange with `binding_key`
+    /// (`#`: every outcome).
+    pub async fn receipts_monitor(&self, binding_key: &str) -> Monitor {
+        let exchange = self.receipts_exchange();
+        Monitor::start(&self.url, exchange, binding_key)
+            .await
+            .unwrap_or_else(|e| panic!("monitoring {exchange}: {e}"))
+    }
+
+    /// Whether an exchange of that name exists (a passive declaration).
+    pub async fn exchange_exists(&self, name: &str) -> bool {
+        // A failed passive declaration closes its channel: a throwaway one.
+        let channel = self.connection.create_channel().await.unwrap();
+        let declared = channel
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let _ = channel.close(200, "checked".into()).await;
+        declared
     }
 
     pub async fn send_command(&self, body: &str, enveloped: bool) {
@@ -251,6 +309,7 @@ async fn delete_topology(url: &str, topology: &Topology) {
         Some(topology.events_exchange.clone()),
         Some(topology.dead_letter_exchange.clone()),
         topology.commands_exchange.clone(),
+        topology.receipts_exchange.clone(),
     ];
     for exchange in exchanges.into_iter().flatten() {
         if let Ok(channel) = connection.create_channel().await {
