@@ -151,8 +151,11 @@ async fn receipts_are_retried_across_a_lost_connection() {
 
     proxy.cut();
     assert!(eventually(|| async { !sink.is_connected() }).await);
-    // Recorded while there is no connection: its first attempt fails.
+    // Recorded while there is no connection: its first attempt fails at
+    // once ("not connected"), well within the pause before the link comes
+    // back; only a retry can publish it.
     sink.record(receipt(Outcome::Delivered, Some("bob"), None));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
     sink.flush().await;
     assert_eq!(counted(&stats), (1, 0, 0));

@@ -309,6 +309,7 @@ mod rabbit {
         assert_eq!(receipt["outcome"], "acknowledged", "{receipt}");
         assert_eq!(receipt["command_id"], "cmd-42");
         assert_eq!(receipt["message_id"], message_id);
+        testkit::schemas::assert_valid("receipt", &[body(&delivered[0]), receipt]);
 
         // Stopping flushes the receipt sink: every receipt is counted.
         bridge.stop().await;
