@@ -3,7 +3,8 @@
 # package-lock.json, build it, check that the browser bundle the binary embeds
 # (crates/app/src/sdk/wsbridge.js) is the one the sources build, and run its
 # tests: unit tests against an in-process fake bridge, and an end-to-end test
-# against the real binary (`wsbridge dev` with its embedded SQS/SNS emulator).
+# against the real binary (`wsbridge dev` on the moto WSBRIDGE_TEST_MOTO_URL
+# names, else on a `wsbridge emulator`).
 #
 #   scripts/ts-sdk.sh                       # uses target/debug/wsbridge
 #   WSBRIDGE_BIN=/path/to/wsbridge scripts/ts-sdk.sh

@@ -1,6 +1,6 @@
-// End to end against the real bridge binary: `wsbridge dev` with its
-// embedded SQS/SNS emulator, a Command put on the queue with
-// `wsbridge send-command`, and the SDK on the other side.
+// End to end against the real bridge binary: `wsbridge dev` on moto
+// (WSBRIDGE_TEST_MOTO_URL; else on a `wsbridge emulator`), a Command put on
+// the queue with `wsbridge send-command`, and the SDK on the other side.
 //
 // WSBRIDGE_BIN names the binary (default ../../target/debug/wsbridge from
 // clients/ts). A missing binary fails the test: it is never skipped.
@@ -33,15 +33,16 @@ function cleanEnv(extra) {
 }
 
 /**
- * Starts `wsbridge dev` on free ports; resolves with its HTTP port, the
- * environment its helper commands need (the printed `export` lines) and a
- * stop function.
+ * Starts `wsbridge dev` (on a free port unless `extraEnv` names one) against
+ * the backend `extraEnv` points at (see startBackend); resolves with its
+ * URLs, a runner of helper commands with the same environment, and a stop
+ * function.
  */
-async function startBridge(extraEnv = {}, { external = false } = {}) {
+async function startBridge(extraEnv) {
   if (!existsSync(bin)) {
     throw new Error(missing());
   }
-  const env = cleanEnv({ BRIDGE_PORT: "0", BRIDGE_EMULATOR_PORT: "0", ...extraEnv });
+  const env = cleanEnv({ BRIDGE_PORT: "0", ...extraEnv });
   const child = spawn(bin, ["dev"], { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
@@ -49,8 +50,7 @@ async function startBridge(extraEnv = {}, { external = false } = {}) {
   const started = new Promise((resolvePort, reject) => {
     const look = () => {
       const port = /wsbridge serving\b.*?\bport\W{0,3}(\d+)/.exec(stderr.replace(ANSI, ""));
-      // With an endpoint of its own (`external`), dev prints no export lines.
-      if (port && (external || /AWS_ACCESS_KEY_ID/.test(stdout))) resolvePort(Number(port[1]));
+      if (port) resolvePort(Number(port[1]));
     };
     child.stdout.on("data", (d) => {
       stdout += d;
@@ -71,9 +71,7 @@ async function startBridge(extraEnv = {}, { external = false } = {}) {
     child.kill("SIGKILL");
     throw e;
   }
-  // `export A=1 B=2` lines: what send-command needs to reach the emulator.
-  const helperEnv = { ...env, ...exportsOf(stdout) };
-  assert.ok(helperEnv.AWS_ENDPOINT_URL, `no AWS_ENDPOINT_URL in wsbridge dev's output:\n${stdout}`);
+  const helperEnv = env;
   // Ready: the command consumer runs and its last receive succeeded.
   await withTimeout(
     (async () => {
@@ -141,6 +139,34 @@ async function startEmulator() {
   };
 }
 
+const motoUrl = process.env.WSBRIDGE_TEST_MOTO_URL?.trim();
+
+/**
+ * What a suite's bridge runs against: the moto server WSBRIDGE_TEST_MOTO_URL
+ * names (scripts/test.sh starts one), with a queue and topics of the suite's
+ * own that `dev` creates; without it, a `wsbridge emulator` of the suite's
+ * own. Resolves with the environment for `dev` and its helper commands.
+ */
+async function startBackend(name) {
+  if (!motoUrl) return startEmulator();
+  const id = unique(name);
+  // moto's default account; `dev` makes the resources these name.
+  const arn = (topic) => `arn:aws:sns:us-east-1:123456789012:${topic}`;
+  return {
+    env: {
+      AWS_ENDPOINT_URL: motoUrl,
+      AWS_REGION: "us-east-1",
+      AWS_DEFAULT_REGION: "us-east-1",
+      AWS_ACCESS_KEY_ID: "test",
+      AWS_SECRET_ACCESS_KEY: "test",
+      BRIDGE_COMMAND_QUEUE_URL: `${motoUrl.replace(/\/$/, "")}/123456789012/${id}`,
+      BRIDGE_EVENTS_TOPIC_ARN: arn(`${id}-events`),
+      BRIDGE_COMMANDS_TOPIC_ARN: arn(`${id}-commands`),
+    },
+    stop: async () => {},
+  };
+}
+
 /** A TCP port free on 127.0.0.1 now. */
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -196,12 +222,15 @@ test("the wsbridge binary is there", () => {
 });
 
 describe("against the real bridge (auth none)", () => {
+  let backend;
   let bridge;
   before(async () => {
-    bridge = await startBridge();
+    backend = await startBackend("none");
+    bridge = await startBridge(backend.env);
   });
   after(async () => {
     await bridge?.stop();
+    await backend?.stop();
   });
 
   test("ack mode: onCommand gets the Command sent with send-command, and its delivery is acknowledged", async () => {
@@ -271,12 +300,15 @@ describe("against the real bridge (auth none)", () => {
 
 describe("against the real bridge (auth jwt)", () => {
   const secret = "ts-sdk-e2e-secret-0123456789abcdef0123456789";
+  let backend;
   let bridge;
   before(async () => {
-    bridge = await startBridge({ BRIDGE_AUTH: "jwt", BRIDGE_JWT_SECRET: secret });
+    backend = await startBackend("jwt");
+    bridge = await startBridge({ ...backend.env, BRIDGE_AUTH: "jwt", BRIDGE_JWT_SECRET: secret });
   });
   after(async () => {
     await bridge?.stop();
+    await backend?.stop();
   });
 
   const mint = async (sub) => (await bridge.cli("token", "--sub", sub, "--ttl", "10m")).stdout.trim();
@@ -331,19 +363,19 @@ describe("against the real bridge (auth jwt)", () => {
 });
 
 describe("through a bridge restart (ack mode)", () => {
-  let emulator;
+  let backend;
   let bridge;
   after(async () => {
     await bridge?.stop();
-    await emulator?.stop();
+    await backend?.stop();
   });
 
   test("the client reconnects, and its handler gets every Command exactly once", async () => {
-    // The queue outlives the bridge: an emulator of its own, and the bridge
-    // on a fixed port so that the client finds it again.
-    emulator = await startEmulator();
-    const env = { ...emulator.env, BRIDGE_PORT: String(await freePort()) };
-    bridge = await startBridge(env, { external: true });
+    // The queue outlives the bridge, which comes back on the same port so
+    // that the client finds it again.
+    backend = await startBackend("restart");
+    const env = { ...backend.env, BRIDGE_PORT: String(await freePort()) };
+    bridge = await startBridge(env);
     const clientId = unique("restart");
     const client = track(
       new WsBridgeClient({ url: bridge.url, clientId, ack: true, WebSocket, reconnect: { initialDelayMs: 100, maxDelayMs: 500 } }),
@@ -374,7 +406,7 @@ describe("through a bridge restart (ack mode)", () => {
     await bridge.stop();
     // Sent while no bridge runs: they wait in the queue.
     for (const id of ["c-4", "c-5"]) await send(id);
-    bridge = await startBridge(env, { external: true });
+    bridge = await startBridge(env);
     await reconnected;
     finish();
     await until("c-4 and c-5 handled", () => calls.has("c-4") && calls.has("c-5"));
