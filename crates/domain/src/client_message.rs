@@ -25,6 +25,10 @@ pub enum FrameError {
     /// No `action`, or not a string, or empty.
     #[error("frame needs a non-empty string field \"action\"")]
     MissingAction,
+    /// `action` starts with `$`, the prefix of the bridge's own events
+    /// (`$connect`, `$disconnect`): a client must not be able to forge them.
+    #[error("actions starting with \"$\" are reserved for the bridge's own events")]
+    ReservedAction,
     /// `id` present but not a string.
     #[error("field \"id\" must be a string")]
     IdNotString,
@@ -59,6 +63,7 @@ impl ClientMessage {
     /// Validates an already parsed JSON object.
     pub(crate) fn from_object(fields: Map<String, Value>) -> Result<Self, FrameError> {
         let action = match fields.get("action") {
+            Some(Value::String(a)) if a.starts_with('$') => return Err(FrameError::ReservedAction),
             Some(Value::String(a)) if !a.is_empty() => a.clone(),
             _ => return Err(FrameError::MissingAction),
         };
@@ -211,6 +216,13 @@ mod tests {
             ClientMessage::parse(r#"{"action":"a","id":5}"#),
             Err(FrameError::IdNotString)
         );
+        for reserved in ["$connect", "$disconnect", "$anything"] {
+            assert_eq!(
+                ClientMessage::parse(&format!(r#"{{"action":"{reserved}"}}"#)),
+                Err(FrameError::ReservedAction)
+            );
+        }
+        assert!(ClientMessage::parse(r#"{"action":"pay$"}"#).is_ok());
     }
 
     #[test]

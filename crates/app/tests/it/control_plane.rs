@@ -233,6 +233,7 @@ async fn a_backend_sees_presence_receipts_and_remote_admin_orders_across_two_fan
         .collect();
     assert_eq!(control.len(), 2, "{control:#?}");
     assert_valid("control-message", &control);
+    assert_valid("command", &backend.of_kind("command"));
     a.stop().await;
     b.stop().await;
 }

@@ -189,4 +189,15 @@ fn the_event_schemas_refuse_what_breaks_them() {
         "control-message",
         json!({"client_id": "a", "command": "$disconnect", "code": 1006}),
     );
+
+    refused(
+        "client-message-event",
+        json!({"client_id": "a", "action": "$connect"}),
+    );
+    refused("client-message-event", json!({"action": "go"}));
+    refused("command", json!({"command": "reboot"}));
+    refused(
+        "command",
+        json!({"client_id": "a\u{7}", "command": "reboot"}),
+    );
 }

@@ -25,6 +25,8 @@ async fn invalid_frames_get_an_error_and_the_connection_stays_usable() {
         r#"["action", "in", "an", "array"]"#,
         r#"{"action": 42}"#,
         r#""just a string""#,
+        // The bridge's own events cannot be forged.
+        r#"{"action": "$disconnect", "id": "forged"}"#,
     ];
     for frame in invalid {
         send_text(&mut ws, frame).await;
@@ -52,6 +54,7 @@ async fn invalid_frames_get_an_error_and_the_connection_stays_usable() {
     assert_eq!(got.len(), 1, "{got:?}");
     let published: serde_json::Value = serde_json::from_str(&got[0].payload()).unwrap();
     assert_eq!(published["action"], "ok");
+    testkit::schemas::assert_valid("client-message-event", &[published]);
     assert!(env.aws.receive_all(&observer.url, QUIET).await.is_empty());
     let stats = bridge.stats.uplink.snapshot();
     assert_eq!(
