@@ -23,6 +23,7 @@ use domain::time::iso8601;
 use domain::{ClientId, Frame};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::{info, warn};
 
 use crate::broker::ControlRelay;
 use crate::config::Secret;
@@ -243,6 +244,7 @@ async fn disconnect(
         .registry
         .disconnect(&client, only, order.code, &order.reason);
     if closed > 0 {
+        info!(client_id = %client, connections = closed, code = order.code, reason = %order.reason, "admin API: disconnected");
         return HttpResponse::Ok().json(json!({"disconnected": closed}));
     }
     let mut control = json!({
@@ -284,6 +286,7 @@ async fn send(
     let frame: Frame = Arc::from(text);
     let sent = state.registry.send_frame(&client, &frame);
     if sent > 0 {
+        info!(client_id = %client, connections = sent, "admin API: frame sent");
         return HttpResponse::Ok().json(json!({"sent": sent}));
     }
     // Spliced in as it came: the frame reaches the client byte for byte.
@@ -303,12 +306,18 @@ async fn forward(state: &AdminState, client: &ClientId, control: &Value) -> Http
 
 async fn forward_text(state: &AdminState, client: &ClientId, control: &str) -> HttpResponse {
     match state.relay.relay(control, client).await {
-        Ok(message_id) => HttpResponse::Accepted()
-            .json(json!({"forwarded": true, "message_id": message_id})),
-        Err(e) => error(
-            StatusCode::BAD_GATEWAY,
-            "bus_unavailable",
-            &format!("no connection of this client here, and the control message could not be published: {e:#}"),
-        ),
+        Ok(message_id) => {
+            info!(client_id = %client, %message_id, "admin API: control message published");
+            HttpResponse::Accepted().json(json!({"forwarded": true, "message_id": message_id}))
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            warn!(client_id = %client, error = %why, "admin API: control message not published");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "bus_unavailable",
+                &format!("not connected here, and the control message was not published: {why}"),
+            )
+        }
     }
 }

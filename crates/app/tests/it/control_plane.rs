@@ -296,3 +296,27 @@ async fn an_admin_order_for_a_client_nowhere_is_published_and_a_bad_one_is_not()
     );
     assert_valid("control-message", &bodies);
 }
+
+#[tokio::test]
+async fn an_admin_order_the_bus_refuses_is_answered_502_and_logged() {
+    let env = crate::support::Env::new(5).await;
+    let bridge = env
+        .bridge(|s| {
+            s.admin_port = free_port();
+            s.admin_token = Some(Secret::new(TOKEN));
+        })
+        .await;
+    // The command queue is gone: the control message has nowhere to go.
+    env.aws.delete_queue(&env.infra.command_queue_url).await;
+    let (status, answer) = call(
+        bridge.admin_port.unwrap(),
+        "POST",
+        &format!("/admin/clients/{}/send", client_id("ghost")),
+        Some(TOKEN),
+        Some(json!({"notice": 1})),
+    )
+    .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "bus_unavailable", "{answer}");
+    bridge.stop().await;
+}
