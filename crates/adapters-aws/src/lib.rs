@@ -22,6 +22,7 @@
 
 pub mod bootstrap;
 mod classify;
+mod credentials;
 pub mod fanout;
 pub mod metrics;
 mod receipt_sink;

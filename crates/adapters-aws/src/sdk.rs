@@ -6,8 +6,11 @@ use std::time::Duration;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_http_client::Builder;
+
+use crate::credentials::CachedCredentials;
 
 /// Longest a single SQS/SNS call attempt may take. Above the 20 s long-poll
 /// wait, so a healthy receive never times out, yet a black-holed endpoint is
@@ -95,7 +98,20 @@ impl Clients {
     /// response body in a throughput monitor with timers of its own, per call,
     /// while the bodies here are a few KiB and every attempt is already bounded
     /// by an attempt timeout ([`ATTEMPT_TIMEOUT`], [`PUBLISH_ATTEMPT_TIMEOUT`]).
+    ///
+    /// The configured credentials provider is put behind one cache that every
+    /// client built here — and the lean SQS client built from
+    /// [`Clients::config`] — renews through.
     pub fn from_config(config: &SdkConfig) -> Self {
+        let config = &match config.credentials_provider() {
+            Some(provider) => config
+                .to_builder()
+                .credentials_provider(SharedCredentialsProvider::new(CachedCredentials::new(
+                    provider,
+                )))
+                .build(),
+            None => config.clone(),
+        };
         let sqs = aws_sdk_sqs::config::Builder::from(config)
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();

@@ -22,7 +22,6 @@
 //! most `max_attempts`, full-jitter backoff, on transport failures,
 //! timeouts, 5xx and throttling.
 
-mod credentials;
 mod error;
 mod wire;
 
@@ -44,7 +43,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use credentials::CachedCredentials;
+use crate::credentials::CachedCredentials;
 pub(crate) use error::CallError;
 pub(crate) use wire::{BatchEntry, BatchFailure, WireMessage};
 use wire::{BatchRequest, BatchResponse, ErrorBody, ReceiveRequest, ReceiveResponse};

@@ -80,6 +80,61 @@ impl ProvideCredentials for Expiring {
     }
 }
 
+/// Counts how often it is asked; its credentials last an hour.
+#[derive(Debug, Clone, Default)]
+struct Lasting(Arc<Mutex<usize>>);
+
+impl ProvideCredentials for Lasting {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        *self.0.lock().unwrap() += 1;
+        future::ProvideCredentials::ready(Ok(Credentials::new(
+            "AKIDLASTING",
+            "secret",
+            None,
+            Some(SystemTime::now() + Duration::from_secs(3600)),
+            "lasting-test-credentials",
+        )))
+    }
+}
+
+/// The SQS and SNS clients and the lean SQS client, built the way the
+/// bridge builds them, sign with credentials fetched once between them.
+#[tokio::test]
+async fn every_client_renews_through_one_credentials_cache() {
+    let aws = moto().aws().await;
+    let queue = aws.create_queue(&unique_name("creds-once")).await;
+    let lasting = Lasting::default();
+    let config = moto()
+        .sdk_config()
+        .await
+        .into_builder()
+        .credentials_provider(SharedCredentialsProvider::new(lasting.clone()))
+        .build();
+    let clients = Clients::from_config(&config);
+    clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&queue.url)
+        .send()
+        .await
+        .unwrap();
+    clients.sns.list_topics().send().await.unwrap();
+    let source = SqsCommandSource::new(
+        clients.sqs.clone(),
+        &queue.url,
+        SqsSourceSettings {
+            wait_time: Duration::ZERO,
+            ..SqsSourceSettings::default()
+        },
+    )
+    .with_http_client(SqsHttpClient::from_config(&clients.config).unwrap());
+    source.receive().await.unwrap();
+    assert_eq!(*lasting.0.lock().unwrap(), 1, "fetched once per client");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_credentials_are_renewed_under_traffic_without_an_error_or_a_loss() {
     renewed_under_traffic(false).await;

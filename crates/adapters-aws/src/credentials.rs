@@ -1,12 +1,18 @@
-//! The credentials the lean client signs with: asked of the configuration's
-//! provider (the default chain: environment, profiles with SSO or
-//! `credential_process`, web identity, ECS, IMDS) and kept until shortly
-//! before they expire, as the SDK's identity cache does.
+//! Credentials kept until shortly before they expire, as the SDK's identity
+//! cache does: asked of the configuration's provider (the default chain:
+//! environment, profiles with SSO or `credential_process`, web identity,
+//! ECS, IMDS) once per renewal.
+//!
+//! [`Clients::from_config`](crate::sdk::Clients::from_config) puts one in
+//! front of the configured provider, so that the SDK clients and the lean
+//! SQS client (which signs with the configuration it is given) renew through
+//! the same cache: one fetch per renewal for all of them, not one each.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 
 /// Credentials with less than this left are renewed before use (the SDK's
@@ -34,6 +40,12 @@ impl CachedCredentials {
 
     /// Credentials valid for at least [`RENEW_AHEAD`] (or without expiry).
     pub(crate) async fn get(&self) -> Result<Credentials, String> {
+        self.renewed()
+            .await
+            .map_err(|e| format!("no credentials: {}", crate::classify::chain(&e)))
+    }
+
+    async fn renewed(&self) -> Result<Credentials, CredentialsError> {
         if let Some(fresh) = self.fresh() {
             return Ok(fresh);
         }
@@ -41,11 +53,7 @@ impl CachedCredentials {
         if let Some(fresh) = self.fresh() {
             return Ok(fresh);
         }
-        let credentials = self
-            .provider
-            .provide_credentials()
-            .await
-            .map_err(|e| format!("no credentials: {}", crate::classify::chain(&e)))?;
+        let credentials = self.provider.provide_credentials().await?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(credentials.clone());
         Ok(credentials)
     }
@@ -60,6 +68,15 @@ impl CachedCredentials {
                 (SystemTime::now() < renew_at).then(|| credentials.clone())
             }
         }
+    }
+}
+
+impl ProvideCredentials for CachedCredentials {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(self.renewed())
     }
 }
 
