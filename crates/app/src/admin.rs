@@ -9,6 +9,8 @@
 //! client has any here (200, with how many); otherwise they are published
 //! to the bus as the control message a backend would send (202, with its
 //! message id), and the replica that holds the client carries them out.
+//! With `?via=bus` they go to the bus at once: the way to reach a client
+//! whose connections are spread over several fanout replicas.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -180,6 +182,30 @@ async fn show_client(
     HttpResponse::Ok().json(json!({"client_id": client.as_str(), "connections": connections}))
 }
 
+/// `?via=bus`: publish the order to the bus without acting here first, so
+/// that it reaches every replica that holds the client (fanout mode: all of
+/// them, this one included), not only this one.
+#[derive(Deserialize)]
+struct Via {
+    via: Option<String>,
+}
+
+impl Via {
+    /// Whether the order goes straight to the bus; the 400 answer for an
+    /// unknown `via`.
+    fn bus_only(&self) -> Result<bool, Box<HttpResponse>> {
+        match self.via.as_deref() {
+            None | Some("here") => Ok(false),
+            Some("bus") => Ok(true),
+            Some(_) => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_via",
+                "via is \"here\" (the default: here, else the bus) or \"bus\"",
+            ))),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct DisconnectBody {
     #[serde(default = "normal_closure")]
@@ -196,11 +222,14 @@ fn normal_closure() -> u16 {
 async fn disconnect(
     req: HttpRequest,
     id: web::Path<String>,
+    via: web::Query<Via>,
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    let client = match authorized_client(&req, &state, &id) {
-        Ok(client) => client,
+    let (client, bus_only) = match authorized_client(&req, &state, &id)
+        .and_then(|client| Ok((client, via.bus_only()?)))
+    {
+        Ok(order) => order,
         Err(refusal) => return *refusal,
     };
     let order: DisconnectBody = if body.is_empty() {
@@ -240,9 +269,13 @@ async fn disconnect(
             )
         }
     };
-    let closed = state
-        .registry
-        .disconnect(&client, only, order.code, &order.reason);
+    let closed = if bus_only {
+        0
+    } else {
+        state
+            .registry
+            .disconnect(&client, only, order.code, &order.reason)
+    };
     if closed > 0 {
         info!(client_id = %client, connections = closed, code = order.code, reason = %order.reason, "admin API: disconnected");
         return HttpResponse::Ok().json(json!({"disconnected": closed}));
@@ -262,11 +295,14 @@ async fn disconnect(
 async fn send(
     req: HttpRequest,
     id: web::Path<String>,
+    via: web::Query<Via>,
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    let client = match authorized_client(&req, &state, &id) {
-        Ok(client) => client,
+    let (client, bus_only) = match authorized_client(&req, &state, &id)
+        .and_then(|client| Ok((client, via.bus_only()?)))
+    {
+        Ok(order) => order,
         Err(refusal) => return *refusal,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
@@ -284,7 +320,11 @@ async fn send(
         );
     }
     let frame: Frame = Arc::from(text);
-    let sent = state.registry.send_frame(&client, &frame);
+    let sent = if bus_only {
+        0
+    } else {
+        state.registry.send_frame(&client, &frame)
+    };
     if sent > 0 {
         info!(client_id = %client, connections = sent, "admin API: frame sent");
         return HttpResponse::Ok().json(json!({"sent": sent}));

@@ -50,6 +50,10 @@ pub enum AdminCommand {
         /// Only this connection.
         #[arg(long)]
         connection_id: Option<String>,
+        /// Publish the order to the bus at once (every replica that holds
+        /// the client carries it out), instead of acting here first.
+        #[arg(long)]
+        via_bus: bool,
     },
     /// Write a JSON frame to a client's connections, as it is.
     ///
@@ -59,7 +63,20 @@ pub enum AdminCommand {
         client_id: String,
         /// The frame (JSON).
         frame: String,
+        /// Publish it to the bus at once (every replica that holds the
+        /// client writes it), instead of writing it here first.
+        #[arg(long)]
+        via_bus: bool,
     },
+}
+
+/// The query that sends an order to the bus at once, when asked.
+fn via(bus: bool) -> &'static str {
+    if bus {
+        "?via=bus"
+    } else {
+        ""
+    }
 }
 
 /// Calls the admin API; prints its answer.
@@ -103,19 +120,24 @@ pub(crate) async fn run(
             code,
             reason,
             connection_id,
+            via_bus,
         } => (
             Method::POST,
-            format!("/admin/clients/{client_id}/disconnect"),
+            format!("/admin/clients/{client_id}/disconnect{}", via(via_bus)),
             Some(
                 json!({"code": code, "reason": reason, "connection_id": connection_id}).to_string(),
             ),
         ),
-        AdminCommand::Send { client_id, frame } => {
+        AdminCommand::Send {
+            client_id,
+            frame,
+            via_bus,
+        } => {
             serde_json::from_str::<Value>(&frame)
                 .map_err(|e| Failure::Usage(format!("the frame is not JSON: {e}")))?;
             (
                 Method::POST,
-                format!("/admin/clients/{client_id}/send"),
+                format!("/admin/clients/{client_id}/send{}", via(via_bus)),
                 Some(frame),
             )
         }

@@ -214,7 +214,7 @@ async fn the_admin_api_is_off_by_default_and_never_without_a_token() {
 }
 
 /// `wsbridge admin …` against `port` with `token`: (exit code, stdout, stderr).
-async fn admin_cli(port: u16, token: &str, args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn admin_cli(port: u16, token: &str, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(crate::cli::BIN)
         .arg("admin")
         .arg("--url")

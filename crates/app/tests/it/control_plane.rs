@@ -320,3 +320,66 @@ async fn an_admin_order_the_bus_refuses_is_answered_502_and_logged() {
     assert_eq!(answer["error"]["code"], "bus_unavailable", "{answer}");
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_via_the_bus_reach_a_clients_connections_on_every_fanout_replica() {
+    let fleet = Fleet::new("cpvia").await;
+    let replica = |instance: &str| {
+        let mut settings = fleet.settings(instance);
+        settings.admin_port = free_port();
+        settings.admin_token = Some(Secret::new(TOKEN));
+        settings
+    };
+    let a = InProcess::start_with(replica("a")).await;
+    let b = InProcess::start_with(replica("b")).await;
+    let a_admin = a.bridge.admin_port.unwrap();
+    let bob = client_id("bob");
+    let mut on_a = a.bridge.connect(&bob).await;
+    let mut on_b = b.bridge.connect(&bob).await;
+
+    let (status, _) = call(
+        a_admin,
+        "POST",
+        &format!("/admin/clients/{bob}/send?via=elsewhere"),
+        Some(TOKEN),
+        Some(json!({"n": 0})),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // A frame through the bus (the CLI's --via-bus): each connection gets
+    // it once — a's too, from the bus and not also directly.
+    let (code, out, err) = crate::admin::admin_cli(
+        a_admin,
+        TOKEN,
+        &["send", &bob, r#"{"n": 1}"#, "--via-bus"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"forwarded\":true"), "{out}");
+    assert_eq!(next_json(&mut on_a).await, json!({"n": 1}));
+    assert_eq!(next_json(&mut on_b).await, json!({"n": 1}));
+    crate::support::assert_silent(&mut on_a, crate::support::QUIET).await;
+
+    // A disconnect through the bus closes both.
+    let (status, answer) = call(
+        a_admin,
+        "POST",
+        &format!("/admin/clients/{bob}/disconnect?via=bus"),
+        Some(TOKEN),
+        Some(json!({"code": 4002, "reason": "signed out everywhere"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    for ws in [&mut on_a, &mut on_b] {
+        match next_frame(ws, PATIENCE).await {
+            Some(Next::Close(Some(close))) => {
+                assert_eq!(u16::from(close.code), 4002);
+                assert_eq!(close.reason.as_str(), "signed out everywhere");
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
