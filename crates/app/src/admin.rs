@@ -21,8 +21,9 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use adapters_ws::{ConnectionId, WsClientRegistry};
+use domain::stats::bump;
 use domain::time::iso8601;
-use domain::{ClientId, Frame};
+use domain::{ClientId, Frame, Stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -40,6 +41,7 @@ struct AdminState {
     registry: Arc<WsClientRegistry>,
     token: Secret,
     relay: Arc<ControlRelay>,
+    stats: Arc<Stats>,
 }
 
 /// The admin server on `listener` (run it; stop it with its handle).
@@ -48,11 +50,13 @@ pub fn server(
     registry: Arc<WsClientRegistry>,
     token: Secret,
     relay: Arc<ControlRelay>,
+    stats: Arc<Stats>,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(AdminState {
         registry,
         token,
         relay,
+        stats,
     });
     Ok(HttpServer::new(move || {
         App::new()
@@ -278,6 +282,7 @@ async fn disconnect(
     };
     if closed > 0 {
         info!(client_id = %client, connections = closed, code = order.code, reason = %order.reason, "admin API: disconnected");
+        bump(&state.stats.control.admin_here, 1);
         return HttpResponse::Ok().json(json!({"disconnected": closed}));
     }
     let mut control = json!({
@@ -327,6 +332,7 @@ async fn send(
     };
     if sent > 0 {
         info!(client_id = %client, connections = sent, "admin API: frame sent");
+        bump(&state.stats.control.admin_here, 1);
         return HttpResponse::Ok().json(json!({"sent": sent}));
     }
     // Spliced in as it came: the frame reaches the client byte for byte.
@@ -348,11 +354,13 @@ async fn forward_text(state: &AdminState, client: &ClientId, control: &str) -> H
     match state.relay.relay(control, client).await {
         Ok(message_id) => {
             info!(client_id = %client, %message_id, "admin API: control message published");
+            bump(&state.stats.control.admin_forwarded, 1);
             HttpResponse::Accepted().json(json!({"forwarded": true, "message_id": message_id}))
         }
         Err(e) => {
             let why = format!("{e:#}");
             warn!(client_id = %client, error = %why, "admin API: control message not published");
+            bump(&state.stats.control.admin_failed, 1);
             error(
                 StatusCode::BAD_GATEWAY,
                 "bus_unavailable",

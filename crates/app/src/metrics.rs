@@ -245,6 +245,19 @@ impl Collector for Snapshot {
         )?;
         labelled_counter(
             &mut encoder,
+            "wsbridge_admin_orders",
+            "Admin API disconnect and send orders: here (carried out on this replica); \
+             forwarded (published to the bus as control messages); failed (the bus \
+             refused them).",
+            "outcome",
+            &[
+                ("here", c.admin_here),
+                ("forwarded", c.admin_forwarded),
+                ("failed", c.admin_failed),
+            ],
+        )?;
+        labelled_counter(
+            &mut encoder,
             "wsbridge_upgrades_refused",
             "WebSocket upgrades refused before the handshake, by reason.",
             "reason",

@@ -116,6 +116,7 @@ impl Application {
                     registry.clone(),
                     admin.token.clone(),
                     relay.clone(),
+                    stats.clone(),
                 )?;
                 Some((port, server))
             }

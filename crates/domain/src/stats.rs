@@ -83,7 +83,8 @@ counters! {
 }
 
 counters! {
-    /// The control-plane events the bridge published (presence, receipts).
+    /// The control-plane events the bridge published (presence, receipts),
+    /// and the admin API's orders.
     ControlStats / ControlSnapshot {
         /// Presence events accepted by the sink.
         presence_published,
@@ -95,6 +96,13 @@ counters! {
         receipts_failed,
         /// Delivery receipts dropped because their queue was full.
         receipts_dropped,
+        /// Admin API orders (disconnect, send) carried out on the replica
+        /// asked.
+        admin_here,
+        /// Admin API orders published to the bus as control messages.
+        admin_forwarded,
+        /// Admin API orders the bus refused (answered 502).
+        admin_failed,
     }
 }
 
@@ -312,7 +320,8 @@ impl CloseCodes {
     }
 }
 
-pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+/// Adds `by` to a counter (relaxed: counters order nothing).
+pub fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use app::config::Secret;
 use serde_json::{json, Value};
 
-use crate::support::{client_id, connect, next_frame, next_json, Env, Next, PATIENCE};
+use crate::support::{
+    client_id, connect, expect_close, next_frame, next_json, Env, Next, PATIENCE,
+};
 
 /// A port nothing listens on now.
 pub(crate) fn free_port() -> u16 {
@@ -171,13 +173,7 @@ async fn an_operator_lists_inspects_messages_and_disconnects_clients() {
     )
     .await;
     assert_eq!((status, done), (200, json!({"disconnected": 1})));
-    match next_frame(&mut alice1, PATIENCE).await {
-        Some(Next::Close(Some(close))) => {
-            assert_eq!(u16::from(close.code), 4001);
-            assert_eq!(close.reason.as_str(), "session revoked");
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    expect_close(&mut alice1, 4001, "session revoked").await;
     let (status, _) = call(
         port,
         "POST",
@@ -190,6 +186,8 @@ async fn an_operator_lists_inspects_messages_and_disconnects_clients() {
     assert!(
         matches!(next_frame(&mut bob1, PATIENCE).await, Some(Next::Close(Some(c))) if u16::from(c.code) == 4000)
     );
+    // The send and the two disconnects; refused orders are not counted.
+    assert_eq!(bridge.stats.control.snapshot().admin_here, 3);
     // alice2 was not touched.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, page) = call(port, "GET", "/admin/clients", Some(TOKEN), None).await;

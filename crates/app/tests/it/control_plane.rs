@@ -23,7 +23,7 @@ use testkit::TestQueue;
 
 use crate::admin::{call, free_port, TOKEN};
 use crate::scaleout::{Fleet, InProcess};
-use crate::support::{client_id, connect, next_frame, next_json, send_text, Next, PATIENCE};
+use crate::support::{client_id, connect, expect_close, next_json, send_text, PATIENCE};
 
 /// A backend's view: one raw queue on several topics; messages are told
 /// apart by their fields (`action`, `outcome`, `command`).
@@ -172,13 +172,7 @@ async fn a_backend_sees_presence_receipts_and_remote_admin_orders_across_two_fan
     )
     .await;
     assert_eq!(status, 202, "{answer}");
-    match next_frame(&mut ws, PATIENCE).await {
-        Some(Next::Close(Some(close))) => {
-            assert_eq!(u16::from(close.code), 4001);
-            assert_eq!(close.reason.as_str(), "session revoked");
-        }
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    expect_close(&mut ws, 4001, "session revoked").await;
     let disconnected = backend
         .wait_for("$disconnect", |m| m["action"] == "$disconnect")
         .await;
@@ -234,6 +228,25 @@ async fn a_backend_sees_presence_receipts_and_remote_admin_orders_across_two_fan
     assert_eq!(control.len(), 2, "{control:#?}");
     assert_valid("control-message", &control);
     assert_valid("command", &backend.of_kind("command"));
+    let orders = a.bridge.stats.control.snapshot();
+    assert_eq!(
+        (
+            orders.admin_here,
+            orders.admin_forwarded,
+            orders.admin_failed
+        ),
+        (0, 2, 0)
+    );
+    let metrics = reqwest::get(a.bridge.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wsbridge_admin_orders_total{outcome=\"forwarded\"} 2\n"),
+        "{metrics}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -318,6 +331,7 @@ async fn an_admin_order_the_bus_refuses_is_answered_502_and_logged() {
     .await;
     assert_eq!(status, 502, "{answer}");
     assert_eq!(answer["error"]["code"], "bus_unavailable", "{answer}");
+    assert_eq!(bridge.stats.control.snapshot().admin_failed, 1);
     bridge.stop().await;
 }
 
@@ -349,12 +363,8 @@ async fn orders_via_the_bus_reach_a_clients_connections_on_every_fanout_replica(
 
     // A frame through the bus (the CLI's --via-bus): each connection gets
     // it once — a's too, from the bus and not also directly.
-    let (code, out, err) = crate::admin::admin_cli(
-        a_admin,
-        TOKEN,
-        &["send", &bob, r#"{"n": 1}"#, "--via-bus"],
-    )
-    .await;
+    let (code, out, err) =
+        crate::admin::admin_cli(a_admin, TOKEN, &["send", &bob, r#"{"n": 1}"#, "--via-bus"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"forwarded\":true"), "{out}");
     assert_eq!(next_json(&mut on_a).await, json!({"n": 1}));
@@ -372,13 +382,7 @@ async fn orders_via_the_bus_reach_a_clients_connections_on_every_fanout_replica(
     .await;
     assert_eq!(status, 202, "{answer}");
     for ws in [&mut on_a, &mut on_b] {
-        match next_frame(ws, PATIENCE).await {
-            Some(Next::Close(Some(close))) => {
-                assert_eq!(u16::from(close.code), 4002);
-                assert_eq!(close.reason.as_str(), "signed out everywhere");
-            }
-            other => panic!("expected a close frame, got {other:?}"),
-        }
+        expect_close(ws, 4002, "signed out everywhere").await;
     }
     a.stop().await;
     b.stop().await;

@@ -352,6 +352,19 @@ pub async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Next> {
 }
 
 /// The next text frame; fails the test on timeout, close or end.
+/// Waits (bounded) for the close frame, and checks its code and reason.
+pub async fn expect_close(ws: &mut Ws, code: u16, reason: &str) {
+    match next_frame(ws, PATIENCE).await {
+        Some(Next::Close(Some(close))) => {
+            assert_eq!(
+                (u16::from(close.code), close.reason.as_str()),
+                (code, reason)
+            );
+        }
+        other => panic!("expected a close frame {code} {reason:?}, got {other:?}"),
+    }
+}
+
 pub async fn next_text(ws: &mut Ws) -> String {
     match next_frame(ws, PATIENCE).await {
         Some(Next::Text(text)) => text,
