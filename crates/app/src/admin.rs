@@ -120,6 +120,19 @@ fn authorized_client(
     client_id(raw)
 }
 
+/// The client an order (disconnect, send) is about and whether it goes
+/// straight to the bus, once the call is authorized: the 401 or 400 answer
+/// otherwise.
+fn authorized_order(
+    req: &HttpRequest,
+    state: &AdminState,
+    raw: &str,
+    via: &Via,
+) -> Result<(ClientId, bool), Box<HttpResponse>> {
+    let client = authorized_client(req, state, raw)?;
+    Ok((client, via.bus_only()?))
+}
+
 fn client_id(raw: &str) -> Result<ClientId, Box<HttpResponse>> {
     ClientId::parse(raw).map_err(|e| {
         Box::new(error(
@@ -230,9 +243,7 @@ async fn disconnect(
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    let (client, bus_only) = match authorized_client(&req, &state, &id)
-        .and_then(|client| Ok((client, via.bus_only()?)))
-    {
+    let (client, bus_only) = match authorized_order(&req, &state, &id, &via) {
         Ok(order) => order,
         Err(refusal) => return *refusal,
     };
@@ -304,9 +315,7 @@ async fn send(
     body: web::Bytes,
     state: web::Data<AdminState>,
 ) -> HttpResponse {
-    let (client, bus_only) = match authorized_client(&req, &state, &id)
-        .and_then(|client| Ok((client, via.bus_only()?)))
-    {
+    let (client, bus_only) = match authorized_order(&req, &state, &id, &via) {
         Ok(order) => order,
         Err(refusal) => return *refusal,
     };
