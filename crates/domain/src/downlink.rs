@@ -147,7 +147,7 @@ impl Downlink {
 
     /// Records one outcome, when receipts are on (nothing is parsed otherwise).
     fn receipt(&self, outcome: Outcome, of: ReceiptOf<'_>) {
-        let Some(receipts) = &self.receipts else {
+        let Some(receipts) = self.receipts.as_ref().filter(|r| r.wants(outcome)) else {
             return;
         };
         receipts.record(DeliveryReceipt {

@@ -88,6 +88,13 @@ impl DeliveryReceipt {
 pub trait ReceiptSink: Send + Sync {
     /// Takes one receipt to publish.
     fn record(&self, receipt: DeliveryReceipt);
+
+    /// Whether receipts of `outcome` are wanted at all: the use cases ask
+    /// first, so that a receipt nobody publishes is never built (building
+    /// one reads the Command's `id`).
+    fn wants(&self, _outcome: Outcome) -> bool {
+        true
+    }
 }
 
 /// A [`ReceiptSink`] that passes on every receipt except those of one
@@ -108,9 +115,13 @@ impl<S: ReceiptSink + ?Sized> SkipOutcome<S> {
 
 impl<S: ReceiptSink + ?Sized> ReceiptSink for SkipOutcome<S> {
     fn record(&self, receipt: DeliveryReceipt) {
-        if receipt.outcome != self.skipped {
+        if self.wants(receipt.outcome) {
             self.inner.record(receipt);
         }
+    }
+
+    fn wants(&self, outcome: Outcome) -> bool {
+        outcome != self.skipped && self.inner.wants(outcome)
     }
 }
 
@@ -188,6 +199,8 @@ mod tests {
         }
         let kept = std::sync::Arc::new(Kept::default());
         let sink = SkipOutcome::new(kept.clone(), Outcome::Undeliverable);
+        assert!(!sink.wants(Outcome::Undeliverable));
+        assert!(sink.wants(Outcome::Delivered));
         for outcome in [
             Outcome::Delivered,
             Outcome::Undeliverable,
