@@ -125,17 +125,25 @@ impl<S: ReceiptSink + ?Sized> ReceiptSink for SkipOutcome<S> {
     }
 }
 
-/// The `id` field of a Command's JSON, when it is a string or a number.
+/// Longest Command `id` a receipt carries, in bytes. A receipt is published
+/// in a batch with others (SNS PublishBatch: 256 KiB for ten entries), so an
+/// id from a publisher must not be able to make one receipt, or its batch,
+/// too large. A longer id is not echoed: a cut one could match another's.
+pub const COMMAND_ID_MAX_BYTES: usize = 256;
+
+/// The `id` field of a Command's JSON, when it is a string or a number of
+/// at most [`COMMAND_ID_MAX_BYTES`] bytes.
 pub(crate) fn command_id(json: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct WithId {
         id: Option<Value>,
     }
-    match serde_json::from_str::<WithId>(json).ok()?.id? {
-        Value::String(id) => Some(id),
-        Value::Number(id) => Some(id.to_string()),
-        _ => None,
-    }
+    let id = match serde_json::from_str::<WithId>(json).ok()?.id? {
+        Value::String(id) => id,
+        Value::Number(id) => id.to_string(),
+        _ => return None,
+    };
+    (id.len() <= COMMAND_ID_MAX_BYTES).then_some(id)
 }
 
 #[cfg(test)]
@@ -244,5 +252,26 @@ mod tests {
                 "dead_lettered"
             ]
         );
+    }
+
+    #[test]
+    fn an_id_longer_than_the_limit_is_not_echoed_and_keeps_the_receipt_small() {
+        let at_limit = "i".repeat(COMMAND_ID_MAX_BYTES);
+        let json = format!(r#"{{"client_id":"a","command":"x","id":"{at_limit}"}}"#);
+        assert_eq!(command_id(&json), Some(at_limit));
+
+        let huge = "i".repeat(1024 * 1024);
+        let json = format!(r#"{{"client_id":"a","command":"x","id":"{huge}"}}"#);
+        assert_eq!(command_id(&json), None);
+        let receipt = DeliveryReceipt {
+            outcome: Outcome::Delivered,
+            client_id: Some(ClientId::parse("a").unwrap()),
+            message_id: "m".into(),
+            sns_message_id: None,
+            command_id: command_id(&json),
+            connections: Some(1),
+            at: std::time::UNIX_EPOCH,
+        };
+        assert!(receipt.body().len() < 512, "{}", receipt.body().len());
     }
 }
