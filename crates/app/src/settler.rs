@@ -138,6 +138,10 @@ impl CommandSource for Settler {
     ) -> Result<(), SourceError> {
         self.inner.extend(receipts, visibility).await
     }
+
+    async fn max_receive_count(&self) -> Option<u32> {
+        self.inner.max_receive_count().await
+    }
 }
 
 /// Receipts waiting for their call, by what is to be done with them.

@@ -185,7 +185,7 @@ impl Application {
             receive_grace(self.config.downlink.receive_wait, deadline),
         );
         let acks = self.downlink.acks();
-        let sweeper = tokio::spawn(tend_held_deliveries(acks.clone(), polling.clone()));
+        let sweeper = tokio::spawn(tend_held_deliveries(self.downlink.clone(), polling.clone()));
         let ack_settler = tokio::spawn(settle_acknowledged(acks.clone(), self.closing.clone()));
         {
             // A client whose last acknowledging connection closed gets its
@@ -296,14 +296,17 @@ impl std::fmt::Display for Leftovers {
     }
 }
 
-/// Releases held deliveries whose acknowledgement is overdue and keeps the
-/// others' messages invisible, until `stop` is cancelled.
-async fn tend_held_deliveries(acks: Arc<PendingAcks>, stop: CancellationToken) {
+/// Releases held deliveries whose acknowledgement is overdue, keeps the
+/// others' messages (and the parked Commands') invisible, and hands out
+/// parked Commands as their clients' slots free up, until `stop` is
+/// cancelled.
+async fn tend_held_deliveries(downlink: Arc<Downlink>, stop: CancellationToken) {
+    let acks = downlink.acks();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(acks.tick_interval()) => {
-                acks.tick().await;
+                downlink.tend().await;
             }
         }
     }

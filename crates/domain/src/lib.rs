@@ -33,7 +33,7 @@ pub use client_id::{ClientId, ClientIdError};
 pub use client_message::{ClientMessage, FrameError, OutboundEvent, Reply};
 pub use command::{decode_sqs_body, Command, DecodeError, DecodedCommand};
 pub use control::Control;
-pub use downlink::{BatchOutcome, Downlink, DownlinkSettings, Undeliverable};
+pub use downlink::{BatchOutcome, Downlink, DownlinkSettings, RetryRule, Undeliverable};
 pub use envelope::SnsEnvelope;
 pub use ports::{
     AttributeValue, ClientRegistry, CommandSource, DeadLetter, EventSink, Frame, GiveUpReason,

@@ -179,6 +179,15 @@ pub trait CommandSource: Send + Sync {
     /// Keeps the messages invisible for `visibility` from now on.
     async fn extend(&self, receipts: Vec<Receipt>, visibility: Duration)
         -> Result<(), SourceError>;
+
+    /// Receives after which the source itself moves a message to a
+    /// dead-letter queue (SQS: its RedrivePolicy's `maxReceiveCount`), when
+    /// it does. A release is a receive there, so the bridge parks Commands
+    /// that must wait rather than release them, and gives a message up
+    /// itself, with its reason, rather than release it at that count.
+    async fn max_receive_count(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Why the event sink could not publish an event.

@@ -679,4 +679,14 @@ impl CommandSource for SqsCommandSource {
         self.metrics
             .settled(self.change_visibility(receipts, visibility).await)
     }
+
+    async fn max_receive_count(&self) -> Option<u32> {
+        match self.facts().await {
+            Ok(facts) => facts.max_receive_count,
+            Err(error) => {
+                warn!(%error, "cannot read the command queue's RedrivePolicy");
+                None
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! What the source learns about its queue once, at its first receive: the
-//! visibility timeout (held deliveries are extended ahead of it) and where
-//! given-up messages go (the dead-letter queue).
+//! visibility timeout (held deliveries are extended ahead of it), where
+//! given-up messages go (the dead-letter queue), and after how many receives
+//! SQS moves a message there by itself (`maxReceiveCount`).
 
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub(super) struct QueueFacts {
     pub(super) dead_letter_url: Option<String>,
     /// Whether the dead-letter queue is a FIFO queue.
     pub(super) dead_letter_fifo: bool,
+    /// The RedrivePolicy's `maxReceiveCount`: a message received that many
+    /// times goes to the dead-letter queue on its next receive.
+    pub(super) max_receive_count: Option<u32>,
 }
 
 /// Reads the queue's attributes and finds its dead-letter queue; warns once
@@ -43,6 +47,7 @@ pub(super) async fn learn(
     let visibility = attr(QueueAttributeName::VisibilityTimeout)
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(Duration::from_secs(30), Duration::from_secs);
+    let max_receive_count = attr(QueueAttributeName::RedrivePolicy).and_then(|p| receive_limit(p));
     let dead_letter_url = match configured_dead_letter_url {
         Some(url) => Some(url.to_owned()),
         None => match attr(QueueAttributeName::RedrivePolicy).and_then(|p| target_arn(p)) {
@@ -52,7 +57,7 @@ pub(super) async fn learn(
     };
     match &dead_letter_url {
         Some(url) => {
-            info!(queue = queue_url, dead_letter_queue = %url, ?visibility, "command queue")
+            info!(queue = queue_url, dead_letter_queue = %url, ?visibility, ?max_receive_count, "command queue")
         }
         None => warn!(
             queue = queue_url,
@@ -68,6 +73,7 @@ pub(super) async fn learn(
         visibility,
         dead_letter_url,
         dead_letter_fifo,
+        max_receive_count,
     })
 }
 
@@ -78,6 +84,18 @@ fn target_arn(policy: &str) -> Option<String> {
         .get("deadLetterTargetArn")?
         .as_str()
         .map(str::to_owned)
+}
+
+/// The `maxReceiveCount` of a RedrivePolicy document (a number, or a
+/// string holding one: SQS accepts and returns both).
+fn receive_limit(policy: &str) -> Option<u32> {
+    let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
+    match policy.get("maxReceiveCount")? {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|&n| n > 0)
 }
 
 /// The URL of the queue `arn:aws:sqs:REGION:ACCOUNT:NAME`.
@@ -113,5 +131,15 @@ mod tests {
         );
         assert_eq!(target_arn("{}"), None);
         assert_eq!(target_arn("not json"), None);
+    }
+
+    #[test]
+    fn the_receive_limit_is_read_as_a_number_or_a_string() {
+        assert_eq!(receive_limit(r#"{"maxReceiveCount":"5"}"#), Some(5));
+        assert_eq!(receive_limit(r#"{"maxReceiveCount":4}"#), Some(4));
+        assert_eq!(receive_limit(r#"{"maxReceiveCount":"x"}"#), None);
+        assert_eq!(receive_limit(r#"{"maxReceiveCount":99999999999}"#), None);
+        assert_eq!(receive_limit(r#"{"maxReceiveCount":0}"#), None);
+        assert_eq!(receive_limit("{}"), None);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::http::header::HeaderName;
 use adapters_amqp::AmqpUrl;
 use adapters_ws::{AbusePolicy, ConnectionLimits, MessageRate, SessionSettings};
-use domain::{DownlinkSettings, ShardAssignment, Undeliverable};
+use domain::{DownlinkSettings, RetryRule, ShardAssignment, Undeliverable};
 
 use super::values::{
     normalize_origin, AuthMode, Broker, LogFormat, Mode, Secret, SqsClient, UndeliverablePolicy,
@@ -352,6 +352,10 @@ impl Config {
                     dedup_ttl: Duration::from_secs(s.dedup_ttl_secs),
                     ack_timeout: Duration::from_secs(s.ack_timeout_secs),
                     max_unacked_per_client: s.max_unacked_per_client,
+                    after_release: RetryRule {
+                        delay: Duration::from_secs(s.retry_delay_secs),
+                        window: Duration::from_secs(s.retry_window_secs),
+                    },
                 },
             },
             uplink: Uplink {

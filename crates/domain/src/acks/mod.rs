@@ -5,13 +5,17 @@
 //! While it waits its message stays invisible: [`PendingAcks::tick`] extends
 //! the visibility ahead of expiry, so the ack timeout is the only clock that
 //! decides a redelivery.
+//!
+//! Also here: the Commands parked for a client at its limit ([`parking`]),
+//! and the memory of released deliveries ([`released`]) that keeps the
+//! `drop` policy off them and restarts their retry window.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::client_id::ClientId;
 use crate::dedup::RecentIds;
@@ -20,9 +24,17 @@ use crate::receipts::{command_id, DeliveryReceipt, Outcome, ReceiptSink};
 use crate::stats::{bump, Stats};
 
 mod extensions;
+mod give_back;
+mod keep_alive;
+mod parking;
+mod released;
 mod table;
 
 use extensions::Extensions;
+pub(crate) use give_back::receive_limit_detail;
+pub use parking::Parked;
+use parking::Parking;
+use released::Released;
 use table::{Held, Table};
 
 /// Identifies one hand-off of one Command to the connections of its client.
@@ -89,8 +101,6 @@ pub struct Tick {
     pub extended: usize,
 }
 
-/// SQS's cap on a message's invisibility, counted from its receive.
-const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 /// Deliveries acknowledged with one call to the source.
 const ACK_BATCH: usize = 10;
 
@@ -124,6 +134,12 @@ pub struct PendingAcks {
     receipts: OnceLock<Arc<dyn ReceiptSink>>,
     /// Extensions in flight, so that no release is undone by one.
     extensions: Extensions,
+    /// Commands waiting for a free slot of their client.
+    parking: Mutex<Parking>,
+    /// Deliveries released unacknowledged, by de-duplication key.
+    released: Mutex<Released>,
+    /// How long a release is remembered: the retry window that then applies.
+    release_memory: Duration,
 }
 
 impl PendingAcks {
@@ -134,6 +150,7 @@ impl PendingAcks {
         stats: Arc<Stats>,
         timeout: Duration,
         max_per_client: usize,
+        release_memory: Duration,
     ) -> Self {
         Self {
             source,
@@ -149,7 +166,62 @@ impl PendingAcks {
             waker: OnceLock::new(),
             receipts: OnceLock::new(),
             extensions: Extensions::default(),
+            parking: Mutex::new(Parking::default()),
+            released: Mutex::new(Released::default()),
+            release_memory,
         }
+    }
+
+    /// Receives after which the source moves a message to its dead-letter
+    /// queue by itself, if it does (asked once).
+    pub(crate) async fn receive_limit(&self) -> Option<u32> {
+        // Not cached here: the source knows when it has read its queue.
+        self.source.max_receive_count().await
+    }
+
+    /// When the Command of `dedup_key` was last released unacknowledged,
+    /// if that is remembered.
+    pub(crate) fn released_since(&self, dedup_key: &str) -> Option<Instant> {
+        lock(&self.released).since(dedup_key)
+    }
+
+    /// The Command of `dedup_key` was delivered or given up.
+    pub(crate) fn forget_release(&self, dedup_key: &str) {
+        lock(&self.released).forget(dedup_key);
+    }
+
+    /// Parks a Command for a client at its limit; gives it back when the
+    /// parking is full.
+    pub(crate) fn park(&self, parked: Parked) -> Result<(), Box<Parked>> {
+        let bound = parking::per_client_bound(self.max_per_client);
+        lock(&self.parking).push(parked, bound)
+    }
+
+    /// Whether Commands for `client_id` are parked (a newer one waits too).
+    pub(crate) fn has_parked(&self, client_id: &ClientId) -> bool {
+        lock(&self.parking).has(client_id)
+    }
+
+    /// The parked Commands whose client has a free slot, as many per client
+    /// as it has free slots, in order.
+    pub(crate) fn take_parked_ready(&self) -> Vec<Parked> {
+        let table = self.lock();
+        let mut parking = lock(&self.parking);
+        parking.take_ready(|client_id| {
+            self.max_per_client
+                .saturating_sub(table.count_of(client_id))
+        })
+    }
+
+    /// Puts back at the head of its client's queue a parked Command that
+    /// could not go out after all.
+    pub(crate) fn unpark_failed(&self, parked: Parked) {
+        lock(&self.parking).push_front(parked);
+    }
+
+    /// How many Commands are parked.
+    pub fn parked_len(&self) -> usize {
+        lock(&self.parking).len()
     }
 
     /// A fresh delivery id, for a Command that is not held.
@@ -185,6 +257,7 @@ impl PendingAcks {
                 client_id: client_id.clone(),
                 receipt: message.receipt.clone(),
                 message_id: message.message_id.clone(),
+                message: message.clone(),
                 dedup_key: dedup_key.to_owned(),
                 frame: frame.clone(),
                 deadline: now + self.timeout,
@@ -214,6 +287,7 @@ impl PendingAcks {
             return CopyFate::Duplicate;
         }
         held.receipt = message.receipt.clone();
+        held.message = message.clone();
         held.visible_since = Instant::now();
         CopyFate::Adopted
     }
@@ -295,7 +369,8 @@ impl PendingAcks {
     /// Delivers every delivery whose acknowledgement is overdue again —
     /// to the client's connections here, from the hold, or, when none takes
     /// it, by releasing it to the source — and extends the visibility of
-    /// those still waiting whose visibility is half spent.
+    /// those still waiting (and of the parked Commands) whose visibility is
+    /// half spent.
     pub async fn tick(&self) -> Tick {
         let now = Instant::now();
         let (redelivered, released) = self.deliver_overdue(now).await;
@@ -312,85 +387,11 @@ impl PendingAcks {
         }
     }
 
-    /// The overdue deliveries, delivered again. Redelivering from the hold
-    /// (same message, same receipt, still invisible) rather than through
-    /// the queue keeps a Command whose client is connected here from being
-    /// received by another replica that does not hold the client.
-    async fn deliver_overdue(&self, now: Instant) -> (usize, usize) {
-        let overdue = self.lock().take_where(|held| held.deadline <= now);
-        if overdue.is_empty() {
-            return (0, 0);
-        }
-        let mut redelivered = 0;
-        let mut release = Vec::new();
-        let mut delete = Vec::new();
-        for held in overdue {
-            let id = self.next_id();
-            // Entered first, as at the first delivery: an acknowledgement
-            // cannot outrun it.
-            let client_id = held.client_id.clone();
-            let frame = held.frame.clone();
-            let receipt = held.receipt.clone();
-            let dedup_key = held.dedup_key.clone();
-            self.lock().insert(
-                id,
-                Held {
-                    deadline: now + self.timeout,
-                    ..held
-                },
-            );
-            let handoff = self.registry.deliver(&client_id, &frame, id);
-            if handoff.awaiting_ack > 0 {
-                debug!(%client_id, "acknowledgement timed out, delivered again");
-                redelivered += 1;
-                continue;
-            }
-            if self.lock().remove(id).is_none() {
-                // Acknowledged in between: nothing left to do.
-                continue;
-            }
-            if handoff.immediate > 0 {
-                // Only plain connections took it: at-most-once from here.
-                delete.push(receipt);
-            } else {
-                self.recent.forget(&dedup_key);
-                debug!(%client_id, "acknowledgement timed out, released");
-                release.push(receipt);
-            }
-        }
-        bump(&self.stats.downlink.ack_redelivered, redelivered as u64);
-        let released = release.len();
-        if !delete.is_empty() {
-            lock(&self.confirmed).extend(delete);
-            if let Some(wake) = self.waker.get() {
-                wake();
-            }
-        }
-        if !release.is_empty() {
-            bump(&self.stats.downlink.ack_released, released as u64);
-            self.release_now(release).await;
-        }
-        (redelivered, released)
-    }
-
     /// Delivers every overdue delivery again (here or through the source);
     /// returns how many.
     pub async fn release_expired(&self) -> usize {
         let tick = self.tick().await;
         tick.redelivered + tick.released
-    }
-
-    /// The last acknowledging connection of `client_id` closed: its
-    /// deliveries are released at once, so it gets them again when it
-    /// reconnects, here or elsewhere.
-    pub async fn release_client(&self, client_id: &ClientId) -> usize {
-        self.release_where(|held| &held.client_id == client_id, "client disconnected")
-            .await
-    }
-
-    /// Releases every waiting delivery at once (shutdown).
-    pub async fn release_all(&self) -> usize {
-        self.release_where(|_| true, "released at shutdown").await
     }
 
     /// How many deliveries wait for an acknowledgement.
@@ -401,101 +402,6 @@ impl PendingAcks {
     /// Whether no delivery waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    async fn release_where(&self, due: impl Fn(&Held) -> bool, why: &'static str) -> usize {
-        let released = self.lock().take_where(due);
-        if released.is_empty() {
-            return 0;
-        }
-        let count = released.len();
-        let receipts = released
-            .into_iter()
-            .map(|held| {
-                // Delivered again when it comes back: not a duplicate.
-                self.recent.forget(&held.dedup_key);
-                debug!(client_id = %held.client_id, reason = why, "delivery released");
-                held.receipt
-            })
-            .collect();
-        bump(&self.stats.downlink.ack_released, count as u64);
-        self.release_now(receipts).await;
-        count
-    }
-
-    /// Makes the messages visible again at once.
-    async fn release_now(&self, receipts: Vec<Receipt>) {
-        self.extensions.releasing(&receipts);
-        if let Err(error) = self.source.release(receipts, Duration::ZERO).await {
-            warn!(%error, "releasing unacknowledged deliveries failed");
-        }
-    }
-
-    /// Sets the visibility of every held message whose visibility is half
-    /// spent back to the full timeout (never past 12 h from its receive).
-    async fn extend_due(&self) -> usize {
-        if self.is_empty() {
-            return 0;
-        }
-        let visibility = match self.visibility.get() {
-            Some(known) => *known,
-            None => match self.source.visibility_timeout().await {
-                Some(asked) => *self.visibility.get_or_init(|| asked),
-                None => return 0,
-            },
-        };
-        if visibility.is_zero() {
-            return 0;
-        }
-        let now = Instant::now();
-        // One call per distinct visibility (nearly always one), batched
-        // across every held message that is due.
-        let mut due: Vec<(Duration, Receipt)> = Vec::new();
-        {
-            let mut table = self.lock();
-            for held in table.iter_mut() {
-                if now.duration_since(held.visible_since) < visibility / 2 {
-                    continue;
-                }
-                let left = MAX_VISIBILITY.saturating_sub(now.duration_since(held.received_at));
-                let extend_to = visibility.min(left);
-                if extend_to < Duration::from_secs(1) {
-                    continue;
-                }
-                held.visible_since = now;
-                due.push((extend_to, held.receipt.clone()));
-            }
-            // Marked before the table is unlocked: a release that takes one of
-            // these from the table from now on is seen by the extension.
-            self.extensions.begin(due.iter().map(|(_, r)| r.clone()));
-        }
-        if due.is_empty() {
-            return 0;
-        }
-        due.sort_by_key(|(extend_to, _)| *extend_to);
-        let mut extended = 0;
-        for group in due.chunk_by(|a, b| a.0 == b.0) {
-            let extend_to = group[0].0;
-            let receipts: Vec<Receipt> = group.iter().map(|(_, r)| r.clone()).collect();
-            let count = receipts.len();
-            let result = self.source.extend(receipts.clone(), extend_to).await;
-            match result {
-                Ok(()) => extended += count,
-                Err(error) => warn!(%error, "extending the visibility of held deliveries failed"),
-            }
-            let again = self.extensions.end(&receipts);
-            if !again.is_empty() {
-                debug!(
-                    count = again.len(),
-                    "released during their extension: released again"
-                );
-                if let Err(error) = self.source.release(again, Duration::ZERO).await {
-                    warn!(%error, "releasing unacknowledged deliveries failed");
-                }
-            }
-        }
-        bump(&self.stats.downlink.visibility_extended, extended as u64);
-        extended
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::DeliveryId;
 use crate::client_id::ClientId;
-use crate::ports::{Frame, Receipt};
+use crate::ports::{Frame, InboundMessage, Receipt};
 
 /// One Command handed to acknowledging connections, waiting for their answer.
 #[derive(Debug)]
@@ -17,6 +17,9 @@ pub(super) struct Held {
     pub(super) receipt: Receipt,
     /// The source's id of the message (SQS `MessageId`).
     pub(super) message_id: String,
+    /// The message as last received, for the dead-letter queue should it
+    /// have to be given up.
+    pub(super) message: InboundMessage,
     /// The key the de-duplication memory knows the Command by.
     pub(super) dedup_key: String,
     /// The Command as its client gets it, for a delivery again from here.
@@ -110,6 +113,7 @@ mod tests {
             client_id: ClientId::parse(client).unwrap(),
             receipt: Receipt::new(format!("r-{key}")),
             message_id: format!("m-{key}"),
+            message: InboundMessage::default(),
             dedup_key: key.into(),
             frame: Frame::from("{}"),
             deadline: now,

@@ -104,6 +104,17 @@ impl Harness {
         batches: Vec<Scripted>,
         settle: Result<(), SourceError>,
     ) -> Self {
+        Self::counting_receives(settings, batches, settle, None)
+    }
+
+    /// Like [`Harness::build`], over a source that dead-letters a message
+    /// received `receive_limit` times by itself (SQS `maxReceiveCount`).
+    fn counting_receives(
+        settings: DownlinkSettings,
+        batches: Vec<Scripted>,
+        settle: Result<(), SourceError>,
+        receive_limit: Option<u32>,
+    ) -> Self {
         let during_deliver: DeliverHook = Arc::default();
         let calls = Calls::default();
         let connections = Arc::new(Mutex::new(HashMap::<String, Handoff>::new()));
@@ -142,6 +153,9 @@ impl Harness {
         source
             .expect_visibility_timeout()
             .returning(|| Some(VISIBILITY));
+        source
+            .expect_max_receive_count()
+            .returning(move || receive_limit);
         let (log, result) = (calls.extended.clone(), settle);
         source
             .expect_extend()
@@ -223,6 +237,10 @@ fn settings(undeliverable: Undeliverable) -> DownlinkSettings {
         dedup_ttl: Duration::from_secs(300),
         ack_timeout: ACK_TIMEOUT,
         max_unacked_per_client: 100,
+        after_release: domain::RetryRule {
+            delay: RETRY_DELAY,
+            window: RETRY_WINDOW,
+        },
     }
 }
 
@@ -409,6 +427,7 @@ async fn malformed_bodies_never_reach_the_registry_and_are_rejected() {
         .expect_receive()
         .times(1)
         .return_once(move || Ok(batch));
+    source.expect_max_receive_count().returning(|| None);
     source.expect_acknowledge().times(0);
     source.expect_release().times(0);
     let log = rejected.clone();
@@ -1180,4 +1199,243 @@ async fn a_client_at_its_unacknowledged_limit_waits_and_others_flow() {
         vec![(receipts(&["rcpt-a-3"]), RETRY_DELAY)]
     );
     assert_eq!(h.counters().deferred, 1);
+}
+
+// --- Released without an acknowledgement, parked, and the receive limit ---
+
+/// A message received `count` times, sent `ago` before now.
+fn received(sqs_id: &str, body: impl Into<String>, count: u32, ago: Duration) -> InboundMessage {
+    InboundMessage {
+        receive_count: count,
+        ..sent_at(sqs_id, body, Some(SystemTime::now() - ago))
+    }
+}
+
+#[tokio::test]
+async fn with_drop_a_command_released_unacknowledged_waits_for_its_client() {
+    let h = Harness::new(
+        Undeliverable::Drop,
+        vec![
+            Ok(vec![message("sqs-1", bare("alice", "go"))]),
+            Ok(vec![received(
+                "sqs-1",
+                bare("alice", "go"),
+                2,
+                Duration::ZERO,
+            )]),
+            Ok(vec![received(
+                "sqs-1",
+                bare("alice", "go"),
+                3,
+                Duration::ZERO,
+            )]),
+        ],
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+    h.connect_with("alice", 0, 0);
+    assert_eq!(acks.release_client(&client("alice")).await, 1);
+
+    // Back while alice is away: released for a later attempt, not dropped.
+    let outcome = h.poll().await;
+    assert_eq!(outcome.released, receipts(&["rcpt-sqs-1"]));
+    assert!(outcome.acknowledged.is_empty(), "{outcome:?}");
+    assert_eq!(
+        h.calls.released().last().unwrap(),
+        &(receipts(&["rcpt-sqs-1"]), RETRY_DELAY)
+    );
+
+    // Alice is back: she gets it again.
+    h.connect_with("alice", 0, 1);
+    let outcome = h.poll().await;
+    assert_eq!(outcome.held, receipts(&["rcpt-sqs-1"]));
+    assert_eq!(h.counters().forwarded, 2);
+    assert_eq!(h.counters().undeliverable, 0);
+}
+
+#[tokio::test]
+async fn the_retry_window_of_a_released_command_counts_from_its_release() {
+    let window = Duration::from_secs(3);
+    let rule = Undeliverable::Retry {
+        delay: RETRY_DELAY,
+        window,
+    };
+    let h = Harness::build(
+        DownlinkSettings {
+            after_release: domain::RetryRule {
+                delay: RETRY_DELAY,
+                window,
+            },
+            ..settings(rule)
+        },
+        vec![
+            Ok(vec![received(
+                "sqs-1",
+                bare("alice", "go"),
+                1,
+                Duration::from_secs(5),
+            )]),
+            Ok(vec![received(
+                "sqs-1",
+                bare("alice", "go"),
+                2,
+                Duration::from_secs(5),
+            )]),
+        ],
+        Ok(()),
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    h.connect_with("alice", 0, 0);
+    h.downlink.acks().release_client(&client("alice")).await;
+
+    // Sent 5 s ago, window 3 s, released just now: still waits.
+    let outcome = h.poll().await;
+    assert_eq!(outcome.released, receipts(&["rcpt-sqs-1"]));
+    assert!(h.calls.letters().is_empty(), "{:?}", h.calls.letters());
+}
+
+#[tokio::test]
+async fn a_command_that_was_never_held_still_counts_its_window_from_its_send() {
+    let h = Harness::new(
+        RETRY,
+        vec![Ok(vec![received(
+            "sqs-1",
+            bare("alice", "go"),
+            1,
+            RETRY_WINDOW + Duration::from_secs(1),
+        )])],
+    );
+    let outcome = h.poll().await;
+    assert_eq!(outcome.dead_lettered, receipts(&["rcpt-sqs-1"]));
+}
+
+/// Limit 1 per client on a source that dead-letters at `receive_limit`.
+fn counting(receive_limit: u32, batches: Vec<Scripted>) -> Harness {
+    let settings = DownlinkSettings {
+        max_unacked_per_client: 1,
+        ..settings(RETRY)
+    };
+    Harness::counting_receives(settings, batches, Ok(()), Some(receive_limit))
+}
+
+#[tokio::test]
+async fn commands_for_a_client_at_its_limit_are_parked_not_released_and_go_out_in_order() {
+    let h = counting(
+        4,
+        vec![
+            Ok(vec![
+                message("a-1", bare("alice", "1")),
+                message("a-2", bare("alice", "2")),
+            ]),
+            Ok(vec![message("a-3", bare("alice", "3"))]),
+        ],
+    );
+    h.connect_with("alice", 0, 1);
+    let outcome = h.poll().await;
+    assert_eq!(outcome.held, receipts(&["rcpt-a-1"]));
+    assert_eq!(outcome.parked, receipts(&["rcpt-a-2"]));
+    // A newer Command waits behind the parked one.
+    let outcome = h.poll().await;
+    assert_eq!(outcome.parked, receipts(&["rcpt-a-3"]));
+    assert!(h.calls.released().is_empty(), "{:?}", h.calls.released());
+
+    let acks = h.downlink.acks();
+    assert_eq!(acks.parked_len(), 2);
+    // Nothing frees a slot yet: tending hands nothing out.
+    h.downlink.tend().await;
+    assert_eq!(h.calls.delivered().len(), 1);
+
+    for expected in ["2", "3"] {
+        let id = *h.calls.delivery_ids().last().unwrap();
+        acks.confirm(&client("alice"), &id.to_string()).unwrap();
+        h.downlink.tend().await;
+        let (_, frame) = h.calls.delivered().last().unwrap().clone();
+        assert_eq!(frame, bare("alice", expected));
+    }
+    assert_eq!(acks.parked_len(), 0);
+    assert!(h.calls.released().is_empty());
+    assert_eq!(h.counters().deferred, 2);
+}
+
+#[tokio::test]
+async fn parked_commands_are_kept_invisible_and_released_when_their_client_leaves() {
+    let h = counting(
+        4,
+        vec![Ok(vec![
+            message("a-1", bare("alice", "1")),
+            message("a-2", bare("alice", "2")),
+        ])],
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    tokio::time::sleep(VISIBILITY / 2 + Duration::from_millis(50)).await;
+    h.downlink.tend().await;
+    let extended: Vec<Receipt> = h
+        .calls
+        .extended()
+        .into_iter()
+        .flat_map(|(r, _)| r)
+        .collect();
+    assert!(extended.contains(&receipt("rcpt-a-2")), "{extended:?}");
+
+    h.connect_with("alice", 0, 0);
+    h.downlink.acks().release_client(&client("alice")).await;
+    let released: Vec<Receipt> = h
+        .calls
+        .released()
+        .into_iter()
+        .flat_map(|(r, _)| r)
+        .collect();
+    assert!(released.contains(&receipt("rcpt-a-2")), "{released:?}");
+    assert_eq!(h.downlink.acks().parked_len(), 0);
+}
+
+#[tokio::test]
+async fn at_the_receive_limit_a_release_becomes_a_give_up_with_its_reason() {
+    let h = counting(
+        4,
+        vec![Ok(vec![
+            received("m-3", bare("bob", "x"), 3, Duration::ZERO),
+            received("m-4", bare("bob", "y"), 4, Duration::ZERO),
+        ])],
+    );
+    let outcome = h.poll().await;
+    assert_eq!(outcome.released, receipts(&["rcpt-m-3"]));
+    assert_eq!(outcome.dead_lettered, receipts(&["rcpt-m-4"]));
+    let letters = h.calls.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, GiveUpReason::Undeliverable);
+    assert!(
+        letters[0].detail.contains("maxReceiveCount is 4"),
+        "{}",
+        letters[0].detail
+    );
+}
+
+#[tokio::test]
+async fn a_held_delivery_at_the_receive_limit_is_given_up_not_released_when_its_client_leaves() {
+    let h = counting(
+        4,
+        vec![Ok(vec![received(
+            "m-4",
+            bare("alice", "x"),
+            4,
+            Duration::ZERO,
+        )])],
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    h.connect_with("alice", 0, 0);
+    h.downlink.acks().release_client(&client("alice")).await;
+    assert!(h.calls.released().is_empty(), "{:?}", h.calls.released());
+    let letters = h.calls.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message.body, bare("alice", "x"));
+    assert!(
+        letters[0].detail.contains("did not acknowledge"),
+        "{}",
+        letters[0].detail
+    );
 }

@@ -1,5 +1,7 @@
 //! The downlink use case: receive → decode → de-duplicate → deliver →
-//! acknowledge, release or reject. The delivery rules of SPEC §3 live here.
+//! acknowledge, release or reject. The delivery rules of SPEC §3 live here;
+//! [`fate`] decides what becomes of a Command that is not handed off, and
+//! settles a batch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info_span, warn};
 
-use crate::acks::{CopyFate, PendingAcks};
+mod fate;
+
+use crate::acks::{CopyFate, Parked, PendingAcks};
 use crate::client_id::ClientId;
 use crate::command::decode_sqs_body;
 use crate::control::Control;
@@ -36,6 +40,16 @@ pub enum Undeliverable {
     Drop,
 }
 
+/// How a Command waits for an absent client: released to be received again
+/// after `delay`, until it is older than `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryRule {
+    /// Delay before the message is visible again.
+    pub delay: Duration,
+    /// Age after which the Command is given up.
+    pub window: Duration,
+}
+
 /// Settings of the downlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownlinkSettings {
@@ -53,6 +67,10 @@ pub struct DownlinkSettings {
     /// it beyond that wait (released, received again later), so a client
     /// that never acknowledges cannot take the source's whole window.
     pub max_unacked_per_client: usize,
+    /// How a Command handed to an acknowledging connection and released
+    /// without an acknowledgement waits for its client, whatever the
+    /// policy (`drop` included): its window counts from the release.
+    pub after_release: RetryRule,
 }
 
 /// How one batch was settled, for the caller's logs and tests.
@@ -70,13 +88,48 @@ pub struct BatchOutcome {
     /// Receipts of Commands for a client that has its limit of
     /// unacknowledged deliveries, released to be received again later.
     pub deferred: Vec<Receipt>,
+    /// Receipts of Commands for a client that has its limit of
+    /// unacknowledged deliveries, parked here (visibility kept) until it
+    /// has a free slot, on a source that counts receives.
+    pub parked: Vec<Receipt>,
 }
 
-/// A batch being routed: the outcome so far, and the messages given up.
+/// A decoded Command in the bridge's hands.
+#[derive(Debug, Clone)]
+pub struct CommandInHand {
+    /// The message as received.
+    pub message: InboundMessage,
+    /// Its client.
+    pub client_id: ClientId,
+    /// The Command's JSON, as its client gets it.
+    pub frame: Frame,
+    /// The key the de-duplication memory knows it by.
+    pub dedup_key: String,
+    /// The SNS message id, when it came in an envelope.
+    pub sns_message_id: Option<String>,
+    /// The SNS timestamp, when it came in an envelope.
+    pub sns_timestamp: Option<String>,
+}
+
+/// Where a Command being handed off comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Just received from the source.
+    Fresh,
+    /// Taken from the parking, its client having a free slot.
+    Parked,
+}
+
+/// A batch being routed: the outcome so far, the messages given up and
+/// released, and the source's receive limit.
 #[derive(Default)]
 struct Routing {
     outcome: BatchOutcome,
     letters: Vec<DeadLetter>,
+    /// Releases with their delay.
+    releases: Vec<(Receipt, Duration)>,
+    /// [`CommandSource::max_receive_count`].
+    receive_limit: Option<u32>,
 }
 
 impl Routing {
@@ -90,9 +143,6 @@ impl Routing {
 
 /// Longest part of a malformed body that goes into a log line.
 const LOGGED_BODY_BYTES: usize = 256;
-/// How long a Command for a client at its limit of unacknowledged
-/// deliveries waits, when the retry delay does not say.
-const DEFER_DELAY: Duration = Duration::from_secs(5);
 
 /// The downlink: one instance shared by all poll loops.
 pub struct Downlink {
@@ -124,6 +174,7 @@ impl Downlink {
             stats.clone(),
             settings.ack_timeout,
             settings.max_unacked_per_client,
+            settings.after_release.window,
         ));
         Self {
             source,
@@ -206,13 +257,18 @@ impl Downlink {
     /// Decides the fate of each message of a batch, in order, then settles
     /// them with one call per kind of outcome.
     pub async fn process(&self, batch: Vec<InboundMessage>) -> BatchOutcome {
-        let mut routing = Routing::default();
+        if batch.is_empty() {
+            return BatchOutcome::default();
+        }
+        let mut routing = Routing {
+            receive_limit: self.acks.receive_limit().await,
+            ..Routing::default()
+        };
         bump(&self.stats.downlink.received, batch.len() as u64);
         for message in batch {
             self.route(message, &mut routing);
         }
-        self.settle(&routing.outcome, routing.letters).await;
-        routing.outcome
+        self.settle(routing).await
     }
 
     fn route(&self, message: InboundMessage, routing: &mut Routing) {
@@ -244,210 +300,152 @@ impl Downlink {
             }
         };
         span.record("client_id", command.client_id.as_str());
-        let outcome = &mut routing.outcome;
 
         // The SNS MessageId survives a re-publish to several queues or a
         // redelivery; the SQS MessageId is the fallback for bare Commands.
         let dedup_key = command
             .sns_message_id
-            .as_deref()
-            .unwrap_or(&message.message_id);
+            .clone()
+            .unwrap_or_else(|| message.message_id.clone());
         // A held delivery owns its key for as long as it is held, whatever
         // the de-duplication memory's TTL: a copy of it is never deleted.
-        match self.acks.adopt_copy(dedup_key, &message) {
+        match self.acks.adopt_copy(&dedup_key, &message) {
             CopyFate::Adopted => {
                 debug!("copy of a held delivery received again, kept invisible");
-                outcome.held.push(message.receipt);
+                routing.outcome.held.push(message.receipt);
                 return;
             }
             CopyFate::Duplicate => {
                 debug!("duplicate of a held delivery, dropped");
                 bump(&stats.duplicate, 1);
-                outcome.acknowledged.push(message.receipt);
+                routing.outcome.acknowledged.push(message.receipt);
                 return;
             }
             CopyFate::NotHeld => {}
         }
-        if !self.recent.claim(dedup_key) {
+        if !self.recent.claim(&dedup_key) {
             debug!("duplicate of a forwarded command, dropped");
             bump(&stats.duplicate, 1);
-            outcome.acknowledged.push(message.receipt);
+            routing.outcome.acknowledged.push(message.receipt);
             return;
         }
 
-        // Entered before any connection can see the frame, so an
-        // acknowledgement cannot arrive before its delivery is known.
-        let frame: Frame = command.json;
-        match Control::of(&frame) {
+        let in_hand = CommandInHand {
+            message,
+            client_id: command.client_id,
+            frame: command.json,
+            dedup_key,
+            sns_message_id: command.sns_message_id,
+            sns_timestamp: command.sns_timestamp,
+        };
+        match Control::of(&in_hand.frame) {
             Some(Err(detail)) => {
                 warn!(%detail, "malformed control message, not carried out");
                 bump(&stats.malformed, 1);
+                let message = in_hand.message;
                 routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
-                return;
             }
             Some(Ok(control)) => {
                 // Carried out by the replica that holds the client; the
-                // others treat it as an undeliverable Command (below).
-                let reached = self.registry.control(&command.client_id, &control);
+                // others treat it as an undeliverable Command.
+                let reached = self.registry.control(&in_hand.client_id, &control);
                 if reached > 0 {
                     bump(&stats.forwarded, 1);
                     debug!(connections = reached, "control message carried out");
-                    outcome.acknowledged.push(message.receipt);
-                    return;
+                    routing.outcome.acknowledged.push(in_hand.message.receipt);
+                } else {
+                    self.not_handed_off(in_hand, routing);
                 }
             }
-            None => {
-                let Some(delivery) =
-                    self.acks
-                        .reserve(&command.client_id, &message, dedup_key, &frame)
-                else {
-                    debug!("client has its limit of unacknowledged deliveries, command deferred");
-                    self.recent.forget(dedup_key);
-                    bump(&stats.deferred, 1);
-                    outcome.deferred.push(message.receipt);
-                    return;
-                };
-                let handoff = self.registry.deliver(&command.client_id, &frame, delivery);
-                if handoff.awaiting_ack == 0 {
-                    self.acks.cancel(delivery);
-                }
-                if handoff.taken() > 0 {
-                    bump(&stats.forwarded, 1);
-                    // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
-                    let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
-                    self.stats
-                        .forward_latency
-                        .record(age(published.or(message.sent_at)));
-                    bump(&stats.frames_queued, handoff.taken() as u64);
-                    self.receipt(
-                        Outcome::Delivered,
-                        ReceiptOf {
-                            client_id: Some(&command.client_id),
-                            message_id: &message.message_id,
-                            sns_message_id: command.sns_message_id.as_deref(),
-                            frame: Some(&frame),
-                            connections: Some(handoff.taken()),
-                        },
-                    );
-                    debug!(
-                        connections = handoff.taken(),
-                        awaiting_ack = handoff.awaiting_ack,
-                        "command forwarded"
-                    );
-                    if handoff.awaiting_ack > 0 {
-                        // Deleted when the client acknowledges; released on timeout.
-                        outcome.held.push(message.receipt);
-                    } else {
-                        outcome.acknowledged.push(message.receipt);
-                    }
-                    return;
-                }
-            }
-        }
-        // Not handed off: a later copy must not be taken for a duplicate.
-        self.recent.forget(dedup_key);
-
-        match self.settings.undeliverable {
-            Undeliverable::Retry { window, .. } if age(message.sent_at) < window => {
-                debug!("client not connected here, released for a later attempt");
-                bump(&stats.released, 1);
-                outcome.released.push(message.receipt);
-            }
-            Undeliverable::Drop => {
-                // In fanout mode this is the normal fate of other replicas'
-                // Commands: counted, not worth a warning each.
-                debug!("client not connected here, command dropped");
-                bump(&stats.undeliverable, 1);
-                self.receipt(
-                    Outcome::Undeliverable,
-                    ReceiptOf {
-                        client_id: Some(&command.client_id),
-                        message_id: &message.message_id,
-                        sns_message_id: command.sns_message_id.as_deref(),
-                        frame: Some(&frame),
-                        connections: None,
-                    },
-                );
-                outcome.acknowledged.push(message.receipt);
-            }
-            Undeliverable::Retry { window, .. } => {
-                warn!(
-                    ?window,
-                    "client not connected within the retry window, command given up"
-                );
-                bump(&stats.undeliverable, 1);
-                self.receipt(
-                    Outcome::DeadLettered,
-                    ReceiptOf {
-                        client_id: Some(&command.client_id),
-                        message_id: &message.message_id,
-                        sns_message_id: command.sns_message_id.as_deref(),
-                        frame: Some(&frame),
-                        connections: None,
-                    },
-                );
-                let detail = format!(
-                    "client {} was not connected within the retry window of {} s",
-                    command.client_id.as_str(),
-                    window.as_secs()
-                );
-                routing.give_up(DeadLetter::new(
-                    message,
-                    GiveUpReason::Undeliverable,
-                    &detail,
-                ));
-            }
+            None => self.hand_off(Parked::new(in_hand), routing, Arrival::Fresh),
         }
     }
 
-    async fn settle(&self, outcome: &BatchOutcome, letters: Vec<DeadLetter>) {
-        let source = &self.source;
-        let draining = self.draining.load(Ordering::Relaxed);
-        if !outcome.acknowledged.is_empty() {
-            let result = source.acknowledge(outcome.acknowledged.clone()).await;
-            self.record_settle("acknowledge", result);
+    /// Hands a Command to its client's connections here; one that cannot be
+    /// handed off follows the undeliverable rules, one for a client at its
+    /// unacknowledged limit waits ([`Downlink::defer`]).
+    fn hand_off(&self, parked: Parked, routing: &mut Routing, arrival: Arrival) {
+        let stats = &self.stats.downlink;
+        let command = &parked.command;
+        // Behind the client's parked Commands: they keep their order.
+        if arrival == Arrival::Fresh && self.acks.has_parked(&command.client_id) {
+            self.defer(parked, routing, arrival);
+            return;
         }
-        if !outcome.released.is_empty() {
-            let delay = match self.settings.undeliverable {
-                _ if draining => Duration::ZERO,
-                Undeliverable::Retry { delay, .. } => delay,
-                Undeliverable::Drop => Duration::ZERO,
-            };
-            let result = source.release(outcome.released.clone(), delay).await;
-            self.record_settle("release", result);
+        // Entered before any connection can see the frame, so an
+        // acknowledgement cannot arrive before its delivery is known.
+        let reserved = self.acks.reserve(
+            &command.client_id,
+            &command.message,
+            &command.dedup_key,
+            &command.frame,
+        );
+        let Some(delivery) = reserved else {
+            self.defer(parked, routing, arrival);
+            return;
+        };
+        let handoff = self
+            .registry
+            .deliver(&command.client_id, &command.frame, delivery);
+        if handoff.awaiting_ack == 0 {
+            self.acks.cancel(delivery);
         }
-        if !outcome.deferred.is_empty() {
-            let delay = if draining {
-                Duration::ZERO
-            } else {
-                self.defer_delay()
-            };
-            let result = source.release(outcome.deferred.clone(), delay).await;
-            self.record_settle("release", result);
+        if handoff.taken() == 0 {
+            self.not_handed_off(parked.command, routing);
+            return;
         }
-        if !letters.is_empty() {
-            bump(&self.stats.downlink.dead_lettered, letters.len() as u64);
-            let result = source.dead_letter(letters).await;
-            self.record_settle("dead-letter", result);
+        bump(&stats.forwarded, 1);
+        self.acks.forget_release(&command.dedup_key);
+        // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
+        let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
+        self.stats
+            .forward_latency
+            .record(age(published.or(command.message.sent_at)));
+        bump(&stats.frames_queued, handoff.taken() as u64);
+        self.receipt(
+            Outcome::Delivered,
+            ReceiptOf::command(command, Some(handoff.taken())),
+        );
+        debug!(
+            connections = handoff.taken(),
+            awaiting_ack = handoff.awaiting_ack,
+            "command forwarded"
+        );
+        let receipt = parked.command.message.receipt;
+        if handoff.awaiting_ack > 0 {
+            // Deleted when the client acknowledges; released on timeout.
+            routing.outcome.held.push(receipt);
+        } else {
+            routing.outcome.acknowledged.push(receipt);
         }
     }
 
-    /// How long a Command for a client at its limit of unacknowledged
-    /// deliveries waits before it is received again.
-    fn defer_delay(&self) -> Duration {
-        match self.settings.undeliverable {
-            Undeliverable::Retry { delay, .. } if !delay.is_zero() => delay,
-            _ => DEFER_DELAY,
+    /// Looks after the held and parked Commands (see [`PendingAcks::tick`])
+    /// and hands out the parked ones whose client has a free slot again.
+    /// Runs periodically, every [`PendingAcks::tick_interval`].
+    pub async fn tend(&self) -> crate::acks::Tick {
+        let tick = self.acks.tick().await;
+        let ready = self.acks.take_parked_ready();
+        if ready.is_empty() {
+            return tick;
         }
-    }
-
-    fn record_settle(&self, what: &'static str, result: Result<(), SourceError>) {
-        if let Err(error) = result {
-            // The source hands unsettled messages out again; de-duplication
-            // keeps a forwarded one from reaching its client twice. The
-            // source adapter counts the failure.
-            warn!(operation = what, %error, "settling messages failed");
+        let mut routing = Routing {
+            receive_limit: self.acks.receive_limit().await,
+            ..Routing::default()
+        };
+        for parked in ready {
+            // The key was let go while parked: a copy forwarded meanwhile
+            // makes this one a duplicate.
+            if !self.recent.claim(&parked.command.dedup_key) {
+                bump(&self.stats.downlink.duplicate, 1);
+                let receipt = parked.command.message.receipt;
+                routing.outcome.acknowledged.push(receipt);
+                continue;
+            }
+            self.hand_off(parked, &mut routing, Arrival::Parked);
         }
+        self.settle(routing).await;
+        tick
     }
 }
 
@@ -460,6 +458,18 @@ struct ReceiptOf<'a> {
     /// The Command's JSON, for its own `id`.
     frame: Option<&'a str>,
     connections: Option<usize>,
+}
+
+impl<'a> ReceiptOf<'a> {
+    fn command(command: &'a CommandInHand, connections: Option<usize>) -> Self {
+        Self {
+            client_id: Some(&command.client_id),
+            message_id: &command.message.message_id,
+            sns_message_id: command.sns_message_id.as_deref(),
+            frame: Some(&command.frame),
+            connections,
+        }
+    }
 }
 
 fn age(sent_at: Option<SystemTime>) -> Duration {
