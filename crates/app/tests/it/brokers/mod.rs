@@ -62,6 +62,7 @@ mod control;
 mod downlink;
 mod presence;
 mod unacked_limit;
+mod unacknowledged;
 mod uplink;
 
 /// The broker behind a bridge under test.

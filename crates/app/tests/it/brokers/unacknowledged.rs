@@ -1,0 +1,153 @@
+//! A Command handed to an acknowledging connection and not acknowledged is
+//! never lost (SPEC §3): not dropped by the `drop` policy, not given up the
+//! moment its client leaves because it was sent long ago, and never moved
+//! to the dead-letter queue by the queue itself while its client is
+//! connected and acknowledging slowly.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{Broker, Pending, Resources};
+use crate::support::{client_id, command, connect, next_json, send_text, Ws};
+
+both_brokers!(
+    with_drop_a_command_its_client_did_not_acknowledge_reaches_it_after_a_reconnect,
+    a_command_held_longer_than_the_retry_window_is_not_given_up_when_its_client_leaves,
+);
+
+/// The Command JSON of an ack-mode frame, after checking its shape.
+fn unwrap_delivery(frame: &Value) -> (&Value, String) {
+    let id = frame["delivery_id"].as_str().expect("a delivery id");
+    (&frame["command"], id.to_owned())
+}
+
+async fn with_drop_a_command_its_client_did_not_acknowledge_reaches_it_after_a_reconnect(
+    broker: Broker,
+) {
+    let env = broker.env().await;
+    // `drop` is fanout's default; here on the shared queue, the same rule.
+    let bridge = env
+        .bridge(|s| {
+            s.undeliverable = Some(app::config::UndeliverablePolicy::Drop);
+            s.retry_delay_secs = 1;
+            s.ack_timeout_secs = 30;
+        })
+        .await;
+    let alice = client_id("alice");
+    let url = bridge.ws_url(&format!("/ws/{alice}?ack=true"));
+    let mut ws = connect(&url).await;
+    let sent = command(&alice, "unlock");
+    env.send_command(&sent.to_string(), false).await;
+    let frame = next_json(&mut ws).await;
+    assert_eq!(unwrap_delivery(&frame).0, &sent);
+
+    // Gone without acknowledging; back a second later.
+    drop(ws);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ws = connect(&url).await;
+    let frame = next_json(&mut ws).await;
+    let (command, id) = unwrap_delivery(&frame);
+    assert_eq!(command, &sent);
+    send_text(&mut ws, &json!({"ack_delivery": id}).to_string()).await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    assert!(env.dead_letters(0).await.is_empty());
+    let stats = bridge.stats.downlink.snapshot();
+    assert_eq!(stats.undeliverable, 0, "{stats:?}");
+    bridge.stop().await;
+}
+
+async fn a_command_held_longer_than_the_retry_window_is_not_given_up_when_its_client_leaves(
+    broker: Broker,
+) {
+    let env = broker.env().await;
+    let bridge = env
+        .bridge(|s| {
+            s.undeliverable = Some(app::config::UndeliverablePolicy::Retry);
+            s.retry_delay_secs = 1;
+            s.retry_window_secs = 2;
+            s.max_receive_count = 100;
+            s.ack_timeout_secs = 30;
+        })
+        .await;
+    let alice = client_id("alice");
+    let url = bridge.ws_url(&format!("/ws/{alice}?ack=true"));
+    let mut ws = connect(&url).await;
+    let sent = command(&alice, "hold");
+    env.send_command(&sent.to_string(), false).await;
+    next_json(&mut ws).await;
+    // Held past the retry window, counted from the send.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(ws);
+
+    let mut ws: Ws = connect(&url).await;
+    let frame = next_json(&mut ws).await;
+    let (command, id) = unwrap_delivery(&frame);
+    assert_eq!(command, &sent);
+    send_text(&mut ws, &json!({"ack_delivery": id}).to_string()).await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    assert!(env.dead_letters(0).await.is_empty());
+    bridge.stop().await;
+}
+
+// SQS only: RabbitMQ has no receive limit behind the bridge's back.
+mod a_slow_acknowledger_loses_nothing_to_the_queues_receive_limit {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn moto() {
+        super::a_slow_acknowledger_loses_nothing_to_the_queues_receive_limit(
+            crate::brokers::Broker::Moto,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn emulator() {
+        super::a_slow_acknowledger_loses_nothing_to_the_queues_receive_limit(
+            crate::brokers::Broker::Emulator,
+        )
+        .await;
+    }
+}
+
+/// Commands for the slow client.
+const SLOW_COMMANDS: usize = 6;
+
+async fn a_slow_acknowledger_loses_nothing_to_the_queues_receive_limit(broker: Broker) {
+    // maxReceiveCount 4, one Command held at a time, one acknowledgement a
+    // second: releasing the waiting ones every second would spend their
+    // receives long before the last is delivered.
+    let env = broker
+        .env_with(Resources {
+            max_receive_count: 4,
+            visibility_timeout_secs: Some(2),
+        })
+        .await;
+    let bridge = env
+        .bridge(|s| {
+            s.max_unacked_per_client = 1;
+            s.retry_delay_secs = 1;
+            s.retry_window_secs = 10;
+            s.ack_timeout_secs = 30;
+        })
+        .await;
+    let alice = client_id("alice");
+    let mut ws = connect(&bridge.ws_url(&format!("/ws/{alice}?ack=true"))).await;
+    for n in 0..SLOW_COMMANDS {
+        env.send_command(&command(&alice, &format!("c{n}")).to_string(), false)
+            .await;
+    }
+    let mut names = Vec::new();
+    while names.len() < SLOW_COMMANDS {
+        let frame = next_json(&mut ws).await;
+        let (command, id) = unwrap_delivery(&frame);
+        names.push(command["command"].as_str().unwrap_or_default().to_owned());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        send_text(&mut ws, &json!({"ack_delivery": id}).to_string()).await;
+    }
+    let expected: Vec<String> = (0..SLOW_COMMANDS).map(|n| format!("c{n}")).collect();
+    assert_eq!(names, expected, "every Command, once, in order");
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    let letters = env.dead_letters(0).await;
+    assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    bridge.stop().await;
+}
