@@ -10,18 +10,21 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, info_span, warn};
 
 mod fate;
+mod hand_off;
+mod receipt;
+
+use receipt::ReceiptOf;
 
 use crate::acks::{CopyFate, Parked, PendingAcks};
 use crate::client_id::ClientId;
 use crate::command::decode_sqs_body;
 use crate::control::Control;
 use crate::dedup::RecentIds;
-use crate::envelope::parse_timestamp;
 use crate::ports::{
     ClientRegistry, CommandSource, DeadLetter, Frame, GiveUpReason, InboundMessage, Receipt,
     SourceError,
 };
-use crate::receipts::{command_id, DeliveryReceipt, Outcome, ReceiptSink};
+use crate::receipts::{Outcome, ReceiptSink};
 use crate::stats::{bump, Stats};
 use crate::text::truncate;
 
@@ -196,22 +199,6 @@ impl Downlink {
         self
     }
 
-    /// Records one outcome, when receipts are on (nothing is parsed otherwise).
-    fn receipt(&self, outcome: Outcome, of: ReceiptOf<'_>) {
-        let Some(receipts) = self.receipts.as_ref().filter(|r| r.wants(outcome)) else {
-            return;
-        };
-        receipts.record(DeliveryReceipt {
-            outcome,
-            client_id: of.client_id.cloned(),
-            message_id: of.message_id.to_owned(),
-            sns_message_id: of.sns_message_id.map(str::to_owned),
-            command_id: of.frame.and_then(command_id),
-            connections: of.connections,
-            at: SystemTime::now(),
-        });
-    }
-
     /// The bridge is shutting down: from now on a Command that cannot be
     /// handed off here is released at once instead of after the retry delay,
     /// so another instance (which may hold its client) receives it without
@@ -358,116 +345,6 @@ impl Downlink {
                 }
             }
             None => self.hand_off(Parked::new(in_hand), routing, Arrival::Fresh),
-        }
-    }
-
-    /// Hands a Command to its client's connections here; one that cannot be
-    /// handed off follows the undeliverable rules, one for a client at its
-    /// unacknowledged limit waits ([`Downlink::defer`]).
-    fn hand_off(&self, parked: Parked, routing: &mut Routing, arrival: Arrival) {
-        let stats = &self.stats.downlink;
-        let command = &parked.command;
-        // Behind the client's parked Commands: they keep their order.
-        if arrival == Arrival::Fresh && self.acks.has_parked(&command.client_id) {
-            self.defer(parked, routing, arrival);
-            return;
-        }
-        // Entered before any connection can see the frame, so an
-        // acknowledgement cannot arrive before its delivery is known.
-        let reserved = self.acks.reserve(
-            &command.client_id,
-            &command.message,
-            &command.dedup_key,
-            &command.frame,
-        );
-        let Some(delivery) = reserved else {
-            self.defer(parked, routing, arrival);
-            return;
-        };
-        let handoff = self
-            .registry
-            .deliver(&command.client_id, &command.frame, delivery);
-        if handoff.awaiting_ack == 0 {
-            self.acks.cancel(delivery);
-        }
-        if handoff.taken() == 0 {
-            self.not_handed_off(parked.command, routing);
-            return;
-        }
-        bump(&stats.forwarded, 1);
-        self.acks.forget_release(&command.dedup_key);
-        // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
-        let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
-        self.stats
-            .forward_latency
-            .record(age(published.or(command.message.sent_at)));
-        bump(&stats.frames_queued, handoff.taken() as u64);
-        self.receipt(
-            Outcome::Delivered,
-            ReceiptOf::command(command, Some(handoff.taken())),
-        );
-        debug!(
-            connections = handoff.taken(),
-            awaiting_ack = handoff.awaiting_ack,
-            "command forwarded"
-        );
-        let receipt = parked.command.message.receipt;
-        if handoff.awaiting_ack > 0 {
-            // Deleted when the client acknowledges; released on timeout.
-            routing.outcome.held.push(receipt);
-        } else {
-            routing.outcome.acknowledged.push(receipt);
-        }
-    }
-
-    /// Looks after the held and parked Commands (see [`PendingAcks::tick`])
-    /// and hands out the parked ones whose client has a free slot again.
-    /// Runs periodically, every [`PendingAcks::tick_interval`].
-    pub async fn tend(&self) -> crate::acks::Tick {
-        let tick = self.acks.tick().await;
-        let ready = self.acks.take_parked_ready();
-        if ready.is_empty() {
-            return tick;
-        }
-        let mut routing = Routing {
-            receive_limit: self.acks.receive_limit().await,
-            ..Routing::default()
-        };
-        for parked in ready {
-            // The key was let go while parked: a copy forwarded meanwhile
-            // makes this one a duplicate.
-            if !self.recent.claim(&parked.command.dedup_key) {
-                bump(&self.stats.downlink.duplicate, 1);
-                let receipt = parked.command.message.receipt;
-                routing.outcome.acknowledged.push(receipt);
-                continue;
-            }
-            self.hand_off(parked, &mut routing, Arrival::Parked);
-        }
-        self.settle(routing).await;
-        tick
-    }
-}
-
-/// What a receipt is about.
-#[derive(Default)]
-struct ReceiptOf<'a> {
-    client_id: Option<&'a ClientId>,
-    message_id: &'a str,
-    sns_message_id: Option<&'a str>,
-    /// The Command's JSON, for its own `id`.
-    frame: Option<&'a str>,
-    connections: Option<usize>,
-}
-
-impl<'a> ReceiptOf<'a> {
-    fn command(command: &'a CommandInHand, connections: Option<usize>) -> Self {
-        Self {
-            client_id: Some(&command.client_id),
-            message_id: &command.message.message_id,
-            sns_message_id: command.sns_message_id.as_deref(),
-            frame: Some(&command.frame),
-            connections,
         }
     }
 }
