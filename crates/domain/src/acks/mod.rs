@@ -190,40 +190,6 @@ impl PendingAcks {
         lock(&self.released).forget(dedup_key);
     }
 
-    /// Parks a Command for a client at its limit; gives it back when the
-    /// parking is full.
-    pub(crate) fn park(&self, parked: Parked) -> Result<(), Box<Parked>> {
-        let bound = parking::per_client_bound(self.max_per_client);
-        lock(&self.parking).push(parked, bound)
-    }
-
-    /// Whether Commands for `client_id` are parked (a newer one waits too).
-    pub(crate) fn has_parked(&self, client_id: &ClientId) -> bool {
-        lock(&self.parking).has(client_id)
-    }
-
-    /// The parked Commands whose client has a free slot, as many per client
-    /// as it has free slots, in order.
-    pub(crate) fn take_parked_ready(&self) -> Vec<Parked> {
-        let table = self.lock();
-        let mut parking = lock(&self.parking);
-        parking.take_ready(|client_id| {
-            self.max_per_client
-                .saturating_sub(table.count_of(client_id))
-        })
-    }
-
-    /// Puts back at the head of its client's queue a parked Command that
-    /// could not go out after all.
-    pub(crate) fn unpark_failed(&self, parked: Parked) {
-        lock(&self.parking).push_front(parked);
-    }
-
-    /// How many Commands are parked.
-    pub fn parked_len(&self) -> usize {
-        lock(&self.parking).len()
-    }
-
     /// A fresh delivery id, for a Command that is not held.
     pub(crate) fn next_id(&self) -> DeliveryId {
         DeliveryId(self.next_id.fetch_add(1, Ordering::Relaxed))

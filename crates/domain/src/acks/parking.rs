@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use super::{lock, PendingAcks};
 use crate::client_id::ClientId;
 use crate::downlink::CommandInHand;
 #[cfg(test)]
@@ -49,6 +50,42 @@ impl Parked {
 
     fn client_id(&self) -> &ClientId {
         &self.command.client_id
+    }
+}
+
+impl PendingAcks {
+    /// Parks a Command for a client at its limit; gives it back when the
+    /// parking is full.
+    pub(crate) fn park(&self, parked: Parked) -> Result<(), Box<Parked>> {
+        let bound = per_client_bound(self.max_per_client);
+        lock(&self.parking).push(parked, bound)
+    }
+
+    /// Whether Commands for `client_id` are parked (a newer one waits too).
+    pub(crate) fn has_parked(&self, client_id: &ClientId) -> bool {
+        lock(&self.parking).has(client_id)
+    }
+
+    /// The parked Commands whose client has a free slot, as many per client
+    /// as it has free slots, in order.
+    pub(crate) fn take_parked_ready(&self) -> Vec<Parked> {
+        let table = self.lock();
+        let mut parking = lock(&self.parking);
+        parking.take_ready(|client_id| {
+            self.max_per_client
+                .saturating_sub(table.count_of(client_id))
+        })
+    }
+
+    /// Puts back at the head of its client's queue a parked Command that
+    /// could not go out after all.
+    pub(crate) fn unpark_failed(&self, parked: Parked) {
+        lock(&self.parking).push_front(parked);
+    }
+
+    /// How many Commands are parked.
+    pub fn parked_len(&self) -> usize {
+        lock(&self.parking).len()
     }
 }
 
