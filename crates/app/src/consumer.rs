@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::stats::bump;
 use domain::{Downlink, SourceError};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -110,11 +111,20 @@ pub fn spawn(
                         debug!(running = crew.running.load(Ordering::Acquire), "receive loop added");
                     }
                 }
-                joined = loops.join_next() => {
-                    if joined.is_none() {
-                        break;
+                joined = loops.join_next() => match joined {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(failure)) => {
+                        // A loop that panicked never counted itself out; its
+                        // batch comes back after the visibility timeout.
+                        crew.running.fetch_sub(1, Ordering::AcqRel);
+                        bump(&downlink.stats().restarts.poller, 1);
+                        error!(error = %failure, "command poller panicked; started again");
+                        if !stop.is_cancelled() && crew.running.load(Ordering::Acquire) < pollers.min {
+                            start(&mut loops);
+                        }
                     }
-                }
+                },
             }
         }
     })
@@ -240,5 +250,91 @@ mod tests {
         assert!(crew.may_retire());
         assert!(!crew.may_retire(), "two loops stay");
         assert_eq!(crew.running.load(Ordering::Acquire), 2);
+    }
+
+    /// A source whose first receive panics; later ones find nothing.
+    struct PanicsOnce(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl domain::CommandSource for PanicsOnce {
+        async fn receive(&self) -> Result<Vec<domain::InboundMessage>, SourceError> {
+            if self.0.fetch_add(1, Ordering::AcqRel) == 0 {
+                panic!("a bug while receiving");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(Vec::new())
+        }
+        async fn acknowledge(&self, _: Vec<domain::Receipt>) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn release(&self, _: Vec<domain::Receipt>, _: Duration) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn dead_letter(&self, _: Vec<domain::DeadLetter>) -> Result<(), SourceError> {
+            Ok(())
+        }
+        async fn visibility_timeout(&self) -> Option<Duration> {
+            None
+        }
+        async fn extend(&self, _: Vec<domain::Receipt>, _: Duration) -> Result<(), SourceError> {
+            Ok(())
+        }
+    }
+
+    struct Nobody;
+
+    impl domain::ClientRegistry for Nobody {
+        fn deliver(
+            &self,
+            _: &domain::ClientId,
+            _: &domain::Frame,
+            _: domain::DeliveryId,
+        ) -> domain::Handoff {
+            domain::Handoff::default()
+        }
+        fn connection_count(&self) -> usize {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poller_that_panics_is_counted_and_started_again() {
+        let source = Arc::new(PanicsOnce(AtomicUsize::new(0)));
+        let stats = Arc::new(domain::Stats::default());
+        let settings = domain::DownlinkSettings {
+            undeliverable: domain::Undeliverable::Drop,
+            dedup_capacity: 10,
+            dedup_ttl: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(10),
+            max_unacked_per_client: 10,
+            after_release: domain::RetryRule {
+                delay: Duration::from_secs(1),
+                window: Duration::from_secs(60),
+            },
+        };
+        let downlink = Arc::new(Downlink::new(
+            source.clone(),
+            Arc::new(Nobody),
+            settings,
+            stats.clone(),
+        ));
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 1,
+            batch: 10,
+        };
+        let task = spawn(downlink, pollers, stop.clone(), Duration::from_secs(1));
+        let receiving_again = async {
+            while source.0.load(Ordering::Acquire) < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), receiving_again)
+            .await
+            .expect("the poller is started again after its panic");
+        assert_eq!(stats.restarts.snapshot().poller, 1);
+        stop.cancel();
+        task.await.unwrap();
     }
 }

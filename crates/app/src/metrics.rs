@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub forward_latency: HistogramSnapshot,
     /// Deliveries waiting for an acknowledgement.
     pub held_deliveries: u64,
+    /// Tasks started again after a panic.
+    pub restarts: domain::stats::TaskSnapshot,
     /// How long forwarded message ids are remembered now, in seconds.
     pub dedup_window_secs: f64,
 }
@@ -81,6 +83,7 @@ impl Snapshot {
             uplink: stats.uplink.snapshot(),
             control: stats.control.snapshot(),
             held_deliveries: stats.held_deliveries.load(Ordering::Relaxed),
+            restarts: stats.restarts.snapshot(),
             dedup_window_secs: stats.dedup_window_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             close_codes: stats.close_codes.snapshot(),
             refused,
@@ -157,6 +160,22 @@ impl Collector for Snapshot {
             "wsbridge_ready",
             "1 while the command consumer runs and its last receive succeeded (/ready is 200).",
             u64::from(self.ready),
+        )?;
+
+        let r = &self.restarts;
+        labelled_counter(
+            &mut encoder,
+            "wsbridge_task_restarts",
+            "The bridge's tasks that panicked and were started again, by task: poller (a \
+             batch of Commands being routed; its messages come back after their visibility \
+             timeout), tender (held and parked deliveries), ack_settler. A panic is a bug: \
+             the log has it at error.",
+            "task",
+            &[
+                ("poller", r.poller),
+                ("tender", r.tender),
+                ("ack_settler", r.ack_settler),
+            ],
         )?;
 
         gauge(

@@ -2,6 +2,7 @@
 //! HTTP server, the command consumer, and the graceful shutdown of them all.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use adapters_ws::WsClientRegistry;
 use anyhow::Context;
 use domain::{Downlink, Outcome, PendingAcks, Presence, SkipOutcome, Stats, Uplink};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::broker::{self, Closer, Connection, Ports};
 use crate::config::{Config, Scale};
@@ -185,8 +186,27 @@ impl Application {
             receive_grace(self.config.downlink.receive_wait, deadline),
         );
         let acks = self.downlink.acks();
-        let sweeper = tokio::spawn(tend_held_deliveries(self.downlink.clone(), polling.clone()));
-        let ack_settler = tokio::spawn(settle_acknowledged(acks.clone(), self.closing.clone()));
+        let sweeper = {
+            let (downlink, stop) = (self.downlink.clone(), polling.clone());
+            tokio::spawn(supervised(
+                "tender",
+                self.stats.clone(),
+                |s| &s.restarts.tender,
+                move || tend_held_deliveries(downlink.clone(), stop.clone()),
+            ))
+        };
+        let ack_settler = {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let waker = wake.clone();
+            acks.set_waker(move || waker.notify_one());
+            let (acks, stop) = (acks.clone(), self.closing.clone());
+            tokio::spawn(supervised(
+                "ack_settler",
+                self.stats.clone(),
+                |s| &s.restarts.ack_settler,
+                move || settle_acknowledged(acks.clone(), wake.clone(), stop.clone()),
+            ))
+        };
         {
             // A client whose last acknowledging connection closed gets its
             // held deliveries released now, not after the ack timeout.
@@ -316,12 +336,11 @@ async fn tend_held_deliveries(downlink: Arc<Downlink>, stop: CancellationToken) 
 /// as soon as acknowledgements arrive (on SQS the settler batches them and
 /// answers at once; an AMQP ack is a local channel write); once `stop` is
 /// cancelled, hands over what is left and returns.
-async fn settle_acknowledged(acks: Arc<PendingAcks>, stop: CancellationToken) {
-    let wake = Arc::new(tokio::sync::Notify::new());
-    {
-        let wake = wake.clone();
-        acks.set_waker(move || wake.notify_one());
-    }
+async fn settle_acknowledged(
+    acks: Arc<PendingAcks>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
     loop {
         while acks.settle_confirmed().await > 0 {}
         tokio::select! {
@@ -332,8 +351,63 @@ async fn settle_acknowledged(acks: Arc<PendingAcks>, stop: CancellationToken) {
     while acks.settle_confirmed().await > 0 {}
 }
 
+/// Runs the task `make` builds until it returns. A panic (a bug) must not
+/// silently stop what the task does for the rest of the process: it is
+/// logged, counted in the `counter` of `stats`, and the task is started again.
+async fn supervised<F, Fut>(
+    task: &'static str,
+    stats: Arc<Stats>,
+    counter: fn(&Stats) -> &AtomicU64,
+    make: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make()).await {
+            Ok(()) => return,
+            Err(failure) => {
+                counter(&stats).fetch_add(1, Ordering::Relaxed);
+                error!(task, error = %failure, "task panicked; started again");
+                tokio::time::sleep(RESTART_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// How long a task that panicked waits before it is started again.
+const RESTART_PAUSE: Duration = Duration::from_millis(100);
+
 async fn wait_for_sessions(registry: &WsClientRegistry) {
     while registry.connection_count() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_supervised_task_that_panics_is_counted_and_started_again() {
+        let stats = Arc::new(Stats::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        supervised(
+            "tender",
+            stats.clone(),
+            |s| &s.restarts.tender,
+            move || {
+                let run = counted.fetch_add(1, Ordering::AcqRel);
+                async move {
+                    assert!(run > 0, "a bug in the first run");
+                }
+            },
+        )
+        .await;
+        assert_eq!(runs.load(Ordering::Acquire), 2);
+        assert_eq!(stats.restarts.snapshot().tender, 1);
     }
 }

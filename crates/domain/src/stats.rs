@@ -106,6 +106,19 @@ counters! {
     }
 }
 
+counters! {
+    /// The bridge's own tasks that panicked and were started again (a
+    /// panic is a bug: it is logged at error with its message).
+    TaskStats / TaskSnapshot {
+        /// Command pollers (a batch being routed).
+        poller,
+        /// The tender of held and parked deliveries.
+        tender,
+        /// The task that deletes acknowledged deliveries.
+        ack_settler,
+    }
+}
+
 /// Shared by all use cases of one bridge.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -115,6 +128,8 @@ pub struct Stats {
     pub uplink: UplinkStats,
     /// Control-plane event counters.
     pub control: ControlStats,
+    /// Tasks started again after a panic.
+    pub restarts: TaskStats,
     /// How connections ended, by close code.
     pub close_codes: CloseCodes,
     /// From when a Command was published (SNS `Timestamp`, else the queue's

@@ -216,6 +216,11 @@ impl Downlink {
         self.acks.clone()
     }
 
+    /// The counters this downlink keeps.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     /// How long a forwarded message id is remembered now: the TTL, or less
     /// while the de-duplication memory is full.
     pub fn dedup_window(&self) -> Duration {
