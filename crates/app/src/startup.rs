@@ -329,8 +329,11 @@ async fn settle_acknowledged(acks: Arc<PendingAcks>, stop: CancellationToken) {
     while acks.settle_confirmed().await > 0 {}
 }
 
+/// Waits until every connection has closed and finished its last publishes
+/// (bounded by the sessions themselves: a second into the shutdown, what is
+/// left is given up).
 async fn wait_for_sessions(registry: &WsClientRegistry) {
-    while registry.connection_count() > 0 {
+    while registry.connection_count() > 0 || registry.closing_count() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
