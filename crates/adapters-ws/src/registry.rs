@@ -167,6 +167,9 @@ struct Inner {
     hasher: RandomState,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    /// Connections closed but still finishing their publishes (see
+    /// [`RegistrationGuard::into_closing`]).
+    closing: AtomicUsize,
     /// Told the client id whose last acknowledging connection closed.
     on_last_acknowledging_gone: OnceLock<ClientGone>,
     fragments: FragmentBudget,
@@ -308,6 +311,38 @@ impl RegistrationGuard {
     }
 }
 
+impl RegistrationGuard {
+    /// Unregisters the connection now (its slot under every limit is free
+    /// for a new one at once) and returns the token that counts it among the
+    /// connections still finishing their publishes, until dropped.
+    pub fn into_closing(self) -> Closing {
+        self.inner.closing.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::clone(&self.inner);
+        drop(self);
+        Closing { inner }
+    }
+}
+
+/// A connection whose socket is closed but whose publishes (its last client
+/// messages, its `$disconnect`) are still under way; counted by
+/// [`WsClientRegistry::closing_count`] until dropped.
+#[must_use = "dropping it ends the count at once"]
+pub struct Closing {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Closing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Closing").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.inner.closing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for RegistrationGuard {
     fn drop(&mut self) {
         let (removed, last_acknowledging) = {
@@ -353,6 +388,7 @@ impl WsClientRegistry {
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(first_connection_id()),
                 connections: AtomicUsize::new(0),
+                closing: AtomicUsize::new(0),
                 on_last_acknowledging_gone: OnceLock::new(),
                 fragments: FragmentBudget::default(),
             }),
@@ -567,6 +603,12 @@ impl WsClientRegistry {
     /// How many connections are registered, over all client ids.
     pub fn connection_count(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// How many closed connections are still finishing their publishes
+    /// (bounded in time by the session); a graceful shutdown waits for them.
+    pub fn closing_count(&self) -> usize {
+        self.inner.closing.load(Ordering::Relaxed)
     }
 
     /// Bytes the connections hold in incomplete (fragmented) messages now,
@@ -817,6 +859,33 @@ mod tests {
             1,
             "a plain connection holds nothing"
         );
+    }
+
+    #[test]
+    fn a_closing_connection_frees_its_slots_and_is_counted_until_done() {
+        let registry = WsClientRegistry::new();
+        let limits = ConnectionLimits {
+            per_client: 1,
+            per_ip: 1,
+            total: 1,
+        };
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let first = registry
+            .try_register_with(id("a"), Some(ip), 4, limits, false)
+            .unwrap();
+        assert!(registry
+            .try_register_with(id("a"), Some(ip), 4, limits, false)
+            .is_err());
+        let closing = first.guard.into_closing();
+        assert_eq!(registry.connection_count(), 0);
+        assert_eq!(registry.closing_count(), 1);
+        let second = registry
+            .try_register_with(id("a"), Some(ip), 4, limits, false)
+            .expect("the closed connection's slots are free");
+        drop(closing);
+        assert_eq!(registry.closing_count(), 0);
+        assert_eq!(registry.connection_count(), 1);
+        drop(second);
     }
 
     #[test]

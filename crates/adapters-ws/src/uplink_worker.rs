@@ -4,8 +4,11 @@
 //!
 //! It runs beside the session loop so that a slow publish never holds up the
 //! Commands going the other way. When the session ends the worker still
-//! publishes what it was already given (nothing received is silently lost),
-//! but stops trying to reply once the socket is closed.
+//! publishes what it was already given, but stops trying to reply once the
+//! socket is closed, and stops altogether when told to give up (the
+//! connection's closing deadline): what the sink has not confirmed by then
+//! is counted and logged (`Uplink::count_unconfirmed`), never waited for
+//! without limit.
 //!
 //! [`LazyWorker`] starts it, with its queue, at the connection's first
 //! client message: most connections only receive, and an idle connection
@@ -17,6 +20,7 @@ use std::time::Duration;
 use actix_ws::Session;
 use domain::{ClientId, Reply, Uplink};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 /// How many inbound messages may wait for the worker before the session
@@ -40,6 +44,8 @@ pub(crate) struct LazyWorker {
     queue: Option<mpsc::Sender<Inbound>>,
     running: Option<tokio::task::JoinHandle<()>>,
     start: Option<Start>,
+    /// Cancelled at the connection's closing deadline.
+    give_up: CancellationToken,
 }
 
 /// What the worker is started with.
@@ -67,7 +73,14 @@ impl LazyWorker {
                 session,
                 write_timeout,
             }),
+            give_up: CancellationToken::new(),
         }
+    }
+
+    /// Cancelling it makes the worker stop publishing: what it was given and
+    /// the sink has not confirmed is counted as such, not waited for.
+    pub(crate) fn give_up_token(&self) -> CancellationToken {
+        self.give_up.clone()
     }
 
     /// The worker's queue, if it has started.
@@ -96,13 +109,15 @@ impl LazyWorker {
                 start.client_id,
                 start.session,
                 start.write_timeout,
+                self.give_up.clone(),
             )
             .in_current_span(),
         ));
         self.queue = Some(queue);
     }
 
-    /// Lets the worker publish what it was given, then waits for it.
+    /// Lets the worker publish what it was given, then waits for it (until
+    /// its give-up token is cancelled: see [`LazyWorker::give_up_token`]).
     pub(crate) async fn finish(self) {
         drop(self.queue);
         if let Some(running) = self.running {
@@ -120,11 +135,23 @@ pub(crate) async fn run(
     client_id: ClientId,
     mut session: Session,
     write_timeout: Duration,
+    give_up: CancellationToken,
 ) {
     let mut can_reply = true;
-    while let Some(inbound) = inbox.recv().await {
+    loop {
+        let inbound = tokio::select! {
+            biased;
+            () = give_up.cancelled() => return give_up_rest(&mut inbox, &uplink, 0),
+            inbound = inbox.recv() => match inbound {
+                Some(inbound) => inbound,
+                None => return,
+            },
+        };
         let reply = match inbound {
-            Inbound::Text(text) => uplink.handle_text(&client_id, &text).await,
+            Inbound::Text(text) => tokio::select! {
+                reply = uplink.handle_text(&client_id, &text) => reply,
+                () = give_up.cancelled() => return give_up_rest(&mut inbox, &uplink, 1),
+            },
             Inbound::Refused(reply) => {
                 uplink.count_rate_limited();
                 Some(*reply)
@@ -146,4 +173,17 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Counts the messages left in `inbox` (and `abandoned` already taken) as
+/// not confirmed, and closes it.
+fn give_up_rest(inbox: &mut mpsc::Receiver<Inbound>, uplink: &Uplink, abandoned: u64) {
+    inbox.close();
+    let mut left = abandoned;
+    while let Ok(inbound) = inbox.try_recv() {
+        if matches!(inbound, Inbound::Text(_)) {
+            left += 1;
+        }
+    }
+    uplink.count_unconfirmed(left);
 }

@@ -378,8 +378,11 @@ async fn supervised<F, Fut>(
 /// How long a task that panicked waits before it is started again.
 const RESTART_PAUSE: Duration = Duration::from_millis(100);
 
+/// Waits until every connection has closed and finished its last publishes
+/// (bounded by the sessions themselves: a second into the shutdown, what is
+/// left is given up).
 async fn wait_for_sessions(registry: &WsClientRegistry) {
-    while registry.connection_count() > 0 {
+    while registry.connection_count() > 0 || registry.closing_count() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -2,7 +2,11 @@
 //! into one.
 //!
 //! A body is either an SNS notification envelope whose `Message` holds the
-//! Command JSON, or the bare Command JSON. Decoding reads the body once,
+//! Command JSON, or the bare Command JSON. A Command may carry any field, so
+//! it may carry `Type` or `Message` too: a body is read as an envelope only
+//! when it has what every SNS notification has (`Type` `Notification`, a
+//! string `MessageId`, an `arn:` `TopicArn`, a string `Message`) and none of
+//! a Command's own fields (`command`, or a target). Decoding reads the body once,
 //! validates only what routing needs (`client_id`, `command`), and keeps the
 //! Command's JSON text exactly as the backend wrote it, so the client gets
 //! every field — known or not — without a re-serialization.
@@ -67,6 +71,11 @@ pub enum DecodeError {
     /// An SNS envelope of a type other than `Notification`.
     #[error("SNS envelope of type {0:?} carries no Command")]
     UnsupportedEnvelopeType(String),
+    /// A `Notification` without a Command field of its own that lacks what
+    /// every SNS notification has (a string `MessageId`, an `arn:` `TopicArn`):
+    /// neither a Command nor an envelope.
+    #[error("body is neither a Command (no command, no client_id) nor an SNS envelope (no MessageId or TopicArn)")]
+    NotAnEnvelope,
     /// An SNS `Notification` without a `Message`.
     #[error("SNS envelope has no Message")]
     EnvelopeWithoutMessage,
@@ -103,6 +112,7 @@ impl DecodeError {
             Self::NotJson(_) => "not_json",
             Self::NotAnObject => "not_an_object",
             Self::UnsupportedEnvelopeType(_) => "unsupported_envelope_type",
+            Self::NotAnEnvelope => "not_an_envelope",
             Self::EnvelopeWithoutMessage => "envelope_without_message",
             Self::EnvelopeMessageNotString => "envelope_message_not_string",
             Self::MessageNotJson(_) => "message_not_json",
@@ -128,10 +138,33 @@ struct Probe<'a> {
     message_id: Option<Value>,
     #[serde(rename = "Timestamp", default)]
     timestamp: Option<Value>,
+    #[serde(rename = "TopicArn", borrow, default)]
+    topic_arn: Option<&'a RawValue>,
     #[serde(borrow, default)]
     client_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     command: Option<&'a RawValue>,
+    // The other targets a Command may name (SPEC §11): present, they make
+    // the body a Command whatever else it carries.
+    #[serde(borrow, default)]
+    client_ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    group: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    broadcast: Option<&'a RawValue>,
+}
+
+impl Probe<'_> {
+    /// Whether the body has a field only a Command has. No SNS envelope
+    /// carries one at its top level (its attributes are under
+    /// `MessageAttributes`), so such a body is a Command.
+    fn has_command_field(&self) -> bool {
+        self.command.is_some()
+            || self.client_id.is_some()
+            || self.client_ids.is_some()
+            || self.group.is_some()
+            || self.broadcast.is_some()
+    }
 }
 
 const NOTIFICATION: &str = "Notification";
@@ -141,12 +174,10 @@ pub fn decode_sqs_body(body: &str) -> Result<DecodedCommand, DecodeError> {
     let probe = probe_object(body, DecodeError::NotJson, DecodeError::NotAnObject)?;
     let kind = probe.kind.and_then(as_text);
     match kind.as_deref() {
-        // A Command may carry a field named `Type` of its own; only a body
-        // without a `client_id`, or with a `Message`, is read as an envelope.
-        Some(NOTIFICATION) if probe.client_id.is_none() || probe.message.is_some() => {
-            decode_envelope(probe)
-        }
-        Some(other) if probe.client_id.is_none() => {
+        // A Command may carry fields named `Type` and `Message` of its own;
+        // its `command` or target says it is one.
+        Some(NOTIFICATION) if !probe.has_command_field() => decode_envelope(probe),
+        Some(other) if !probe.has_command_field() => {
             Err(DecodeError::UnsupportedEnvelopeType(other.to_owned()))
         }
         _ => {
@@ -166,6 +197,14 @@ fn decode_envelope(envelope: Probe<'_>) -> Result<DecodedCommand, DecodeError> {
         .message
         .ok_or(DecodeError::EnvelopeWithoutMessage)?;
     let message = as_string(raw).ok_or(DecodeError::EnvelopeMessageNotString)?;
+    let message_id_is_text = matches!(envelope.message_id, Some(Value::String(_)));
+    let topic_is_arn = envelope
+        .topic_arn
+        .and_then(as_text)
+        .is_some_and(|arn| arn.starts_with("arn:"));
+    if !message_id_is_text || !topic_is_arn {
+        return Err(DecodeError::NotAnEnvelope);
+    }
     let inner = probe_object(
         &message,
         DecodeError::MessageNotJson,
@@ -268,6 +307,47 @@ mod tests {
             assert_eq!(decoded.client_id.as_str(), "c1");
             assert_eq!(&*decoded.json, body);
             assert_eq!(decoded.sns_message_id, None);
+        }
+    }
+
+    /// A bare Command may carry fields named like an envelope's (`Type`,
+    /// `Message`, even `MessageId` and an ARN in `TopicArn`): its own
+    /// `client_id` or `command` says it is a Command, and it goes to its own
+    /// client, never to an id inside its `Message`.
+    #[test]
+    fn a_command_with_envelope_fields_is_delivered_as_itself() {
+        let inner = r#"{"client_id":"mallory","command":"steal"}"#;
+        let commands = [
+            json!({"client_id": "c1", "command": "go", "Type": "Notification", "Message": inner}),
+            json!({"client_id": "c1", "command": "go", "Type": "Notification", "Message": "hi",
+                "MessageId": "m-1", "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+                "Timestamp": "2026-01-01T00:00:00.000Z"}),
+            json!({"client_id": "c1", "command": "go", "Type": "Notification",
+                "Message": {"text": "not a string"}}),
+        ];
+        for command in commands {
+            for body in [
+                command.to_string(),
+                serde_json::to_string_pretty(&command).unwrap(),
+            ] {
+                let decoded = decode_sqs_body(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                assert_eq!(decoded.client_id.as_str(), "c1", "{body}");
+                assert_eq!(&*decoded.json, body);
+                assert_eq!(decoded.sns_message_id, None);
+            }
+        }
+        // Without a Command field of its own, and without what every SNS
+        // notification has, it is neither: malformed, never routed.
+        for body in [
+            json!({"Type": "Notification", "Message": inner}),
+            json!({"Type": "Notification", "Message": inner, "MessageId": "m-1"}),
+            json!({"Type": "Notification", "Message": inner, "MessageId": "m-1",
+                "TopicArn": "commands"}),
+            json!({"Type": "Notification", "Message": inner, "MessageId": 7,
+                "TopicArn": "arn:aws:sns:us-east-1:123456789012:t"}),
+        ] {
+            let got = decode_sqs_body(&body.to_string()).unwrap_err();
+            assert_eq!(got, DecodeError::NotAnEnvelope, "{body}");
         }
     }
 

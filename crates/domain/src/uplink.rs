@@ -66,6 +66,30 @@ impl Uplink {
         }
     }
 
+    /// Counts a presence event the sink did not confirm before its
+    /// connection's closing deadline: it may still be published (the sink
+    /// may hold it), but nobody waits for it any longer.
+    pub fn count_presence_unconfirmed(&self, action: &str) {
+        warn!(
+            action,
+            "presence event not confirmed before the closing deadline"
+        );
+        bump(&self.stats.control.presence_failed, 1);
+    }
+
+    /// Counts `messages` client messages of a closed connection that the sink
+    /// did not confirm before the connection's closing deadline (their client
+    /// is gone: there is nobody left to answer).
+    pub fn count_unconfirmed(&self, messages: u64) {
+        if messages > 0 {
+            warn!(
+                messages,
+                "client messages of a closed connection not confirmed before its closing deadline"
+            );
+            bump(&self.stats.uplink.failed, messages);
+        }
+    }
+
     /// The counters this use case shares with the sessions that drive it
     /// (they count close codes into it).
     pub fn stats(&self) -> &Arc<Stats> {

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::{ApiError, ApiResult, ErrorKind};
-use crate::model::{Attributes, Delivered, NewMessage, ReceiveRequest, MAX_MESSAGE_BYTES};
+use crate::model::{
+    payload_bytes, Attributes, Delivered, NewMessage, ReceiveRequest, MAX_MESSAGE_BYTES,
+};
 use crate::server::Shared;
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
@@ -313,7 +315,10 @@ async fn dispatch(shared: &Shared, operation: &str, body: &[u8]) -> ApiResult<(S
             let url = required("QueueUrl", &input.queue_url)?;
             model.queue(url)?;
             let count = check_batch(input.entries.iter().map(|e| e.id.as_str()))?;
-            let total: usize = input.entries.iter().map(|e| e.message_body.len()).sum();
+            // As SQS counts it: bodies and message attributes together.
+            let total = input.entries.iter().fold(0usize, |total, e| {
+                total.saturating_add(payload_bytes(&e.message_body, &e.message_attributes))
+            });
             if total > MAX_MESSAGE_BYTES {
                 return Err(ApiError::new(
                     ErrorKind::BatchTooLong,

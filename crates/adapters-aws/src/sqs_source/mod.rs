@@ -211,8 +211,8 @@ impl SqsCommandSource {
                 .delete(letters.into_iter().map(|l| l.message.receipt).collect())
                 .await;
         };
-        let sends = letters
-            .chunks(BATCH_LIMIT)
+        let sends = dead_letter::batches(&letters)
+            .into_iter()
             .map(|chunk| self.send_dead_letters(dlq, facts.dead_letter_fifo, chunk));
         let mut sent = Vec::new();
         let mut failure = None;
@@ -242,7 +242,7 @@ impl SqsCommandSource {
         }
     }
 
-    /// One SendMessageBatch of at most ten letters: the receipts of those
+    /// One SendMessageBatch (ten letters, 256 KiB at most): the receipts of those
     /// sent, and the first failure's reason if some were not.
     async fn send_dead_letters(
         &self,

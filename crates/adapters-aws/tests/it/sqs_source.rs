@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use domain::{CommandSource, DeadLetter, GiveUpReason, InboundMessage, Receipt, SourceError};
 use testkit::{moto, unique_name, Aws};
 
-use crate::support::{closed_port, source_with, take_raw, Client, WAIT};
+use crate::support::{closed_port, source_with, take_raw, with_client, Client, SendBatchLog, WAIT};
 
 both_clients!(
     receive_returns_body_id_receipt_sent_time_and_receive_count,
@@ -24,6 +24,7 @@ both_clients!(
     a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason,
     the_dead_letter_queue_setting_wins_over_the_redrive_policy,
     a_failed_dead_letter_send_leaves_the_message_in_the_source,
+    large_letters_go_to_the_dead_letter_queue_in_calls_sqs_accepts,
     a_fifo_dead_letter_keeps_the_group_and_a_derived_deduplication_id,
     without_a_dead_letter_queue_a_given_up_message_is_deleted,
     extending_keeps_a_held_message_invisible_past_its_visibility_timeout,
@@ -298,6 +299,78 @@ async fn a_given_up_message_goes_to_the_redrive_target_at_once_with_its_reason(c
     );
     assert_eq!(attrs.get("wsbridge_detail").map(String::len), Some(256));
     assert_eq!(attrs.get("trace_id").map(String::as_str), Some("t-1"));
+}
+
+/// Ten large malformed Commands given up at once: SendMessageBatch takes
+/// 256 KiB at most in one call (moto refuses more than 1 MiB of bodies),
+/// so they go out in several calls, each within the limit, and all ten
+/// reach the dead-letter queue with their reason, byte for byte.
+async fn large_letters_go_to_the_dead_letter_queue_in_calls_sqs_accepts(client: Client) {
+    let aws = moto().aws().await;
+    let (queue, dlq) = aws
+        .create_queue_with_dlq(&unique_name("src-big"), 5, &[])
+        .await;
+    // 110 KiB each: ten pass even moto's 1 MiB batch limit.
+    let bodies: BTreeSet<String> = (0..10)
+        .map(|n| {
+            format!(
+                "{{\"client_id\": \"c{n}\", \u{e9}{}",
+                "x".repeat(110 * 1024)
+            )
+        })
+        .collect();
+    for body in &bodies {
+        aws.send_with_attributes(&queue.url, body, &[("trace_id", "t-1")])
+            .await;
+    }
+    let log = SendBatchLog::default();
+    let source = with_client(
+        client,
+        &aws.config,
+        SqsCommandSource::new(
+            log.sqs_client(&aws.config),
+            &queue.url,
+            SqsSourceSettings {
+                wait_time: Duration::from_secs(1),
+                ..SqsSourceSettings::default()
+            },
+        ),
+    );
+    let got = receive_n(&source, 10).await;
+    assert_eq!(got.len(), 10);
+
+    source
+        .dead_letter(letters(got, GiveUpReason::Malformed, "expected value"))
+        .await
+        .unwrap();
+
+    let calls = log.payload_sizes();
+    assert!(
+        calls.len() >= 5,
+        "ten 110 KiB letters need 5 calls: {calls:?}"
+    );
+    assert!(
+        calls.iter().all(|bytes| *bytes <= 262_144),
+        "a call over 256 KiB: {calls:?}"
+    );
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0), "source empty");
+    let dead = aws.receive_at_least(&dlq.url, 10, WAIT).await;
+    assert_eq!(dead.len(), 10);
+    for message in &dead {
+        assert_eq!(
+            message
+                .attributes
+                .get("wsbridge_reason")
+                .map(String::as_str),
+            Some("malformed")
+        );
+        assert_eq!(
+            message.attributes.get("trace_id").map(String::as_str),
+            Some("t-1")
+        );
+    }
+    let dead_bodies: BTreeSet<String> = dead.into_iter().map(|m| m.body).collect();
+    assert_eq!(dead_bodies, bodies);
 }
 
 async fn the_dead_letter_queue_setting_wins_over_the_redrive_policy(client: Client) {

@@ -14,6 +14,7 @@ use aws_sdk_sns::config::{ConfigBag, Intercept};
 use aws_sdk_sns::error::BoxError;
 use aws_sdk_sns::operation::publish::PublishInput;
 use aws_sdk_sns::operation::publish_batch::PublishBatchInput;
+use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchInput;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use domain::{ClientId, OutboundEvent};
 
@@ -198,6 +199,61 @@ impl Intercept for CallLog {
             return Ok(());
         };
         self.0.lock().unwrap().push(call);
+        Ok(())
+    }
+}
+
+/// An SDK interceptor recording the payload of every SendMessageBatch an SQS
+/// client makes, as SQS counts it against its limit: each entry's body and
+/// attribute names, types and values.
+#[derive(Debug, Clone, Default)]
+pub struct SendBatchLog(Arc<Mutex<Vec<usize>>>);
+
+impl SendBatchLog {
+    /// The payload of each call so far, in bytes.
+    pub fn payload_sizes(&self) -> Vec<usize> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// An SQS client for `config` that records into this log.
+    pub fn sqs_client(&self, config: &SdkConfig) -> aws_sdk_sqs::Client {
+        let conf = aws_sdk_sqs::config::Builder::from(config)
+            .interceptor(self.clone())
+            .build();
+        aws_sdk_sqs::Client::from_conf(conf)
+    }
+}
+
+impl aws_sdk_sqs::config::Intercept for SendBatchLog {
+    fn name(&self) -> &'static str {
+        "adapters-aws-test-send-batch-log"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &aws_sdk_sqs::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), BoxError> {
+        let input = context.input();
+        if let Some(batch) = input.downcast_ref::<SendMessageBatchInput>() {
+            let bytes = batch
+                .entries()
+                .iter()
+                .map(|entry| {
+                    let attributes = entry.message_attributes().into_iter().flatten();
+                    entry.message_body().len()
+                        + attributes
+                            .map(|(name, v)| {
+                                name.len()
+                                    + v.data_type().len()
+                                    + v.string_value().map_or(0, str::len)
+                                    + v.binary_value().map_or(0, |b| b.as_ref().len())
+                            })
+                            .sum::<usize>()
+                })
+                .sum();
+            self.0.lock().unwrap().push(bytes);
+        }
         Ok(())
     }
 }

@@ -27,18 +27,30 @@
 //! route that RFC 6455 conformance suites (Autobahn) are pointed at.
 //!
 //! Here: the upgrade ([`start_session`]) and the connection's life around
-//! the loop (uplink worker, flush on shutdown, close frame, unregistering);
-//! the loop itself is in `serve`, the settings in `settings`.
+//! the loop (uplink worker, flush on shutdown, unregistering, close frame,
+//! last publishes); the loop itself is in `serve`, the settings in
+//! `settings`.
+//!
+//! A connection gives its slot under the limits back as soon as its socket
+//! closes, not once its last publishes are done: with a slow event bus a
+//! client reconnecting at once would otherwise be refused. Those publishes
+//! (the client messages it had sent, its `$disconnect`) still run, counted
+//! by the registry's [`closing_count`](WsClientRegistry::closing_count) for
+//! a graceful shutdown to wait on, but only until [`CLOSING_DEADLINE`] (or
+//! [`SHUTDOWN_CLOSING_GRACE`] into a shutdown): what the bus has not
+//! confirmed by then is counted and logged, not waited for.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::error::PayloadError;
+use actix_web::rt::task::JoinHandle;
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{Message, MessageStream, Session};
-use domain::{ClientId, Disconnect, Frame, Uplink};
+use domain::presence::DISCONNECT_ACTION;
+use domain::{ClientId, Disconnect, Frame, OutboundEvent, Uplink};
 use futures_util::{SinkExt, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +68,16 @@ mod settings;
 pub use settings::{Credential, Peer, SessionMode, SessionSettings, StartError, TokenRenewer};
 
 use serve::{serve, Incoming, Signals, UplinkPath};
+
+/// How long a closed connection's last publishes may take: one publish's own
+/// limit on SNS (`adapters_aws::sdk::PUBLISH_TIMEOUT`). Not a setting: it
+/// only bounds work whose client is gone.
+pub const CLOSING_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Once a shutdown has begun, how long a closed connection's last publishes
+/// may still take: well within any shutdown deadline worth having, so what
+/// the connections leave behind never holds the shutdown up.
+pub const SHUTDOWN_CLOSING_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a closing handshake may wait for room in the socket's buffer
 /// before the connection is dropped without a close frame.
@@ -162,9 +184,9 @@ impl Connection {
             settings,
             shutdown,
         } = self;
-        // The guard lives to the end of this function: the connection stays
-        // counted until its last publish is done, which is what a draining
-        // shutdown waits for.
+        // The guard is given up when the socket closes; the connection then
+        // stays counted as closing until its last publishes are done or given
+        // up, which is what a draining shutdown waits for.
         let Registration {
             id,
             mut outbound,
@@ -230,6 +252,9 @@ impl Connection {
             flush_queued(&mut session, &mut outbound).await;
         }
         drop(outbound);
+        // The socket is closing: its slot goes back before the client can
+        // see the close frame and reconnect.
+        let closing = guard.into_closing();
         let reason = exit.close_reason();
         stats
             .close_codes
@@ -253,10 +278,12 @@ impl Connection {
             }
         }
         drop(stream);
-        if let Some(presence) = uplink.presence() {
-            if let Some(connected) = connected {
-                let _ = connected.await;
-            }
+
+        // The last publishes, bounded: the `$disconnect` (after the
+        // `$connect`, never reordered) beside the worker's last messages.
+        let give_up = worker.give_up_token();
+        let timer = actix_web::rt::spawn(closing_time(shutdown.clone(), give_up.clone()));
+        let disconnected = uplink.presence().map(|presence| {
             let (code, text) = match (&reason, &exit) {
                 (Some(ours), _) => (Some(u16::from(ours.code)), ours.description.as_deref()),
                 (None, Exit::ClientClosed(Some(theirs))) => {
@@ -265,13 +292,58 @@ impl Connection {
                 (None, _) => (None, None),
             };
             let how = Disconnect { code, reason: text };
-            let event = presence.disconnected(&client_id, id.get(), SystemTime::now(), how);
-            uplink.announce(event).await;
-        }
-
-        // Let the worker publish what it was given, then unregister.
-        worker.finish().await;
+            presence.disconnected(&client_id, id.get(), SystemTime::now(), how)
+        });
+        tokio::join!(
+            announce_disconnect(&uplink, connected, disconnected, &give_up),
+            worker.finish()
+        );
+        timer.abort();
+        drop(closing);
         debug!(reason = exit.label(), "connection closed");
+    }
+}
+
+/// Cancels `give_up` at the closing deadline: [`CLOSING_DEADLINE`] from now,
+/// or [`SHUTDOWN_CLOSING_GRACE`] into a shutdown if that comes first.
+async fn closing_time(shutdown: CancellationToken, give_up: CancellationToken) {
+    let shutdown_grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_CLOSING_GRACE).await;
+    };
+    tokio::select! {
+        () = tokio::time::sleep(CLOSING_DEADLINE) => {}
+        () = shutdown_grace => {}
+    }
+    give_up.cancel();
+}
+
+/// Waits for the `$connect` still under way, then publishes the
+/// `$disconnect`, until `give_up`: past it, the `$connect` task is stopped
+/// and the `$disconnect` counted as not confirmed (the sink may still hold
+/// and publish it; nobody waits for it).
+async fn announce_disconnect(
+    uplink: &Uplink,
+    connected: Option<JoinHandle<()>>,
+    disconnected: Option<OutboundEvent>,
+    give_up: &CancellationToken,
+) {
+    let Some(event) = disconnected else { return };
+    let mut connected = connected;
+    let announce = async {
+        if let Some(connected) = connected.as_mut() {
+            let _ = connected.await;
+        }
+        uplink.announce(event).await;
+    };
+    tokio::select! {
+        () = announce => {}
+        () = give_up.cancelled() => {
+            if let Some(connected) = connected {
+                connected.abort();
+            }
+            uplink.count_presence_unconfirmed(DISCONNECT_ACTION);
+        }
     }
 }
 

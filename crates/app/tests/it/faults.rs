@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::cli::{served_port, signal, stderr_lines, wsbridge};
 use crate::support::{
     assert_silent, client_id, command, connect, next_frame, next_json, send_text, wait_until,
-    Bridge, Env, Next, TempDir, Ws, PATIENCE, QUIET,
+    Bridge, Env, Next, TempDir, Ws, PATIENCE, QUIET, SHUTDOWN_SECS,
 };
 
 /// The per-attempt timeout of the bridges' SDK clients in these tests: above
@@ -1248,4 +1248,64 @@ async fn sigterm_with_commands_in_flight_releases_them_at_once_closes_1001_and_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_with_commands_in_flight_releases_them_at_once_closes_1001_and_loses_nothing() {
     graceful_shutdown_with_commands_in_flight("-INT").await;
+}
+
+/// The time `run_until_stopped` takes from the shutdown signal, and whether
+/// it reported a clean stop.
+async fn stop_timed(bridge: Bridge) -> (Duration, Result<(), String>) {
+    let started = Instant::now();
+    let result = bridge.stop_with_result().await;
+    (started.elapsed(), result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sns_slow_a_closed_connection_gives_its_slot_back_at_once_and_shutdown_holds() {
+    let env = Env::new(5).await;
+    let proxy = proxy();
+    let bridge = Bridge::start_with(
+        {
+            let mut s = env.settings();
+            s.max_connections_per_client = 1;
+            s.presence_events = true;
+            s
+        },
+        &via(&proxy, ATTEMPT).await,
+    )
+    .await;
+    bridge.wait_until_polling().await;
+    // Every publish (presence events, client messages) is stuck for 10 s.
+    proxy.inject_for(
+        "PublishBatch",
+        Fault::Delay(Duration::from_secs(10)),
+        Limit::For(Duration::from_secs(60)),
+    );
+    let ivy = client_id("ivy");
+    for round in 0..3 {
+        // At its limit of one connection, whose `$connect` and a message
+        // are waiting on SNS when it closes.
+        let mut ws = bridge.connect(&ivy).await;
+        send_text(
+            &mut ws,
+            &json!({"action": "hello", "id": format!("r{round}")}).to_string(),
+        )
+        .await;
+        ws.close(None).await.unwrap();
+        assert!(
+            matches!(next_frame(&mut ws, PATIENCE).await, Some(Next::Close(_))),
+            "the bridge answers the close"
+        );
+        // Reconnecting at once is accepted (not 429): `bridge.connect`
+        // asserts the 101.
+    }
+    let last = bridge.connect(&ivy).await;
+    drop(last);
+
+    // With publishes stuck, the graceful shutdown still ends within its
+    // deadline.
+    let (took, result) = stop_timed(bridge).await;
+    eprintln!("measured: shutdown with SNS stuck took {took:?}: {result:?}");
+    assert!(
+        took <= Duration::from_secs(SHUTDOWN_SECS) + Duration::from_millis(500),
+        "shutdown took {took:?}"
+    );
 }

@@ -283,8 +283,21 @@ impl Bridge {
 }
 
 impl Bridge {
-    /// Like [`Bridge::stop`], for a shutdown that must miss its deadline:
-    /// returns the error `run_until_stopped` reports.
+    /// Stops the bridge and returns what `run_until_stopped` reported,
+    /// clean stop or not (bounded by the shutdown deadline and a second).
+    pub async fn stop_with_result(mut self) -> Result<(), String> {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("bridge already stopped");
+        let limit = Duration::from_secs(SHUTDOWN_SECS + 1);
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => panic!("bridge task panicked: {e}"),
+            Err(_) => panic!("run_until_stopped did not return within {limit:?}"),
+        }
+    }
+
+    /// Stops the bridge and returns the error `run_until_stopped` reported:
+    /// for tests of a shutdown that cannot finish in time.
     pub async fn stop_missing_its_deadline(mut self) -> String {
         self.shutdown.cancel();
         let task = self.task.take().expect("bridge already stopped");

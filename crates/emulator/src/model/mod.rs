@@ -31,8 +31,8 @@ use topics::Topic;
 
 pub use queue::QueueCell;
 pub use values::{
-    Attributes, Delivered, MessageAttribute, NewMessage, Publication, QueueCounts, ReceiveRequest,
-    Sent, SubscriptionInfo,
+    payload_bytes, Attributes, Delivered, MessageAttribute, NewMessage, Publication, QueueCounts,
+    ReceiveRequest, Sent, SubscriptionInfo,
 };
 
 /// SQS's and SNS's limit on a message (256 KiB).

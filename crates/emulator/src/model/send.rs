@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::queue::{QueueCell, Stored};
-use super::{lock, Model, NewMessage, Sent};
+use super::{lock, payload_bytes, Model, NewMessage, Sent};
 use crate::error::{ApiError, ApiResult};
 use crate::md5;
 use crate::time::now_millis;
@@ -38,7 +38,7 @@ impl Model {
         if queue.deleted {
             return Err(ApiError::queue_missing());
         }
-        if message.body.len() > queue.max_message_bytes {
+        if payload_bytes(&message.body, &message.attributes) > queue.max_message_bytes {
             return Err(ApiError::invalid(format!(
                 "One or more parameters are invalid. Reason: Message must be shorter than {} bytes.",
                 queue.max_message_bytes

@@ -41,6 +41,26 @@ pub struct NewMessage {
     pub dedup_id: Option<String>,
 }
 
+/// What SQS counts of a message against its size limits (a message's
+/// `MaximumMessageSize`, a batch's total): the body, and each attribute's
+/// name, type and value (a binary value by its decoded bytes).
+pub fn payload_bytes(body: &str, attributes: &Attributes) -> usize {
+    attributes.iter().fold(body.len(), |total, (name, a)| {
+        let value = match (&a.string_value, &a.binary_value) {
+            (Some(text), _) => text.len(),
+            (None, Some(base64)) => {
+                let padding = base64.bytes().rev().take_while(|&b| b == b'=').count();
+                (base64.len() / 4 * 3).saturating_sub(padding)
+            }
+            (None, None) => 0,
+        };
+        total
+            .saturating_add(name.len())
+            .saturating_add(a.data_type.len())
+            .saturating_add(value)
+    })
+}
+
 /// What a send answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {

@@ -296,3 +296,52 @@ async fn fifo_queues_keep_group_order_and_drop_duplicates() {
     );
     emulator.stop().await;
 }
+
+/// SQS counts a batch's bodies and message attributes against its 256 KiB:
+/// two entries whose bodies alone fit are refused with their attributes.
+#[tokio::test]
+async fn a_batch_over_256_kib_with_its_attributes_is_refused_whole() {
+    let (_emulator, aws) = emulator().await;
+    let queue = aws.create_queue("batch-size").await;
+    let entry = |id: &str, value: &str| {
+        SendMessageBatchRequestEntry::builder()
+            .id(id)
+            .message_body("b".repeat(130_000))
+            .message_attributes(
+                "wsbridge_detail",
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let send = |entries: Vec<SendMessageBatchRequestEntry>| {
+        aws.sqs
+            .send_message_batch()
+            .queue_url(&queue.url)
+            .set_entries(Some(entries))
+            .send()
+    };
+
+    // 260 000 bytes of bodies, 264 400 with the attributes.
+    let long = "d".repeat(2_179);
+    let error = send(vec![entry("a", &long), entry("b", &long)])
+        .await
+        .unwrap_err();
+    let error = error.into_service_error();
+    assert_eq!(
+        error.meta().code(),
+        Some("AWS.SimpleQueueService.BatchRequestTooLong"),
+        "{error:?}"
+    );
+    assert_eq!(aws.queue_counts(&queue.url).await, (0, 0), "nothing sent");
+
+    // Within the limit with them: both sent.
+    let sent = send(vec![entry("a", "short"), entry("b", "short")])
+        .await
+        .unwrap();
+    assert_eq!(sent.successful().len(), 2);
+}
