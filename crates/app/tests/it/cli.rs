@@ -442,6 +442,39 @@ async fn a_dotenv_file_that_cannot_be_parsed_stops_dev_naming_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_variable_stops_serve_and_dev_naming_it_and_the_setting_it_resembles() {
+    let expected = "unknown environment variable BRIDGE_ACK_TIMOUT_SECS \
+                    (did you mean BRIDGE_ACK_TIMEOUT_SECS?)";
+    let dir = TempDir::new("cli-typo-env");
+    let mut command = wsbridge(dir.path());
+    command
+        .arg("serve")
+        .env("BRIDGE_ACK_TIMOUT_SECS", "3")
+        .env("BRIDGE_COMMAND_QUEUE_URL", "http://127.0.0.1:1/1/q")
+        .env("BRIDGE_EVENTS_TOPIC_ARN", "arn:aws:sns:us-east-1:1:e");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains(expected),
+        "{}",
+        describe(&output)
+    );
+
+    // The same name in `.env`, which `dev` reads into its environment.
+    let dir = TempDir::new("cli-typo-dotenv");
+    dir.write(".env", "BRIDGE_ACK_TIMOUT_SECS=3\n");
+    let mut command = wsbridge(dir.path());
+    command.arg("dev");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains(expected),
+        "{}",
+        describe(&output)
+    );
+}
+
 /// Subscriptions of a topic, as (subscription ARN, endpoint).
 async fn subscriptions(aws: &testkit::Aws, topic: &str) -> Vec<(String, String)> {
     let out = aws

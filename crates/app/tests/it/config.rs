@@ -358,20 +358,65 @@ fn a_wrong_type_in_a_file_names_the_field_and_the_file() {
 }
 
 #[test]
-fn environment_variables_unknown_to_the_settings_are_ignored() {
+fn a_mistyped_environment_variable_is_refused_naming_the_setting_it_resembles() {
     let dir = TempDir::new("cfg-unknown-env");
+    let error = load_err(&sources(
+        &dir,
+        &[
+            ("BRIDGE_ACK_TIMOUT_SECS", "3"),
+            ("BRIDGE_SOMETHING_ELSE", "whatever"),
+            ("BRIDGE_PORT", "9000"),
+        ],
+    ));
+    assert_eq!(
+        error.problems,
+        [
+            "unknown environment variable BRIDGE_ACK_TIMOUT_SECS \
+             (did you mean BRIDGE_ACK_TIMEOUT_SECS?)",
+            "unknown environment variable BRIDGE_SOMETHING_ELSE (no setting has a name \
+             like it; `wsbridge config` lists them)",
+        ],
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unknown_variable_is_reported_with_the_other_problems() {
+    let dir = TempDir::new("cfg-unknown-env-and-more");
+    let error = load_err(&sources(
+        &dir,
+        &[("BRIDGE_POLERS", "4"), ("BRIDGE_PORT", "abc")],
+    ));
+    assert_eq!(error.problems.len(), 2, "{error}");
+    assert!(
+        error.problems[0].contains("BRIDGE_POLERS (did you mean BRIDGE_POLLERS?)"),
+        "{error}"
+    );
+    assert!(error.problems[1].starts_with("port:"), "{error}");
+}
+
+#[test]
+fn the_command_lines_own_variables_and_other_prefixes_are_not_settings_but_allowed() {
+    let dir = TempDir::new("cfg-not-settings-env");
     let settings = Settings::load(&sources(
         &dir,
         &[
-            ("BRIDGE_SOMETHING_ELSE", "whatever"),
             ("BRIDGE_PROFILE", "staging"),
             ("BRIDGE_CONFIG_DIR", "/nowhere"),
+            ("WSBRIDGE_TEST_MOTO_URL", "http://127.0.0.1:5999"),
             ("PORT", "1234"),
             ("bridge_port", "1234"),
+            ("BRIDGE_ACK_TIMEOUT_SECS", "3"),
         ],
     ))
     .unwrap();
-    assert_eq!(settings, Settings::default());
+    assert_eq!(
+        settings,
+        Settings {
+            ack_timeout_secs: 3,
+            ..Settings::default()
+        }
+    );
 }
 
 #[test]
