@@ -198,7 +198,10 @@ events_topic_arn = "arn:aws:sns:us-east-1:123456789012:from-file"
 #[test]
 fn a_profile_file_overrides_default_toml() {
     let dir = TempDir::new("cfg-profile");
-    dir.write("default.toml", "port = 9001\nhost = \"0.0.0.0\"\n");
+    dir.write(
+        "default.toml",
+        "port = 9001\nhost = \"0.0.0.0\"\nallow_insecure = true\n",
+    );
     dir.write("staging.toml", "port = 9002\n");
     let mut with_profile = sources(&dir, &[]);
     with_profile.profile = Some("staging".into());
@@ -224,6 +227,7 @@ fn environment_variables_override_files() {
         &[
             ("BRIDGE_PORT", "9100"),
             ("BRIDGE_HOST", "0.0.0.0"),
+            ("BRIDGE_ALLOW_INSECURE", "true"),
             ("BRIDGE_UNDELIVERABLE", "drop"),
             ("BRIDGE_RECEIVE_WAIT_SECS", "3"),
             (
