@@ -357,13 +357,9 @@ async fn health_never_flaps_while_sqs_fails_and_ready_follows_the_outage() {
     // SQS refuses every connection: not ready, but alive.
     proxy.set(Fault::Refuse);
     let body = wait_for_ready(&bridge, 503).await;
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("failed"),
-        "{body}"
-    );
+    assert_eq!(body["reason"], "command source unavailable", "{body}");
+    let detail = bridge.broker.not_ready_reason().unwrap_or_default();
+    assert!(detail.contains("failed"), "{detail}");
     assert_live_throughout(&bridge, Duration::from_secs(2)).await;
     assert_eq!(
         status_of(&bridge.http("/ready")).await.map(|(s, _)| s),
