@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
-use adapters_ws::TokenRenewer;
+use adapters_ws::{Renewal, TokenRenewer};
 use domain::ClientId;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -78,12 +78,18 @@ pub struct Authenticated {
 }
 
 impl TokenRenewer for JwtVerifier {
-    fn renew(&self, client_id: &ClientId, token: &str) -> Result<SystemTime, String> {
-        let (sub, until) = self.verify_until(token).map_err(|e| e.to_string())?;
-        if &sub != client_id {
-            return Err("the token is for another client id".into());
-        }
-        Ok(until)
+    /// Like an upgrade: a token naming a key id the JWKS does not hold has
+    /// the set fetched again first (rate-limited), so a renewal right after
+    /// the identity provider rotated a key in is not refused.
+    fn renew<'a>(&'a self, client_id: &'a ClientId, token: &'a str) -> Renewal<'a> {
+        Box::pin(async move {
+            self.refresh_for(token).await;
+            let (sub, until) = self.verify_until(token).map_err(|e| e.to_string())?;
+            if &sub != client_id {
+                return Err("the token is for another client id".into());
+            }
+            Ok(until)
+        })
     }
 }
 

@@ -1299,6 +1299,44 @@ async fn keys_from_a_jwks_url_are_fetched_again_for_a_rotated_in_kid() {
     bridge.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_with_a_rotated_in_kid_fetches_the_jwks_again_and_is_accepted() {
+    let jwks = JwksServer::start(Some(jwks_with(&["test-key"]))).await;
+    let env = Env::new(5).await;
+    let url = jwks.url.clone();
+    let bridge = env
+        .bridge(|s| {
+            jwt(s);
+            s.jwt_secret = None;
+            s.jwt_jwks_url = Some(url);
+        })
+        .await;
+    assert_eq!(jwks.requests(), 1, "fetched once at start");
+    let id = client_id("renewing");
+    let current = rs256(&claims(&id), "rsa-private.pem", Some("test-key"));
+    let (mut ws, _) =
+        assert_upgraded(&format!("{}?token={current}", bridge.ws_url("/ws")), &[]).await;
+
+    // The identity provider rotates a key in (the set's max-age is an
+    // hour): the renewal naming it has the bridge fetch the set at once.
+    jwks.serve(Some(jwks_with(&["test-key", "other-key"])));
+    let rotated = rs256(&claims(&id), "other-rsa-private.pem", Some("other-key"));
+    send_text(&mut ws, &json!({"auth": rotated}).to_string()).await;
+    assert_eq!(next_json(&mut ws).await, json!({"auth": "ok"}));
+    assert_eq!(jwks.requests(), 2);
+
+    // Rate-limited like the upgrade path: forged kids fetch nothing more.
+    let forged = rs256(&claims(&id), "other-rsa-private.pem", Some("no-such-key"));
+    for _ in 0..3 {
+        send_text(&mut ws, &json!({"auth": forged}).to_string()).await;
+        let _ = next_json(&mut ws).await;
+    }
+    assert_eq!(jwks.requests(), 2, "rate-limited");
+    send_text(&mut ws, r#"{"action":"a","id":"1"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "1"}));
+    bridge.stop().await;
+}
+
 #[tokio::test]
 async fn a_jwks_url_that_cannot_be_fetched_at_start_stops_the_bridge_naming_it() {
     let jwks = JwksServer::start(None).await;
