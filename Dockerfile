@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # wsbridge: build in the Rust image, run in a small Debian image as a non-root user.
 #   docker build -t wsbridge .
-#   docker run --rm -p 8000:8000 -e BRIDGE_COMMAND_QUEUE_URL=... -e BRIDGE_EVENTS_TOPIC_ARN=... wsbridge
+#   docker run --rm -p 8000:8000 -e BRIDGE_COMMAND_QUEUE_URL=... -e BRIDGE_EVENTS_TOPIC_ARN=... \
+#       -e BRIDGE_AUTH=jwt -e BRIDGE_JWT_SECRET=... wsbridge
 # Base images are pinned to exact versions (the toolchain the project is
 # built and tested with, a Debian point release): a rebuild gets the same
 # compiler and system libraries. Bump them on purpose, together with
@@ -27,6 +28,12 @@ COPY --from=builder /out/wsbridge /usr/local/bin/wsbridge
 COPY --from=builder /out/config /app/config
 USER wsbridge
 # Listen on all interfaces inside the container (the host decides what to publish).
+# Beyond loopback the bridge is never open by default: with auth = "none" and
+# no allowed_origins, `serve` exits 2 naming the fixes. Set BRIDGE_AUTH=jwt
+# (with BRIDGE_JWT_SECRET, BRIDGE_JWT_PUBLIC_KEY_FILE or BRIDGE_JWT_JWKS_URL)
+# or BRIDGE_ALLOWED_ORIGINS; BRIDGE_ALLOW_INSECURE=true accepts an open bridge
+# (anyone who reaches the port connects as any client id) with a warning in
+# the log at every start. This image sets none of them.
 ENV BRIDGE_HOST=0.0.0.0 \
     BRIDGE_PORT=8000
 EXPOSE 8000

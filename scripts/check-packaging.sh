@@ -4,10 +4,13 @@
 #     v1 from PyPI in .venv-compose: schema, ports, interpolation) and has what
 #     the README promises: the embedded emulator and wsbridge in `dev` mode on
 #     127.0.0.1:8000 talking to it, both from the image built here, each with a
-#     healthcheck, wsbridge started once the emulator is healthy;
+#     healthcheck, wsbridge started once the emulator is healthy; a bridge
+#     open to anyone (beyond loopback, auth none, no origins) only with an
+#     explicit BRIDGE_ALLOW_INSECURE=true and every port on loopback;
 #   - the Dockerfile's base images are pinned to exact versions (the Rust
 #     image at least the workspace's rust-version), its runtime stage has a
-#     HEALTHCHECK running `wsbridge health` and no curl or wget;
+#     HEALTHCHECK running `wsbridge health` and no curl or wget, and it
+#     does not allow an open bridge (BRIDGE_ALLOW_INSECURE, BRIDGE_AUTH=none);
 #   - .github/workflows/ci.yml is YAML, runs .ci/run, and builds and
 #     smoke-tests the image;
 #   - the licence files and the workspace's licence agree, deny.toml exists;
@@ -65,8 +68,21 @@ for name in ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
     check(name in env, f"{name} set for the SDK")
 ports = [str(p) for p in bridge.get("ports", [])]
 check(any(p.startswith("127.0.0.1:8000:8000") for p in ports), f"wsbridge ports {ports}")
-check(all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", [])),
-      "every published port is on the host's loopback only")
+all_on_loopback = all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+check(all_on_loopback, "every published port is on the host's loopback only")
+# SPEC §9: beyond loopback, auth = none without an origin list refuses to
+# start unless allowed explicitly; allowed only where nothing is published
+# beyond the host's loopback.
+loopback_hosts = ("127.0.0.1", "localhost", "::1", "[::1]")
+open_bridge = (str(env.get("BRIDGE_HOST", "127.0.0.1")) not in loopback_hosts
+               and str(env.get("BRIDGE_AUTH", "none")) == "none"
+               and not env.get("BRIDGE_ALLOWED_ORIGINS"))
+allowed_open = str(env.get("BRIDGE_ALLOW_INSECURE", "false")).lower() == "true"
+check(not open_bridge or allowed_open,
+      "wsbridge listens beyond loopback with auth none and no origins: without "
+      "BRIDGE_ALLOW_INSECURE=true it refuses to start")
+check(not allowed_open or (open_bridge and all_on_loopback),
+      "BRIDGE_ALLOW_INSECURE=true only for an open bridge published on loopback only")
 
 # Dockerfile
 with open(dockerfile_file) as f:
@@ -97,6 +113,8 @@ healthchecks = [l for l in joined.splitlines() if l.strip().upper().startswith("
 check(len(healthchecks) == 1 and '"wsbridge", "health"' in healthchecks[0],
       f"the runtime stage has one HEALTHCHECK running wsbridge health (exec form): {healthchecks}")
 check(not re.search(r"\b(curl|wget)\b", runtime), "no curl or wget in the runtime image")
+check(not re.search(r"BRIDGE_ALLOW_INSECURE|BRIDGE_AUTH=\"?none", runtime),
+      "the image does not allow an open bridge by default (BRIDGE_ALLOW_INSECURE, BRIDGE_AUTH=none)")
 user = re.findall(r"^USER\s+(\S+)", runtime, re.M)
 check(user and user[-1] not in ("root", "0"), f"the runtime stage runs as a non-root user: {user}")
 

@@ -36,5 +36,6 @@ pub use registry::{
     WsClientRegistry,
 };
 pub use session::{
-    start_session, Credential, Peer, SessionMode, SessionSettings, StartError, TokenRenewer,
+    start_session, Credential, Peer, Renewal, SessionMode, SessionSettings, StartError,
+    TokenRenewer,
 };

@@ -13,13 +13,17 @@
 //! the server then answers with the `bearer` subprotocol) and from the
 //! `token` query parameter. A token is never logged: failures are logged by
 //! reason only.
+//!
+//! A connection lasts until the token's `exp` plus the leeway. An `exp` after
+//! [`MAX_EXP`] (the year 9999) is refused as out of range rather than capped:
+//! it is no real expiry, and one near 2^63 s would not fit a time at all.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
-use adapters_ws::TokenRenewer;
+use adapters_ws::{Renewal, TokenRenewer};
 use domain::ClientId;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -34,6 +38,11 @@ use crate::jwt_crypto;
 /// The subprotocol a browser offers, followed by the token, to authenticate:
 /// `new WebSocket(url, ["bearer", token])`.
 pub const BEARER_PROTOCOL: &str = "bearer";
+
+/// The latest `exp` accepted: 9999-12-31T23:59:59Z, the last second a
+/// four-digit year writes (and far inside what a `SystemTime` or an
+/// `Instant` can hold).
+pub const MAX_EXP: u64 = 253_402_300_799;
 
 /// How upgrades are authenticated.
 pub enum Authenticator {
@@ -69,12 +78,18 @@ pub struct Authenticated {
 }
 
 impl TokenRenewer for JwtVerifier {
-    fn renew(&self, client_id: &ClientId, token: &str) -> Result<SystemTime, String> {
-        let (sub, until) = self.verify_until(token).map_err(|e| e.to_string())?;
-        if &sub != client_id {
-            return Err("the token is for another client id".into());
-        }
-        Ok(until)
+    /// Like an upgrade: a token naming a key id the JWKS does not hold has
+    /// the set fetched again first (rate-limited), so a renewal right after
+    /// the identity provider rotated a key in is not refused.
+    fn renew<'a>(&'a self, client_id: &'a ClientId, token: &'a str) -> Renewal<'a> {
+        Box::pin(async move {
+            self.refresh_for(token).await;
+            let (sub, until) = self.verify_until(token).map_err(|e| e.to_string())?;
+            if &sub != client_id {
+                return Err("the token is for another client id".into());
+            }
+            Ok(until)
+        })
     }
 }
 
@@ -231,7 +246,9 @@ impl JwtVerifier {
         for candidate in candidates(&keys, header.kid.as_deref()) {
             match jsonwebtoken::decode::<Claims>(token, &candidate.key, &self.validation) {
                 Ok(data) => {
-                    let until = UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway;
+                    let until = valid_until(data.claims.exp, self.leeway).ok_or(
+                        AuthError::Invalid("the token's exp is out of range (after the year 9999)"),
+                    )?;
                     return ClientId::parse(data.claims.sub)
                         .map(|client_id| (client_id, until))
                         .map_err(|_| AuthError::Invalid("sub is not a valid client id"));
@@ -307,6 +324,14 @@ impl JwtVerifier {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         Ok(max_age)
     }
+}
+
+/// `exp` plus `leeway` as a time, or `None` when `exp` is after [`MAX_EXP`].
+fn valid_until(exp: u64, leeway: Duration) -> Option<SystemTime> {
+    if exp > MAX_EXP {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp).checked_add(leeway)?)
 }
 
 /// The keys to try: the one named by `kid`, else every key.
@@ -474,14 +499,15 @@ struct MintedClaims<'a> {
 }
 
 /// Signs an HS256 token for `sub`, valid for `ttl`, with the audience and
-/// issuer the bridge checks (`wsbridge token`).
+/// issuer the bridge checks (`wsbridge token`); an error when it would
+/// expire after [`MAX_EXP`] or cannot be signed.
 pub fn mint(
     secret: &Secret,
     sub: &ClientId,
     ttl: Duration,
     audience: Option<&str>,
     issuer: Option<&str>,
-) -> Result<String, jsonwebtoken::errors::Error> {
+) -> Result<String, String> {
     jwt_crypto::install();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -490,7 +516,15 @@ pub fn mint(
     let claims = MintedClaims {
         sub: sub.as_str(),
         iat: now,
-        exp: now.saturating_add(ttl.as_secs()),
+        exp: now
+            .checked_add(ttl.as_secs())
+            .filter(|&exp| exp <= MAX_EXP)
+            .ok_or_else(|| {
+                format!(
+                    "a ttl of {} s would expire after the year 9999",
+                    ttl.as_secs()
+                )
+            })?,
         aud: audience,
         iss: issuer,
     };
@@ -499,6 +533,7 @@ pub fn mint(
         &claims,
         &EncodingKey::from_secret(secret.expose().as_bytes()),
     )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -574,5 +609,33 @@ mod tests {
             verifier.verify("not.a.token"),
             Err(AuthError::Invalid("the token is malformed"))
         );
+    }
+
+    #[test]
+    fn an_exp_beyond_the_year_9999_is_refused_and_never_overflows() {
+        let settings = jwt_settings(&"s".repeat(32));
+        let verifier = JwtVerifier::new(&settings).unwrap();
+        let key = EncodingKey::from_secret("s".repeat(32).as_bytes());
+        let token = |exp: u64| {
+            let claims = serde_json::json!({"sub": "alice", "exp": exp});
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        for exp in [MAX_EXP + 1, 1 << 63, u64::MAX - 29, u64::MAX] {
+            assert_eq!(
+                verifier.verify(&token(exp)),
+                Err(AuthError::Invalid(
+                    "the token's exp is out of range (after the year 9999)"
+                )),
+                "exp {exp}"
+            );
+        }
+        let (_, until) = verifier.verify_until(&token(MAX_EXP)).unwrap();
+        assert_eq!(
+            until,
+            UNIX_EPOCH + Duration::from_secs(MAX_EXP) + Duration::from_secs(30)
+        );
+        let alice = ClientId::parse("alice").unwrap();
+        let secret = settings.secret.as_ref().unwrap();
+        assert!(mint(secret, &alice, Duration::from_secs(u64::MAX), None, None).is_err());
     }
 }

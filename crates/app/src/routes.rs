@@ -238,14 +238,15 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Why `/ready` is 503, or `None` when it is 200: only while the command
-/// consumer runs and, as its broker adapter tells, its last receive
+/// Why `/ready` is 503, in words fit for the public port (the adapter's
+/// detail goes to the log), or `None` when it is 200: only while the
+/// command consumer runs and, as its broker adapter tells, its last receive
 /// succeeded.
-fn not_ready_because(state: &AppState) -> Option<String> {
+fn not_ready_because(state: &AppState) -> Option<&'static str> {
     if state.closing.is_cancelled() || state.stats.consumer_stopped() {
-        Some("shutting down: the command consumer has stopped".to_owned())
+        Some("shutting down: the command consumer has stopped")
     } else {
-        state.broker.not_ready_reason()
+        state.broker.not_ready().map(|not_ready| not_ready.public)
     }
 }
 

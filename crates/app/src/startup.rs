@@ -15,7 +15,7 @@ use domain::{Downlink, Outcome, PendingAcks, Presence, SkipOutcome, Stats, Uplin
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, Closer, Connection, Ports};
+use crate::broker::{self, BrokerStatus, Closer, Connection, Ports};
 use crate::config::{Config, Scale};
 use crate::consumer;
 use crate::routes::{self, AppState};
@@ -31,6 +31,8 @@ pub struct Application {
     registry: Arc<WsClientRegistry>,
     stats: Arc<Stats>,
     aws_metrics: Option<AwsMetrics>,
+    /// Why the broker cannot take traffic, in its adapters' own words.
+    status: BrokerStatus,
     closing: CancellationToken,
     /// The admin API's port and server, when it is on.
     admin: Option<(u16, actix_web::dev::Server)>,
@@ -79,7 +81,7 @@ impl Application {
             registry.clone(),
             uplink,
             stats.clone(),
-            status,
+            status.clone(),
             &config,
             closing.clone(),
         )?);
@@ -132,6 +134,7 @@ impl Application {
             registry,
             stats,
             aws_metrics,
+            status,
             closing,
             admin,
         })
@@ -160,6 +163,12 @@ impl Application {
     /// `broker = "aws"`: what the SQS source and SNS sink counted and timed.
     pub fn aws_metrics(&self) -> Option<AwsMetrics> {
         self.aws_metrics.clone()
+    }
+
+    /// The broker adapters' readiness, with their detailed reasons (the
+    /// public `/ready` shows only generic ones).
+    pub fn broker_status(&self) -> BrokerStatus {
+        self.status.clone()
     }
 
     /// Serves until the shutdown token is cancelled, then drains: stop

@@ -65,7 +65,9 @@ use crate::uplink_worker::LazyWorker;
 mod serve;
 mod settings;
 
-pub use settings::{Credential, Peer, SessionMode, SessionSettings, StartError, TokenRenewer};
+pub use settings::{
+    Credential, Peer, Renewal, SessionMode, SessionSettings, StartError, TokenRenewer,
+};
 
 use serve::{serve, Incoming, Signals, UplinkPath};
 

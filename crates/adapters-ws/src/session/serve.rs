@@ -266,7 +266,7 @@ pub(super) async fn serve(
                     }
                     Handling::Auth(token) => {
                         let reply = match to_uplink.credential {
-                            Some(credential) => match credential.renewer.renew(to_uplink.client_id, &token) {
+                            Some(credential) => match credential.renewer.renew(to_uplink.client_id, &token).await {
                                 Ok(valid_until) => {
                                     token_deadline = Some(deadline_of(valid_until));
                                     debug!("token renewed");

@@ -3,7 +3,9 @@
 //! who is connecting ([`Peer`]), and why an upgrade is refused
 //! ([`StartError`]).
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -120,12 +122,16 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// What [`TokenRenewer::renew`] answers, in time: verifying may first fetch
+/// keys (a JWKS the identity provider has rotated a key into).
+pub type Renewal<'a> = Pin<Box<dyn Future<Output = Result<SystemTime, String>> + Send + 'a>>;
+
 /// Verifies a fresh token sent on an open connection.
 pub trait TokenRenewer: Send + Sync {
     /// Until when the connection of `client_id` may stay open with `token`;
     /// an error (for the client) when the token does not verify or names
     /// another client.
-    fn renew(&self, client_id: &ClientId, token: &str) -> Result<SystemTime, String>;
+    fn renew<'a>(&'a self, client_id: &'a ClientId, token: &'a str) -> Renewal<'a>;
 }
 
 impl Peer {

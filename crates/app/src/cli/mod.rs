@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use self::config::ShowFormat;
-use self::token::parse_ttl;
+use self::token::{parse_token_ttl, parse_ttl};
 use crate::broker::Dev;
 use crate::config::{Config, ConfigError, Settings, Sources};
 use crate::telemetry;
@@ -241,8 +241,9 @@ enum CliCommand {
         /// The client id (the token's `sub`).
         #[arg(long)]
         sub: String,
-        /// How long the token is valid: 90s, 15m, 2h, 1d (a bare number is seconds).
-        #[arg(long, default_value = "15m", value_parser = parse_ttl)]
+        /// How long the token is valid: 90s, 15m, 2h, 1d (a bare number is
+        /// seconds), at most 366d.
+        #[arg(long, default_value = "15m", value_parser = parse_token_ttl)]
         ttl: Duration,
     },
     /// Check that a bridge answers: GET its /health (on 127.0.0.1 and the
@@ -487,6 +488,13 @@ mod tests {
             "99999999999999999999d",
         ] {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_token_ttl("366d"),
+            Ok(Duration::from_secs(366 * 86_400))
+        );
+        for absurd in ["367d", "18446744073709551615", "9000h"] {
+            assert!(parse_token_ttl(absurd).is_err(), "{absurd:?}");
         }
     }
 }

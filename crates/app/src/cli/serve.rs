@@ -3,7 +3,7 @@
 //! emulator when no endpoint is given).
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{cancel_on_signal, Failure};
 use crate::broker::{embedded, Dev, Serving};
@@ -13,6 +13,7 @@ use crate::startup::Application;
 /// Connects, joins the replica queue of the configured mode, serves until a
 /// signal, drains, and leaves the replica queue.
 pub(crate) async fn run(config: Config, dev: Option<Dev>) -> Result<(), Failure> {
+    warn_when_open(&config);
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone()).map_err(|e| Failure::Runtime(e.into()))?;
     let from_dotenv = dev
@@ -46,4 +47,19 @@ pub(crate) async fn run(config: Config, dev: Option<Dev>) -> Result<(), Failure>
     serving.leave().await;
     result?;
     Ok(())
+}
+
+/// Validation lets an open bridge (beyond loopback, no authentication, no
+/// origin list) start only with `allow_insecure = true`; it still says so at
+/// every start, so the choice stays visible in the log.
+fn warn_when_open(config: &Config) {
+    let settings = config.settings();
+    if settings.open_to_anyone() {
+        warn!(
+            host = %settings.host,
+            "allow_insecure = true: listening beyond loopback with auth = \"none\" and no \
+             allowed_origins: anyone who reaches this port can connect as any client id, \
+             take its Commands and publish as it (set auth = \"jwt\" or allowed_origins)"
+        );
+    }
 }

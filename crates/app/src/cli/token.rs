@@ -28,9 +28,25 @@ pub(crate) fn run(config: &Config, sub: &str, ttl: Duration) -> Result<(), Failu
         jwt.audience.as_deref(),
         jwt.issuer.as_deref(),
     )
-    .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot sign the token: {e}")))?;
+    .map_err(|e| Failure::Usage(format!("cannot sign the token: {e}")))?;
     println!("{token}");
     Ok(())
+}
+
+/// The longest `--ttl`: a development token, not a credential for good.
+pub(crate) const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parses a `--ttl` ([`parse_ttl`]) of at most [`MAX_TOKEN_TTL`].
+pub(crate) fn parse_token_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_ttl(text)?;
+    if ttl > MAX_TOKEN_TTL {
+        return Err(format!(
+            "{:?} is longer than a development token may last (at most {}d)",
+            text.trim(),
+            MAX_TOKEN_TTL.as_secs() / 86_400
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Parses `90`, `90s`, `15m`, `2h` or `1d`.

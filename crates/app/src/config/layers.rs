@@ -4,6 +4,11 @@
 //! that is already set), environment variables `BRIDGE_<NAME>`, command-line
 //! flags — later wins. The environment is passed in rather than read here,
 //! so tests never touch the process environment.
+//!
+//! A `BRIDGE_*` variable that names no setting (and is not one of the few
+//! the command line reads itself, [`NOT_SETTINGS`]) is an error naming the
+//! closest setting: a mistyped name must not leave its setting at the
+//! default unnoticed.
 
 use std::path::PathBuf;
 
@@ -11,7 +16,11 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{ConfigError, Settings, ENV_PREFIX};
+use super::{ConfigError, Settings, ENV_PREFIX, SETTINGS};
+
+/// The `BRIDGE_*` variables that are read, but are not settings: the
+/// command line's own (`--config-dir`, `--profile`).
+pub const NOT_SETTINGS: &[&str] = &["BRIDGE_CONFIG_DIR", "BRIDGE_PROFILE"];
 
 /// Where the layers come from.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +38,18 @@ pub struct Sources {
 impl Settings {
     /// Loads and validates the layers.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let unknown = unknown_variables(&sources.env);
+        match Self::load_layers(sources) {
+            Ok(settings) if unknown.is_empty() => Ok(settings),
+            Ok(_) => Err(ConfigError { problems: unknown }),
+            Err(mut error) => {
+                error.problems.splice(0..0, unknown);
+                Err(error)
+            }
+        }
+    }
+
+    fn load_layers(sources: &Sources) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(sources.config_dir.join("default.toml")));
         if let Some(profile) = &sources.profile {
@@ -135,6 +156,71 @@ fn describe_figment_error(error: figment::Error) -> String {
     format!("{field}: {}{source}", error.kind)
 }
 
+/// One problem for each `BRIDGE_*` variable of `env` that is neither a
+/// setting nor in [`NOT_SETTINGS`], naming the closest known name.
+fn unknown_variables(env: &[(String, String)]) -> Vec<String> {
+    let known: Vec<String> = SETTINGS
+        .iter()
+        .map(|s| s.env_name())
+        .chain(NOT_SETTINGS.iter().map(|&n| n.to_owned()))
+        .collect();
+    let mut unknown: Vec<&str> = env
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| name.starts_with(ENV_PREFIX))
+        // Settings are read whatever the case after the prefix.
+        .filter(|name| !known.iter().any(|k| k.eq_ignore_ascii_case(name)))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    unknown
+        .into_iter()
+        .map(|name| match closest(name, &known) {
+            Some(near) => {
+                format!("unknown environment variable {name} (did you mean {near}?)")
+            }
+            None => format!(
+                "unknown environment variable {name} (no setting has a name like it; \
+                 `wsbridge config` lists them)"
+            ),
+        })
+        .collect()
+}
+
+/// The name of `known` nearest to `name` by edit distance, when it is near
+/// enough to be a typo of it (at most a third of its length, and 3, apart).
+fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let name = name.to_ascii_uppercase();
+    let bound = name
+        .len()
+        .saturating_sub(ENV_PREFIX.len())
+        .div_ceil(3)
+        .min(3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&name, k), k))
+        .filter(|(distance, _)| *distance <= bound)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions) of two ASCII
+/// names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.as_bytes().iter().enumerate() {
+        let mut current = Vec::with_capacity(b.len() + 1);
+        current.push(i + 1);
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 /// The `BRIDGE_*` variables of a given environment, as a figment provider.
 struct EnvVars {
     dict: Dict,
@@ -142,8 +228,8 @@ struct EnvVars {
 
 impl EnvVars {
     fn new(env: &[(String, String)]) -> Self {
-        // Only variables naming a setting are read: the environment also holds
-        // `BRIDGE_PROFILE` and variables of settings other versions know.
+        // Only variables naming a setting are read (the others are refused
+        // by `unknown_variables`, or are the command line's own).
         // A value is parsed as a number or boolean only where the setting is
         // one, so `BRIDGE_HOST=1234` stays the string it was meant to be.
         let defaults = match serde_json::to_value(Settings::default()) {
@@ -175,5 +261,30 @@ impl Provider for EnvVars {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance("ACK", "ACK"), 0);
+        assert_eq!(edit_distance("TIMOUT", "TIMEOUT"), 1);
+        assert_eq!(edit_distance("TIMEOUT", "TIMOUT"), 1);
+        assert_eq!(edit_distance("PORT", "PART"), 1);
+        assert_eq!(edit_distance("", "ABC"), 3);
+    }
+
+    #[test]
+    fn a_typo_is_matched_to_the_nearest_setting_and_nonsense_to_none() {
+        let known: Vec<String> = SETTINGS.iter().map(|s| s.env_name()).collect();
+        assert_eq!(
+            closest("BRIDGE_ACK_TIMOUT_SECS", &known),
+            Some("BRIDGE_ACK_TIMEOUT_SECS")
+        );
+        assert_eq!(closest("BRIDGE_POLERS", &known), Some("BRIDGE_POLLERS"));
+        assert_eq!(closest("BRIDGE_ZZZZZZZZZZZZ", &known), None);
     }
 }

@@ -267,6 +267,11 @@ settings! {
         /// list: BRIDGE_ALLOWED_ORIGINS=https://a.example,https://b.example
         #[serde(deserialize_with = "comma_list")]
         allowed_origins: Vec<String> = Vec::new();
+        /// Serve with auth = "none" and no allowed_origins on a host beyond
+        /// loopback (e.g. 0.0.0.0 in a container), where anyone who reaches
+        /// the port can connect as any client id: refused unless this is
+        /// true, and then a warning is logged at every start.
+        allow_insecure: bool = false;
     }
     "telemetry" {
         /// "auto": human-readable lines when stderr is a terminal, else one

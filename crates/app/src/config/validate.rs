@@ -386,6 +386,17 @@ impl Settings {
                 ),
             );
         }
+        check(
+            !self.open_to_anyone() || self.allow_insecure,
+            format!(
+                "allow_insecure: host {:?} is reachable beyond loopback with auth = \"none\" \
+                 and no allowed_origins, so anyone can connect as any client id; set auth = \
+                 \"jwt\" (BRIDGE_AUTH, with BRIDGE_JWT_SECRET), or allowed_origins \
+                 (BRIDGE_ALLOWED_ORIGINS), or listen on 127.0.0.1, or accept it with \
+                 allow_insecure = true (BRIDGE_ALLOW_INSECURE=true)",
+                self.host
+            ),
+        );
         if let Some(header) = &self.client_ip_header {
             check(
                 actix_web::http::header::HeaderName::from_bytes(header.as_bytes()).is_ok(),
@@ -395,10 +406,65 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Whether anyone who reaches the port may connect as any client id: a
+    /// host beyond loopback, no authentication and no origin list.
+    pub fn open_to_anyone(&self) -> bool {
+        !is_loopback_host(&self.host)
+            && self.auth == AuthMode::None
+            && self.allowed_origins.is_empty()
+    }
+}
+
+/// Whether `host` is only reachable from this machine: `localhost` or a
+/// loopback address (`127.0.0.0/8`, `::1`). Any other name counts as
+/// reachable from elsewhere.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Shared => "shared",
         Mode::Fanout => "fanout",
         Mode::Sharded => "sharded",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_from_the_others() {
+        for host in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LocalHost",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "10.0.0.5",
+            "192.168.1.2",
+            "example.com",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

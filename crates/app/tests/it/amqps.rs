@@ -2,8 +2,9 @@
 //! the bridge connects through a TLS endpoint in front of the local
 //! RabbitMQ (`testkit::TlsProxy`, with a CA made for the test), trusting
 //! that CA through `amqp_ca_file`: a Command arrives and a client message
-//! is published over it. Trusting another CA, it does not connect, and
-//! `/ready` says it is the broker's certificate.
+//! is published over it. Trusting another CA, it does not connect: `/ready`
+//! says the command source is unavailable, and the adapter's reason (the
+//! log's) that it is the broker's certificate.
 
 use app::broker::Connection;
 use serde_json::json;
@@ -93,13 +94,7 @@ async fn a_broker_certificate_from_an_untrusted_ca_keeps_the_bridge_not_ready_sa
     // Past the first attempt: the reason is the refused certificate.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let reason = loop {
-        let body: serde_json::Value = reqwest::get(bridge.http("/ready"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let reason = body["reason"].as_str().unwrap_or_default().to_owned();
+        let reason = bridge.broker.not_ready_reason().unwrap_or_default();
         if reason.contains("certificate") || tokio::time::Instant::now() > deadline {
             break reason;
         }
@@ -108,6 +103,16 @@ async fn a_broker_certificate_from_an_untrusted_ca_keeps_the_bridge_not_ready_sa
     assert!(
         reason.contains("certificate") && reason.contains("amqp_ca_file"),
         "{reason}"
+    );
+    let body: serde_json::Value = reqwest::get(bridge.http("/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "not_ready", "reason": "command source unavailable"})
     );
     let (completed, failed) = broker.handshakes();
     assert!(

@@ -442,6 +442,98 @@ async fn a_dotenv_file_that_cannot_be_parsed_stops_dev_naming_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_variable_stops_serve_and_dev_naming_it_and_the_setting_it_resembles() {
+    let expected = "unknown environment variable BRIDGE_ACK_TIMOUT_SECS \
+                    (did you mean BRIDGE_ACK_TIMEOUT_SECS?)";
+    let dir = TempDir::new("cli-typo-env");
+    let mut command = wsbridge(dir.path());
+    command
+        .arg("serve")
+        .env("BRIDGE_ACK_TIMOUT_SECS", "3")
+        .env("BRIDGE_COMMAND_QUEUE_URL", "http://127.0.0.1:1/1/q")
+        .env("BRIDGE_EVENTS_TOPIC_ARN", "arn:aws:sns:us-east-1:1:e");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains(expected),
+        "{}",
+        describe(&output)
+    );
+
+    // The same name in `.env`, which `dev` reads into its environment.
+    let dir = TempDir::new("cli-typo-dotenv");
+    dir.write(".env", "BRIDGE_ACK_TIMOUT_SECS=3\n");
+    let mut command = wsbridge(dir.path());
+    command.arg("dev");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        text(&output.stderr).contains(expected),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_beyond_loopback_without_auth_or_origins_exits_2_naming_the_fixes() {
+    let dir = TempDir::new("cli-open");
+    let mut command = wsbridge(dir.path());
+    command
+        .arg("serve")
+        .env("BRIDGE_HOST", "0.0.0.0")
+        .env("BRIDGE_COMMAND_QUEUE_URL", "http://127.0.0.1:1/1/q")
+        .env("BRIDGE_EVENTS_TOPIC_ARN", "arn:aws:sns:us-east-1:1:e");
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{}", describe(&output));
+    for fix in ["allow_insecure", "auth = \"jwt\"", "allowed_origins"] {
+        assert!(stderr.contains(fix), "{fix}: {}", describe(&output));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_bridge_allowed_with_allow_insecure_warns_at_start() {
+    let moto = testkit::moto();
+    let arn = |name: &str| format!("arn:aws:sns:us-east-1:123456789012:{name}");
+    let dir = TempDir::new("cli-open-allowed");
+    let mut command = wsbridge(dir.path());
+    with_moto(&mut command);
+    command
+        .env(
+            "BRIDGE_COMMAND_QUEUE_URL",
+            format!(
+                "{}/123456789012/{}",
+                moto.endpoint(),
+                testkit::unique_name("cli-open")
+            ),
+        )
+        .env(
+            "BRIDGE_EVENTS_TOPIC_ARN",
+            arn(&testkit::unique_name("cli-open-events")),
+        )
+        .env("BRIDGE_HOST", "0.0.0.0")
+        .env("BRIDGE_ALLOW_INSECURE", "true")
+        .env("BRIDGE_PORT", "0")
+        .env("BRIDGE_RECEIVE_WAIT_SECS", "1")
+        .env("BRIDGE_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS.to_string())
+        .arg("dev");
+    let mut child = command.spawn().expect("spawning wsbridge dev");
+    let mut lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let warning = wait_for_line(&mut lines, &mut seen, "allow_insecure = true").await;
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("0.0.0.0"), "{warning}");
+    wait_for_line(&mut lines, &mut seen, "demo page").await;
+    signal(&child, "-TERM");
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("dev did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", seen.join("\n"));
+}
+
 /// Subscriptions of a topic, as (subscription ARN, endpoint).
 async fn subscriptions(aws: &testkit::Aws, topic: &str) -> Vec<(String, String)> {
     let out = aws

@@ -198,7 +198,10 @@ events_topic_arn = "arn:aws:sns:us-east-1:123456789012:from-file"
 #[test]
 fn a_profile_file_overrides_default_toml() {
     let dir = TempDir::new("cfg-profile");
-    dir.write("default.toml", "port = 9001\nhost = \"0.0.0.0\"\n");
+    dir.write(
+        "default.toml",
+        "port = 9001\nhost = \"0.0.0.0\"\nallow_insecure = true\n",
+    );
     dir.write("staging.toml", "port = 9002\n");
     let mut with_profile = sources(&dir, &[]);
     with_profile.profile = Some("staging".into());
@@ -224,6 +227,7 @@ fn environment_variables_override_files() {
         &[
             ("BRIDGE_PORT", "9100"),
             ("BRIDGE_HOST", "0.0.0.0"),
+            ("BRIDGE_ALLOW_INSECURE", "true"),
             ("BRIDGE_UNDELIVERABLE", "drop"),
             ("BRIDGE_RECEIVE_WAIT_SECS", "3"),
             (
@@ -358,20 +362,65 @@ fn a_wrong_type_in_a_file_names_the_field_and_the_file() {
 }
 
 #[test]
-fn environment_variables_unknown_to_the_settings_are_ignored() {
+fn a_mistyped_environment_variable_is_refused_naming_the_setting_it_resembles() {
     let dir = TempDir::new("cfg-unknown-env");
+    let error = load_err(&sources(
+        &dir,
+        &[
+            ("BRIDGE_ACK_TIMOUT_SECS", "3"),
+            ("BRIDGE_SOMETHING_ELSE", "whatever"),
+            ("BRIDGE_PORT", "9000"),
+        ],
+    ));
+    assert_eq!(
+        error.problems,
+        [
+            "unknown environment variable BRIDGE_ACK_TIMOUT_SECS \
+             (did you mean BRIDGE_ACK_TIMEOUT_SECS?)",
+            "unknown environment variable BRIDGE_SOMETHING_ELSE (no setting has a name \
+             like it; `wsbridge config` lists them)",
+        ],
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unknown_variable_is_reported_with_the_other_problems() {
+    let dir = TempDir::new("cfg-unknown-env-and-more");
+    let error = load_err(&sources(
+        &dir,
+        &[("BRIDGE_POLERS", "4"), ("BRIDGE_PORT", "abc")],
+    ));
+    assert_eq!(error.problems.len(), 2, "{error}");
+    assert!(
+        error.problems[0].contains("BRIDGE_POLERS (did you mean BRIDGE_POLLERS?)"),
+        "{error}"
+    );
+    assert!(error.problems[1].starts_with("port:"), "{error}");
+}
+
+#[test]
+fn the_command_lines_own_variables_and_other_prefixes_are_not_settings_but_allowed() {
+    let dir = TempDir::new("cfg-not-settings-env");
     let settings = Settings::load(&sources(
         &dir,
         &[
-            ("BRIDGE_SOMETHING_ELSE", "whatever"),
             ("BRIDGE_PROFILE", "staging"),
             ("BRIDGE_CONFIG_DIR", "/nowhere"),
+            ("WSBRIDGE_TEST_MOTO_URL", "http://127.0.0.1:5999"),
             ("PORT", "1234"),
             ("bridge_port", "1234"),
+            ("BRIDGE_ACK_TIMEOUT_SECS", "3"),
         ],
     ))
     .unwrap();
-    assert_eq!(settings, Settings::default());
+    assert_eq!(
+        settings,
+        Settings {
+            ack_timeout_secs: 3,
+            ..Settings::default()
+        }
+    );
 }
 
 #[test]

@@ -37,7 +37,8 @@ fn sample(name: &str) -> (&'static str, Vec<(&'static str, &'static str)>) {
     const AMQP: (&str, &str) = ("BRIDGE_BROKER", "amqp");
     const AMQP_URL: (&str, &str) = ("BRIDGE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
     match name {
-        "host" => ("0.0.0.0", vec![]),
+        "host" => ("0.0.0.0", vec![("BRIDGE_ALLOW_INSECURE", "true")]),
+        "allow_insecure" => ("true", vec![]),
         "port" => ("9000", vec![]),
         "workers" => ("3", vec![]),
         "handshake_timeout_ms" => ("700", vec![]),
@@ -343,6 +344,57 @@ fn a_setting_of_another_broker_or_mode_is_refused_naming_it() {
         &[("BRIDGE_AMQP_COMMAND_QUEUE", "wsbridge.commands")],
     ))
     .unwrap();
+}
+
+#[test]
+fn serving_anyone_beyond_loopback_without_auth_or_origins_needs_allow_insecure() {
+    let dir = TempDir::new("cfg-insecure");
+    let secret = "a-jwt-secret-of-at-least-32-bytes-long";
+    for host in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "localhost",
+        "::1",
+        "0.0.0.0",
+        "::",
+        "10.1.2.3",
+    ] {
+        let beyond_loopback = !["127.0.0.1", "127.0.0.2", "localhost", "::1"].contains(&host);
+        for jwt in [false, true] {
+            for origins in [false, true] {
+                for allow in [false, true] {
+                    let mut pairs = vec![("BRIDGE_HOST", host)];
+                    if jwt {
+                        pairs.extend([("BRIDGE_AUTH", "jwt"), ("BRIDGE_JWT_SECRET", secret)]);
+                    }
+                    if origins {
+                        pairs.push(("BRIDGE_ALLOWED_ORIGINS", "https://app.example"));
+                    }
+                    if allow {
+                        pairs.push(("BRIDGE_ALLOW_INSECURE", "true"));
+                    }
+                    let refused = beyond_loopback && !jwt && !origins && !allow;
+                    match Settings::load(&sources(&dir, &pairs)) {
+                        Ok(_) => assert!(!refused, "{pairs:?} loaded"),
+                        Err(error) => {
+                            assert!(refused, "{pairs:?}: {error}");
+                            assert_eq!(error.problems.len(), 1, "{error}");
+                            let problem = &error.problems[0];
+                            assert!(problem.starts_with("allow_insecure: "), "{problem}");
+                            for fix in [
+                                "auth = \"jwt\"",
+                                "BRIDGE_ALLOWED_ORIGINS",
+                                "BRIDGE_ALLOW_INSECURE=true",
+                                host,
+                            ] {
+                                assert!(problem.contains(fix), "{fix} not in {problem}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

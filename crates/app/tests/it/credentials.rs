@@ -1,5 +1,6 @@
-//! Credentials that SQS rejects (SPEC §2 `/ready`, §9): the bridge says why
-//! it is not ready, backs off instead of spinning, and recovers on its own
+//! Credentials that SQS rejects (SPEC §2 `/ready`, §9): the bridge says it
+//! is not ready (why in its log, never on the public port: AWS's answer can
+//! name the principal and account), backs off instead of spinning, and recovers on its own
 //! once SQS accepts its requests again.
 //!
 //! The rejection is the fault proxy's: it answers the bridge's
@@ -61,7 +62,8 @@ async fn rejected_credentials_are_reported_back_off_and_recover(code: &str) {
         403,
         code,
         "Sender",
-        "The security token included in the request is invalid or expired.",
+        "The security token included in the request is invalid or expired \
+         (arn:aws:sts::210987654321:assumed-role/wsbridge/i-0abc).",
     );
     let errors_before = bridge.aws().snapshot().receive_errors;
     proxy.inject_for(
@@ -71,12 +73,15 @@ async fn rejected_credentials_are_reported_back_off_and_recover(code: &str) {
     );
     let rejected = Instant::now();
 
-    // `/ready` says so, naming AWS's error code.
+    // `/ready` says so in generic words; the adapter's reason (for the
+    // log) names AWS's error code, and the public body nothing of it.
     let not_ready_after = wait_for_ready(bridge.port, 503, PATIENCE).await;
     let (status, body) = ready(bridge.port).await;
-    let reason = body["reason"].as_str().unwrap_or_default().to_owned();
     assert_eq!(status, 503, "{body}");
-    assert!(reason.contains(code), "{reason}");
+    assert_eq!(body["reason"], "command source unavailable", "{body}");
+    for secret in [code, "arn:", "210987654321", "assumed-role"] {
+        assert!(!body.to_string().contains(secret), "{secret}: {body}");
+    }
     let reported = bridge.aws().not_ready_reason().unwrap_or_default();
     assert!(reported.contains(code), "{reported}");
 
@@ -118,7 +123,7 @@ async fn rejected_credentials_are_reported_back_off_and_recover(code: &str) {
     let ready_after = wait_for_ready(bridge.port, 200, PATIENCE).await + delivered_after;
     assert_eq!(env.wait_for_queue_counts((0, 0)).await, (0, 0));
     eprintln!(
-        "measured: {code} on every receive: /ready 503 naming it after {not_ready_after:?}; \
+        "measured: {code} on every receive: /ready 503 after {not_ready_after:?}; \
          {attempts} receive attempts for {failed} failed receives; {in_window} in the \
          {WINDOW:?} after the first {SETTLING:?} ({rate:.2}/s); after healing the Command \
          arrived in {delivered_after:?} and /ready was 200 within {ready_after:?}"

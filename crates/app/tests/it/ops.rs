@@ -357,13 +357,9 @@ async fn health_never_flaps_while_sqs_fails_and_ready_follows_the_outage() {
     // SQS refuses every connection: not ready, but alive.
     proxy.set(Fault::Refuse);
     let body = wait_for_ready(&bridge, 503).await;
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("failed"),
-        "{body}"
-    );
+    assert_eq!(body["reason"], "command source unavailable", "{body}");
+    let detail = bridge.broker.not_ready_reason().unwrap_or_default();
+    assert!(detail.contains("failed"), "{detail}");
     assert_live_throughout(&bridge, Duration::from_secs(2)).await;
     assert_eq!(
         status_of(&bridge.http("/ready")).await.map(|(s, _)| s),
@@ -797,6 +793,7 @@ async fn config_prints_the_effective_settings_with_secrets_redacted() {
     command
         .env("BRIDGE_PROFILE", "staging")
         .env("BRIDGE_HOST", "0.0.0.0")
+        .env("BRIDGE_ALLOW_INSECURE", "true")
         .env("BRIDGE_JWT_SECRET", secret)
         .env(
             "BRIDGE_COMMAND_QUEUE_URL",
@@ -838,6 +835,7 @@ async fn config_prints_the_effective_settings_with_secrets_redacted() {
     reloaded.jwt_secret = None;
     let expected = app::config::Settings {
         host: "0.0.0.0".into(),
+        allow_insecure: true,
         port: 9001,
         pollers: 4,
         command_queue_url: Some("https://user:[redacted]@sqs.example/1/q".into()),
@@ -916,7 +914,15 @@ async fn health_exits_0_on_200_and_1_naming_what_else_it_got() {
 
     // The default URL: 127.0.0.1 and the configured port, also when the
     // bridge listens on every interface.
-    let output = health(&[], &[("BRIDGE_PORT", &port), ("BRIDGE_HOST", "0.0.0.0")]).await;
+    let output = health(
+        &[],
+        &[
+            ("BRIDGE_PORT", &port),
+            ("BRIDGE_HOST", "0.0.0.0"),
+            ("BRIDGE_ALLOW_INSECURE", "true"),
+        ],
+    )
+    .await;
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert!(
         text(&output.stdout).contains(&format!("http://127.0.0.1:{port}/health")),

@@ -1048,6 +1048,67 @@ async fn tokens_and_the_secret_never_reach_the_logs_even_at_debug() {
 // ---------------------------------------------------------------------------
 // Token lifecycle (SPEC §10)
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_token_expiring_after_the_year_9999_is_refused_and_the_bridge_serves_on() {
+    let env = Env::new(5).await;
+    let bridge = env.bridge(jwt).await;
+    let id = client_id("far-future");
+    let url = bridge.ws_url("/ws");
+    for exp in [253_402_300_800_u64, 1 << 63, u64::MAX] {
+        let token = hs256(&json!({"sub": id, "exp": exp}), SECRET);
+        let _ = assert_refused(&format!("{url}?token={token}"), &[], 401, "invalid_token").await;
+        // Also as a renewal of an open connection.
+        let (mut ws, _) =
+            assert_upgraded(&format!("{url}?token={}", hs256(&claims(&id), SECRET)), &[]).await;
+        send_text(&mut ws, &json!({"auth": token}).to_string()).await;
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["error"]["code"], "invalid_token", "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("exp")),
+            "{reply}"
+        );
+        send_text(&mut ws, r#"{"action":"a","id":"1"}"#).await;
+        assert_eq!(next_json(&mut ws).await, json!({"ack": "1"}));
+    }
+    assert_eq!(get_status(&bridge.http("/health")).await, 200);
+    bridge.stop().await;
+}
+
+async fn get_status(url: &str) -> u16 {
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsbridge_token_refuses_an_absurd_ttl_with_exit_2() {
+    let dir = TempDir::new("cli-token-ttl");
+    for ttl in ["18446744073709551615", "367d"] {
+        let mut command = wsbridge(&dir);
+        command.env("BRIDGE_JWT_SECRET", SECRET).args([
+            "token",
+            "--sub",
+            "client123",
+            "--ttl",
+            ttl,
+        ]);
+        let output = tokio::time::timeout(PATIENCE, command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{ttl}: {output:?}");
+        assert!(
+            output.stdout.is_empty(),
+            "{ttl}: a token was printed: {output:?}"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--ttl") && stderr.contains("at most 366d"),
+            "{ttl}: {stderr}"
+        );
+    }
+}
+
 /// A JWT bridge with no clock-skew allowance, so a token's `exp` is exact.
 fn jwt_without_leeway(settings: &mut Settings) {
     jwt(settings);
@@ -1235,6 +1296,44 @@ async fn keys_from_a_jwks_url_are_fetched_again_for_a_rotated_in_kid() {
     }
     assert_eq!(jwks.requests(), 2, "rate-limited");
     let (_c, _) = assert_upgraded(&with(&current), &[]).await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_with_a_rotated_in_kid_fetches_the_jwks_again_and_is_accepted() {
+    let jwks = JwksServer::start(Some(jwks_with(&["test-key"]))).await;
+    let env = Env::new(5).await;
+    let url = jwks.url.clone();
+    let bridge = env
+        .bridge(|s| {
+            jwt(s);
+            s.jwt_secret = None;
+            s.jwt_jwks_url = Some(url);
+        })
+        .await;
+    assert_eq!(jwks.requests(), 1, "fetched once at start");
+    let id = client_id("renewing");
+    let current = rs256(&claims(&id), "rsa-private.pem", Some("test-key"));
+    let (mut ws, _) =
+        assert_upgraded(&format!("{}?token={current}", bridge.ws_url("/ws")), &[]).await;
+
+    // The identity provider rotates a key in (the set's max-age is an
+    // hour): the renewal naming it has the bridge fetch the set at once.
+    jwks.serve(Some(jwks_with(&["test-key", "other-key"])));
+    let rotated = rs256(&claims(&id), "other-rsa-private.pem", Some("other-key"));
+    send_text(&mut ws, &json!({"auth": rotated}).to_string()).await;
+    assert_eq!(next_json(&mut ws).await, json!({"auth": "ok"}));
+    assert_eq!(jwks.requests(), 2);
+
+    // Rate-limited like the upgrade path: forged kids fetch nothing more.
+    let forged = rs256(&claims(&id), "other-rsa-private.pem", Some("no-such-key"));
+    for _ in 0..3 {
+        send_text(&mut ws, &json!({"auth": forged}).to_string()).await;
+        let _ = next_json(&mut ws).await;
+    }
+    assert_eq!(jwks.requests(), 2, "rate-limited");
+    send_text(&mut ws, r#"{"action":"a","id":"1"}"#).await;
+    assert_eq!(next_json(&mut ws).await, json!({"ack": "1"}));
     bridge.stop().await;
 }
 

@@ -191,6 +191,8 @@ pub struct Bridge {
     pub task: Option<JoinHandle<Result<(), String>>>,
     /// The admin API's port, when it is on.
     pub admin_port: Option<u16>,
+    /// Its broker adapters' readiness, with their detailed reasons.
+    pub broker: app::broker::BrokerStatus,
 }
 
 impl Bridge {
@@ -213,6 +215,7 @@ impl Bridge {
         let stats = app.stats();
         let aws_metrics = app.aws_metrics();
         let admin_port = app.admin_port();
+        let broker = app.broker_status();
         let task =
             tokio::spawn(
                 async move { app.run_until_stopped().await.map_err(|e| format!("{e:#}")) },
@@ -224,6 +227,7 @@ impl Bridge {
             aws_metrics,
             task: Some(task),
             admin_port,
+            broker,
         }
     }
 

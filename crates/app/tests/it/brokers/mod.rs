@@ -301,6 +301,7 @@ pub async fn start_bridge(settings: Settings, connection: Connection) -> Bridge 
     let stats = app.stats();
     let aws_metrics = app.aws_metrics();
     let admin_port = app.admin_port();
+    let broker = app.broker_status();
     let task =
         tokio::spawn(async move { app.run_until_stopped().await.map_err(|e| format!("{e:#}")) });
     Bridge {
@@ -310,6 +311,7 @@ pub async fn start_bridge(settings: Settings, connection: Connection) -> Bridge 
         aws_metrics,
         task: Some(task),
         admin_port,
+        broker,
     }
 }
 
