@@ -170,7 +170,9 @@ settings! {
         /// Receives after which the dead-letter queue takes a message (set on
         /// the queues the bridge creates). Releases of Commands for absent
         /// clients count as receives: max_receive_count × retry_delay_secs
-        /// must exceed retry_window_secs.
+        /// must exceed retry_window_secs. Whatever the queue's own
+        /// maxReceiveCount, the bridge gives a Command up itself, with its
+        /// reason, rather than release it at that count.
         max_receive_count: u32 = 15, range 1..=1000;
         /// Forwarded message ids remembered for de-duplication.
         dedup_capacity: usize = 100_000, range 1..=10_000_000;
@@ -182,8 +184,10 @@ settings! {
         /// meanwhile, whatever the queue's visibility timeout.
         ack_timeout_secs: u64 = 15, range 1..=43_200;
         /// Acknowledged delivery: unacknowledged Commands one client may hold
-        /// at once; more for it wait (received again after retry_delay_secs),
-        /// so a client that never acknowledges cannot stall the others.
+        /// at once; more for it wait (on SQS parked in the bridge, their
+        /// visibility kept; on RabbitMQ received again after
+        /// retry_delay_secs), so a client that never acknowledges cannot
+        /// stall the others.
         max_unacked_per_client: usize = 100, range 1..=100_000;
     }
     "uplink" {
