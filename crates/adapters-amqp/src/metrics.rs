@@ -13,6 +13,7 @@
 //! | `wsbridge_amqp_settle_errors_total` | counter | |
 //! | `wsbridge_amqp_acked_messages_total` | counter | |
 //! | `wsbridge_amqp_reconnects_total` | counter | |
+//! | `wsbridge_amqp_task_panics_total` | counter | |
 //! | `wsbridge_amqp_connected` | gauge | |
 //! | `wsbridge_backend_call_duration_seconds` | histogram | `service="amqp"`, `operation` |
 //!
@@ -83,6 +84,7 @@ struct Inner {
     settle_errors: AtomicU64,
     acked: AtomicU64,
     reconnects: AtomicU64,
+    panics: AtomicU64,
     links: Mutex<Vec<Arc<LinkHealth>>>,
     receive: Mutex<LastReceive>,
     calls: CallLatencies,
@@ -105,6 +107,7 @@ impl Default for Inner {
             settle_errors: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             links: Mutex::new(Vec::new()),
             receive: Mutex::new(LastReceive::None),
             calls,
@@ -276,6 +279,16 @@ impl AmqpMetrics {
         self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A link's task panicked; its supervisor reconnected.
+    pub(crate) fn panicked(&self) {
+        self.inner.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times a link's task panicked.
+    pub fn panics(&self) -> u64 {
+        self.inner.panics.load(Ordering::Relaxed)
+    }
+
     fn calls(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         self.inner
             .calls
@@ -314,6 +327,14 @@ impl Collector for AmqpMetrics {
             "Links (command source, event sink, receipt sink) up again on a new connection after \
              losing one.",
             inner.reconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "wsbridge_amqp_task_panics",
+            "Panics caught in a link's work (the command source's delivery pump, a supervisor): \
+             the link reconnected, and the broker redelivers what was not acknowledged. A bug to \
+             report.",
+            inner.panics.load(Ordering::Relaxed),
         )?;
         let connected = i64::from(self.connected());
         encoder
@@ -380,6 +401,7 @@ mod tests {
         metrics.acked();
         metrics.acked();
         metrics.reconnected();
+        metrics.panicked();
         metrics.record(op::ACK, Duration::from_micros(700));
         metrics.record(op::PUBLISH, Duration::from_millis(30));
 
@@ -390,6 +412,7 @@ mod tests {
             "wsbridge_amqp_settle_errors_total 2\n",
             "wsbridge_amqp_acked_messages_total 3\n",
             "wsbridge_amqp_reconnects_total 1\n",
+            "wsbridge_amqp_task_panics_total 1\n",
             "# TYPE wsbridge_amqp_acked_messages counter\n",
             "# TYPE wsbridge_amqp_connected gauge\n",
             "wsbridge_amqp_connected 0\n",

@@ -7,7 +7,7 @@
 //! the delay, then is requeued. See the source's module docs for why.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use domain::{Receipt, SourceError};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -15,6 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use tracing::{debug, warn};
 
+use super::consumer::believable_timestamp;
 use super::in_flight::Held;
 use super::publisher::{Destination, Outgoing};
 use super::{
@@ -164,7 +165,12 @@ fn delayed_copy(held: &Held, delay: Duration) -> BasicProperties {
         RECEIVE_COUNT_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(held.receive_count)),
     );
-    if held.properties.timestamp().is_none() && !headers.contains_key(FIRST_RECEIVED_HEADER) {
+    // A missing or unbelievable timestamp: the first receive time, so the
+    // retry window ends all the same.
+    let timestamp = *held.properties.timestamp();
+    if !believable_timestamp(timestamp, SystemTime::now())
+        && !headers.contains_key(FIRST_RECEIVED_HEADER)
+    {
         headers.insert(
             FIRST_RECEIVED_HEADER.into(),
             AMQPValue::LongLongInt(i64::try_from(held.received_at_ms).unwrap_or(i64::MAX)),
@@ -233,6 +239,17 @@ mod tests {
             copy.message_id().as_ref().map(|e| e.as_str()),
             Some("amqp-1-1-7")
         );
+        let headers = copy.headers().clone().unwrap();
+        assert_eq!(
+            headers.inner().get(FIRST_RECEIVED_HEADER).and_then(as_u64),
+            Some(1_700_000_000_123)
+        );
+    }
+
+    #[test]
+    fn a_copy_with_a_timestamp_in_milliseconds_gets_the_first_receive_time() {
+        let original = BasicProperties::default().with_timestamp(1_700_000_000_000);
+        let copy = delayed_copy(&held(original), Duration::from_secs(1));
         let headers = copy.headers().clone().unwrap();
         assert_eq!(
             headers.inner().get(FIRST_RECEIVED_HEADER).and_then(as_u64),
