@@ -14,6 +14,7 @@
 //! | `wsbridge_amqp_acked_messages_total` | counter | |
 //! | `wsbridge_amqp_reconnects_total` | counter | |
 //! | `wsbridge_amqp_task_panics_total` | counter | |
+//! | `wsbridge_amqp_prefetch_renewals_total` | counter | |
 //! | `wsbridge_amqp_connected` | gauge | |
 //! | `wsbridge_backend_call_duration_seconds` | histogram | `service="amqp"`, `operation` |
 //!
@@ -85,6 +86,7 @@ struct Inner {
     acked: AtomicU64,
     reconnects: AtomicU64,
     panics: AtomicU64,
+    renewals: AtomicU64,
     links: Mutex<Vec<Arc<LinkHealth>>>,
     receive: Mutex<LastReceive>,
     calls: CallLatencies,
@@ -108,6 +110,7 @@ impl Default for Inner {
             acked: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
             links: Mutex::new(Vec::new()),
             receive: Mutex::new(LastReceive::None),
             calls,
@@ -284,6 +287,16 @@ impl AmqpMetrics {
         self.inner.panics.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The command source opened a new prefetch window (a new consumer).
+    pub(crate) fn window_renewed(&self) {
+        self.inner.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many prefetch windows the command source opened beyond its first.
+    pub fn window_renewals(&self) -> u64 {
+        self.inner.renewals.load(Ordering::Relaxed)
+    }
+
     /// How many times a link's task panicked.
     pub fn panics(&self) -> u64 {
         self.inner.panics.load(Ordering::Relaxed)
@@ -335,6 +348,13 @@ impl Collector for AmqpMetrics {
              the link reconnected, and the broker redelivers what was not acknowledged. A bug to \
              report.",
             inner.panics.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "wsbridge_amqp_prefetch_renewals",
+            "New prefetch windows (consumers) the command source opened because half of its window \
+             was kept by deliveries waiting for clients' acknowledgements.",
+            inner.renewals.load(Ordering::Relaxed),
         )?;
         let connected = i64::from(self.connected());
         encoder
@@ -402,6 +422,7 @@ mod tests {
         metrics.acked();
         metrics.reconnected();
         metrics.panicked();
+        metrics.window_renewed();
         metrics.record(op::ACK, Duration::from_micros(700));
         metrics.record(op::PUBLISH, Duration::from_millis(30));
 
@@ -413,6 +434,7 @@ mod tests {
             "wsbridge_amqp_acked_messages_total 3\n",
             "wsbridge_amqp_reconnects_total 1\n",
             "wsbridge_amqp_task_panics_total 1\n",
+            "wsbridge_amqp_prefetch_renewals_total 1\n",
             "# TYPE wsbridge_amqp_acked_messages counter\n",
             "# TYPE wsbridge_amqp_connected gauge\n",
             "wsbridge_amqp_connected 0\n",

@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use domain::{InboundMessage, SourceError};
+use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, Consumer};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::debug;
@@ -63,15 +64,11 @@ impl Session for Consuming {
             misconfigured: true,
             text: format!("queue name: {e}"),
         })?;
-        let consumer = consume
-            .basic_consume(
-                queue,
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| Failure::from_lapin(&format!("consume {:?}", settings.queue), &e))?;
+        let consumer = self
+            .shared
+            .consume(&consume, queue.clone(), generation, 0)
+            .await?;
+        let channel = consume.clone();
         let live = Arc::new(Live {
             generation,
             consume,
@@ -83,7 +80,11 @@ impl Session for Consuming {
             channels: live,
             work: Box::pin(pump(
                 self.shared.clone(),
-                generation,
+                Window {
+                    generation,
+                    channel,
+                    queue,
+                },
                 consumer,
                 self.outbox.clone(),
             )),
@@ -100,23 +101,78 @@ impl Session for Consuming {
     }
 }
 
+/// The consuming channel of a pump, and what it needs to open a new
+/// prefetch window on it.
+struct Window {
+    generation: u64,
+    channel: Channel,
+    queue: ShortString,
+}
+
+/// A consumer's deliveries, numbered by consumer, then `None` once the
+/// consumer has ended (cancelled by the pump, or by the broker).
+type Deliveries = BoxStream<'static, (u64, Option<lapin::Result<Delivery>>)>;
+
+fn deliveries(serial: u64, consumer: Consumer) -> Deliveries {
+    consumer
+        .map(move |delivery| (serial, Some(delivery)))
+        .chain(futures_util::stream::once(async move { (serial, None) }))
+        .boxed()
+}
+
 /// Forwards deliveries to the inbox until the consumer ends; the supervisor
 /// drops it when the source stops.
+///
+/// A delivery kept unacknowledged keeps its slot in the consumer's
+/// prefetch window, and the domain keeps some for long (held for a client's
+/// acknowledgement, up to `max_unacked_per_client` per client): enough
+/// clients that never acknowledge would take the whole window and stall
+/// every other client. So when half the window is taken by deliveries the
+/// domain keeps, the pump opens a new window: a new consumer on the same
+/// channel, then cancels the old one. RabbitMQ counts a consumer's prefetch
+/// only over its own deliveries, and the old consumer's stay on the
+/// channel, settled by delivery tag as before (a new `basic.qos` would not
+/// do: RabbitMQ applies a per-consumer prefetch only to consumers started
+/// after it, and quorum queues refuse channel-wide prefetch). Bounded: no
+/// new window once the channel holds [`super::MAX_WINDOWS`] windows' worth
+/// of unsettled deliveries.
 async fn pump(
     shared: Arc<Shared>,
-    generation: u64,
-    mut consumer: Consumer,
+    window: Window,
+    first: Consumer,
     outbox: mpsc::Sender<Arrival>,
 ) -> Failure {
+    let mut current = 0;
+    let mut consumers = SelectAll::new();
+    consumers.push(deliveries(current, first));
     loop {
-        let delivery = match consumer.next().await {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Failure::from_lapin("consume", &error),
-            None => {
+        let next = tokio::select! {
+            next = consumers.next() => next,
+            () = shared.renew.notified() => {
+                if !lock(&shared.in_flight).renewal_due(shared.settings.prefetch, shared.most_unsettled()) {
+                    continue;
+                }
+                let serial = current + 1;
+                match shared.renew_window(&window, current, serial).await {
+                    Ok(consumer) => {
+                        consumers.push(deliveries(serial, consumer));
+                        current = serial;
+                        continue;
+                    }
+                    Err(failure) => return failure,
+                }
+            }
+        };
+        let delivery = match next {
+            Some((serial, Some(Ok(delivery)))) => (serial, delivery),
+            Some((_, Some(Err(error)))) => return Failure::from_lapin("consume", &error),
+            // A consumer the pump cancelled has delivered all it had.
+            Some((serial, None)) if serial != current => continue,
+            Some((_, None)) | None => {
                 return Failure::unavailable("the broker cancelled the consumer (queue deleted?)")
             }
         };
-        let arrival = shared.admit(generation, delivery);
+        let arrival = shared.admit(window.generation, delivery.0, delivery.1);
         // The inbox holds `prefetch` arrivals, more than the broker sends
         // unacknowledged, so this waits only on arrivals of a dead channel.
         // It lives in `shared`, held here: sending cannot fail.
@@ -125,8 +181,60 @@ async fn pump(
 }
 
 impl Shared {
+    /// Consumes the queue on `channel` as consumer `serial` of the
+    /// channel, with manual acknowledgements.
+    async fn consume(
+        &self,
+        channel: &Channel,
+        queue: ShortString,
+        generation: u64,
+        serial: u64,
+    ) -> Result<Consumer, Failure> {
+        let tag = format!("wsbridge-{:08x}-{generation}-{serial}", self.instance);
+        channel
+            .basic_consume(
+                queue,
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Failure::from_lapin(&format!("consume {:?}", self.settings.queue), &e))
+    }
+
+    /// Opens window `serial` (a new consumer), then closes window `old`
+    /// (cancels its consumer, whose unsettled deliveries stay on the
+    /// channel).
+    async fn renew_window(
+        &self,
+        window: &Window,
+        old: u64,
+        serial: u64,
+    ) -> Result<Consumer, Failure> {
+        let consumer = self
+            .consume(
+                &window.channel,
+                window.queue.clone(),
+                window.generation,
+                serial,
+            )
+            .await?;
+        lock(&self.in_flight).renewed(serial);
+        let old_tag = format!("wsbridge-{:08x}-{}-{old}", self.instance, window.generation);
+        window
+            .channel
+            .basic_cancel(old_tag.into(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| Failure::from_lapin("basic.cancel", &e))?;
+        self.metrics.window_renewed();
+        debug!(queue = %self.settings.queue, consumer = serial, "prefetch window renewed");
+        Ok(consumer)
+    }
+}
+
+impl Shared {
     /// Registers a delivery as held and renders it for the domain.
-    fn admit(&self, generation: u64, delivery: Delivery) -> Arrival {
+    fn admit(&self, generation: u64, consumer: u64, delivery: Delivery) -> Arrival {
         let reference = DeliveryRef {
             generation,
             tag: delivery.delivery_tag,
@@ -158,6 +266,8 @@ impl Shared {
             routing_key: delivery.routing_key,
             receive_count: rendered.receive_count,
             received_at_ms: now_ms(),
+            consumer,
+            taken: false,
         };
         lock(&self.in_flight).hold(reference, held);
         Arrival {
@@ -301,14 +411,14 @@ pub(super) async fn receive(
             ));
         };
         // Deliveries of a dead channel are dropped: the broker has them back.
-        if shared.is_held(arrival.delivery) {
+        if shared.hand_out(arrival.delivery) {
             batch.push(arrival.message);
             break;
         }
     }
     while batch.len() < shared.settings.max_messages {
         match inbox.try_recv() {
-            Ok(arrival) if shared.is_held(arrival.delivery) => batch.push(arrival.message),
+            Ok(arrival) if shared.hand_out(arrival.delivery) => batch.push(arrival.message),
             Ok(_) => {}
             Err(_) => break,
         }

@@ -151,6 +151,8 @@ mod tests {
             routing_key: "q".into(),
             receive_count: 1,
             received_at_ms: 1_700_000_000_123,
+            consumer: 0,
+            taken: true,
         }
     }
 

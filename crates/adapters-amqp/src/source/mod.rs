@@ -79,6 +79,10 @@ pub const RECEIVE_COUNT_HEADER: &str = "x-wsbridge-receive-count";
 pub const FIRST_RECEIVED_HEADER: &str = "x-wsbridge-first-received-ms";
 /// Header in which quorum queues count earlier deliveries.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Most unsettled deliveries on a consuming channel, in prefetch windows:
+/// past `MAX_WINDOWS × prefetch`, deliveries the domain keeps (held for
+/// clients' acknowledgements) take window slots again (see `consumer.rs`).
+pub(crate) const MAX_WINDOWS: usize = 10;
 
 /// How `release` with a non-zero delay gives a message back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,11 +103,13 @@ pub enum ReleaseDelay {
 pub struct AmqpSourceSettings {
     /// The queue to consume (declared beforehand, e.g. by [`crate::bootstrap::ensure`]).
     pub queue: String,
-    /// Most unacknowledged deliveries the broker hands this source at once
-    /// (`basic.qos`): the flow-control knob. Must cover every batch in
-    /// process plus Commands waiting for a client's ack (and held releases):
-    /// above all more than one client may hold unacknowledged, or a client
-    /// that never acknowledges fills the window and stalls every other.
+    /// The consumer's prefetch window (`basic.qos`): most deliveries the
+    /// broker pushes ahead of what the bridge keeps, the flow-control knob.
+    /// Deliveries kept unacknowledged for long (held for a client's
+    /// acknowledgement) do not close it: once they fill half of it, the
+    /// source opens a new window (a new consumer), up to
+    /// `10 × prefetch` unsettled deliveries in all. Should exceed a few
+    /// batches (pollers × `max_messages`).
     pub prefetch: u16,
     /// Most messages one `receive` returns.
     pub max_messages: usize,
@@ -202,6 +208,7 @@ impl AmqpCommandSource {
             holds: Mutex::new(JoinSet::new()),
             instance: rand::random(),
             metrics: metrics.clone(),
+            renew: tokio::sync::Notify::new(),
         });
         let session = Consuming {
             shared: shared.clone(),
@@ -260,9 +267,12 @@ struct Shared {
     answered: AtomicU64,
     /// Releases in [`ReleaseDelay::Hold`], waiting out their delay.
     holds: Mutex<JoinSet<()>>,
-    /// Distinguishes this source's made-up message ids from another's.
+    /// Distinguishes this source's made-up message ids (and consumer
+    /// tags) from another's.
     instance: u32,
     metrics: AmqpMetrics,
+    /// Wakes the pump when its prefetch window may need renewing.
+    renew: tokio::sync::Notify,
 }
 
 /// One consuming channel and what goes with it.
@@ -275,6 +285,11 @@ struct Live {
 }
 
 impl Shared {
+    /// Most unsettled deliveries on the consuming channel ([`MAX_WINDOWS`]).
+    fn most_unsettled(&self) -> usize {
+        usize::from(self.settings.prefetch).saturating_mul(MAX_WINDOWS)
+    }
+
     /// The generation of the consuming channel in `state`, or why there is none.
     fn generation(&self, state: &LinkState<Arc<Live>>) -> Result<u64, SourceError> {
         match state {

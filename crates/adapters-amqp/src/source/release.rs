@@ -203,6 +203,8 @@ mod tests {
             routing_key: "q".into(),
             receive_count: 3,
             received_at_ms: 1_700_000_000_123,
+            consumer: 0,
+            taken: true,
         }
     }
 

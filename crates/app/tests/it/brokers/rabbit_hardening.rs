@@ -165,7 +165,7 @@ async fn clients_that_never_acknowledge_cannot_take_the_whole_prefetch_window() 
 
     // A client that comes now still gets every Command, promptly.
     let id = client_id("latecomer");
-    let mut ws = connect(&bridge.ws_url(&format!("/ws/{id}?ack=true"))).await;
+    let mut ws = bridge.connect_path(&id).await;
     for n in 0..LATECOMER_COMMANDS {
         let body = command(&id, &format!("l{n}")).to_string();
         env.publish_command(&body, stamped(now_secs())).await;
