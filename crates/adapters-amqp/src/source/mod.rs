@@ -34,7 +34,11 @@
 //! per-message TTL of `delay`; when the TTL runs out the broker dead-letters
 //! it back to the command queue, at its tail. Only once the broker has
 //! confirmed the copy is the original acknowledged, so a failure in between
-//! duplicates, never loses. The message leaves the consumer's window at
+//! duplicates, never loses. The copying runs in the background, so a
+//! broker that blocks publishing (a memory or disk alarm) never holds up
+//! the pollers, and each publish and confirm has a deadline
+//! (`confirm_timeout`): a copy that cannot be made in time is held
+//! instead (see below), never lost. The message leaves the consumer's window at
 //! once, so Commands for absent clients neither hold prefetch slots nor
 //! come back to the head of the queue over and over, and a delay survives a
 //! restart of the bridge. [`ReleaseDelay::Hold`] (also the fallback when the
@@ -265,7 +269,11 @@ struct Shared {
     /// receive of each generation does not wait, so readiness is known at
     /// once after a (re)connection instead of after a whole wait.
     answered: AtomicU64,
-    /// Releases in [`ReleaseDelay::Hold`], waiting out their delay.
+    /// Work on deliveries taken out of the in-flight set, off the callers'
+    /// path: copies being published (released to the delay queue, given up
+    /// to the dead-letter exchange) and releases in [`ReleaseDelay::Hold`]
+    /// waiting out their delay. Aborted when the source closes: what they
+    /// had not settled is unacknowledged, and the broker takes it back.
     holds: Mutex<JoinSet<()>>,
     /// Distinguishes this source's made-up message ids (and consumer
     /// tags) from another's.
@@ -285,6 +293,13 @@ struct Live {
 }
 
 impl Shared {
+    /// Runs `work` in the background ([`Shared::holds`]).
+    fn background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.holds);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(work);
+    }
+
     /// Most unsettled deliveries on the consuming channel ([`MAX_WINDOWS`]).
     fn most_unsettled(&self) -> usize {
         usize::from(self.settings.prefetch).saturating_mul(MAX_WINDOWS)
@@ -338,12 +353,12 @@ impl CommandSource for AmqpCommandSource {
         if delay.is_zero() {
             self.shared.settle(Settle::Requeue, receipts).await
         } else {
-            self.shared.release_later(receipts, delay).await
+            Shared::release_later(&self.shared, receipts, delay)
         }
     }
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
-        self.shared.dead_letter(letters).await
+        Shared::dead_letter(&self.shared, letters)
     }
 
     async fn visibility_timeout(&self) -> Option<Duration> {

@@ -193,9 +193,24 @@ impl RabbitEnv {
         let _ = channel.close(200, "published".into()).await;
     }
 
-    /// The queue the bridge consumes.
-    pub fn command_queue(&self) -> &str {
-        &self.topology.command_queue
+    /// Takes every message now in the command queue and its delay queue;
+    /// their bodies.
+    pub async fn take_commands(&self) -> Vec<String> {
+        let mut bodies = Vec::new();
+        for queue in [
+            self.topology.command_queue.clone(),
+            self.topology.delay_queue(),
+        ] {
+            while let Some(message) = self
+                .channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"))
+            {
+                bodies.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+            }
+        }
+        bodies
     }
 
     pub async fn events_observer(&self) -> RabbitObserver {

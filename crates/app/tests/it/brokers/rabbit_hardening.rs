@@ -180,3 +180,104 @@ async fn clients_that_never_acknowledge_cannot_take_the_whole_prefetch_window() 
     );
     bridge.stop().await;
 }
+
+/// A memory alarm on the whole RabbitMQ node, raised for as long as it
+/// lives: the broker blocks every connection that publishes. Dropping it
+/// (also when the test fails) restores the watermark it found.
+struct MemoryAlarm {
+    watermark: String,
+}
+
+impl MemoryAlarm {
+    async fn raise() -> Self {
+        let watermark = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
+        let alarm = Self {
+            watermark: watermark.trim().to_owned(),
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.00001"]);
+        let deadline = Instant::now() + PATIENCE;
+        while !alarm.is_raised() {
+            assert!(
+                Instant::now() < deadline,
+                "no memory alarm after lowering the watermark"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        alarm
+    }
+
+    fn is_raised(&self) -> bool {
+        rabbitmqctl(&["eval", "rabbit_alarm:get_alarms()."]).contains("memory")
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let watermark = if self.watermark.parse::<f64>().is_ok() {
+            self.watermark.as_str()
+        } else {
+            "0.4"
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", watermark]);
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (it comes with RabbitMQ)");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Commands for the connected client, and as many for an absent one.
+const UNDER_ALARM: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_alarm_a_blocked_broker_stops_neither_delivery_nor_shutdown() {
+    let env = RabbitEnv::new().await;
+    let mut settings = env.settings();
+    settings.undeliverable = Some(app::config::UndeliverablePolicy::Retry);
+    settings.retry_delay_secs = 1;
+    settings.retry_window_secs = 600;
+    settings.max_receive_count = 1000;
+    let present = client_id("present");
+    let absent = client_id("absent");
+    // Published first: the alarm blocks publishing, the backends' too.
+    let mut absent_bodies = BTreeSet::new();
+    for n in 0..UNDER_ALARM {
+        let body = command(&present, &format!("p{n}")).to_string();
+        env.publish_command(&body, stamped(now_secs())).await;
+        let body = command(&absent, &format!("a{n}")).to_string();
+        env.publish_command(&body, stamped(now_secs())).await;
+        absent_bodies.insert(body);
+    }
+
+    let alarm = MemoryAlarm::raise().await;
+    let bridge = start_bridge(settings, Connection::Amqp).await;
+    let mut ws = bridge.connect_path(&present).await;
+    // Releasing the absent client's Commands needs copies the broker does
+    // not take now: they wait, and the connected client gets all of its.
+    let got = names(&mut ws, UNDER_ALARM, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), UNDER_ALARM, "got {got:?} under the alarm");
+    assert!(alarm.is_raised());
+    // A graceful shutdown keeps its deadline while the broker blocks.
+    let took = bridge.stop().await;
+    assert!(
+        alarm.is_raised(),
+        "the alarm ended before the shutdown ({took:?})"
+    );
+    drop(alarm);
+
+    // Nothing of the absent client's is lost: back in the command queue,
+    // waiting in the delay queue, or (never, here) dead-lettered.
+    let deadline = Instant::now() + PATIENCE;
+    let mut found = BTreeSet::new();
+    while !absent_bodies.is_subset(&found) && Instant::now() < deadline {
+        found.extend(env.take_commands().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let missing: Vec<_> = absent_bodies.difference(&found).collect();
+    assert!(missing.is_empty(), "lost under the alarm: {missing:?}");
+}
