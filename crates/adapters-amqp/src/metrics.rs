@@ -13,6 +13,8 @@
 //! | `wsbridge_amqp_settle_errors_total` | counter | |
 //! | `wsbridge_amqp_acked_messages_total` | counter | |
 //! | `wsbridge_amqp_reconnects_total` | counter | |
+//! | `wsbridge_amqp_task_panics_total` | counter | |
+//! | `wsbridge_amqp_prefetch_renewals_total` | counter | |
 //! | `wsbridge_amqp_connected` | gauge | |
 //! | `wsbridge_backend_call_duration_seconds` | histogram | `service="amqp"`, `operation` |
 //!
@@ -83,6 +85,8 @@ struct Inner {
     settle_errors: AtomicU64,
     acked: AtomicU64,
     reconnects: AtomicU64,
+    panics: AtomicU64,
+    renewals: AtomicU64,
     links: Mutex<Vec<Arc<LinkHealth>>>,
     receive: Mutex<LastReceive>,
     calls: CallLatencies,
@@ -105,6 +109,8 @@ impl Default for Inner {
             settle_errors: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
             links: Mutex::new(Vec::new()),
             receive: Mutex::new(LastReceive::None),
             calls,
@@ -276,6 +282,26 @@ impl AmqpMetrics {
         self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A link's task panicked; its supervisor reconnected.
+    pub(crate) fn panicked(&self) {
+        self.inner.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The command source opened a new prefetch window (a new consumer).
+    pub(crate) fn window_renewed(&self) {
+        self.inner.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many prefetch windows the command source opened beyond its first.
+    pub fn window_renewals(&self) -> u64 {
+        self.inner.renewals.load(Ordering::Relaxed)
+    }
+
+    /// How many times a link's task panicked.
+    pub fn panics(&self) -> u64 {
+        self.inner.panics.load(Ordering::Relaxed)
+    }
+
     fn calls(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         self.inner
             .calls
@@ -314,6 +340,21 @@ impl Collector for AmqpMetrics {
             "Links (command source, event sink, receipt sink) up again on a new connection after \
              losing one.",
             inner.reconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "wsbridge_amqp_task_panics",
+            "Panics caught in a link's work (the command source's delivery pump, a supervisor): \
+             the link reconnected, and the broker redelivers what was not acknowledged. A bug to \
+             report.",
+            inner.panics.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "wsbridge_amqp_prefetch_renewals",
+            "New prefetch windows (consumers) the command source opened because half of its window \
+             was kept by deliveries waiting for clients' acknowledgements.",
+            inner.renewals.load(Ordering::Relaxed),
         )?;
         let connected = i64::from(self.connected());
         encoder
@@ -380,6 +421,8 @@ mod tests {
         metrics.acked();
         metrics.acked();
         metrics.reconnected();
+        metrics.panicked();
+        metrics.window_renewed();
         metrics.record(op::ACK, Duration::from_micros(700));
         metrics.record(op::PUBLISH, Duration::from_millis(30));
 
@@ -390,6 +433,8 @@ mod tests {
             "wsbridge_amqp_settle_errors_total 2\n",
             "wsbridge_amqp_acked_messages_total 3\n",
             "wsbridge_amqp_reconnects_total 1\n",
+            "wsbridge_amqp_task_panics_total 1\n",
+            "wsbridge_amqp_prefetch_renewals_total 1\n",
             "# TYPE wsbridge_amqp_acked_messages counter\n",
             "# TYPE wsbridge_amqp_connected gauge\n",
             "wsbridge_amqp_connected 0\n",

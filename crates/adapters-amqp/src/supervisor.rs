@@ -19,7 +19,15 @@
 //!   the reopening failed, closes it and reconnects after a pause;
 //! - publishes its state ([`LinkState`]), which says why it is not up,
 //!   and mirrors it into [`AmqpMetrics`] (connected gauge, reconnects,
-//!   connect and channel-open latencies).
+//!   connect and channel-open latencies);
+//! - survives a panic: the session's work (the source's delivery pump,
+//!   which reads whatever the bus sends) runs in a task of its own, and a
+//!   panic there counts as a lost connection: logged at error, counted
+//!   (`wsbridge_amqp_task_panics_total`), the connection closed (the broker
+//!   redelivers what was not acknowledged) and opened again. A panic in the
+//!   supervisor's own loop restarts the loop the same way. So the link is
+//!   never dead for good while the bridge runs: it is up, or reconnecting
+//!   and saying why (`/ready` 503).
 //!
 //! Source and sink each keep a connection of their own (named for the
 //! broker's connection list): a broker under a resource alarm blocks
@@ -36,7 +44,7 @@ use futures_util::StreamExt;
 use lapin::{Connection, Event};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, Reconnect};
 use crate::link::{self, Failure};
@@ -146,7 +154,7 @@ impl<C: Clone + Send + Sync + 'static> Supervisor<C> {
             metrics: metrics.clone(),
             health: health.clone(),
         };
-        let task = tokio::spawn(task.run(stopped));
+        let task = tokio::spawn(Arc::new(task).watch(stopped));
         Self {
             state,
             repair,
@@ -217,6 +225,31 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 enum End {
     Stopped,
     Lost(Failure),
+    /// The session's work panicked: the connection is closed and opened
+    /// again, so that the broker takes back what the channels held.
+    Panicked(Failure),
+}
+
+/// Aborts a task when dropped: the session's work ends with its link.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a panic said, for the log.
+fn panic_text(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 struct Task<S: Session> {
@@ -230,7 +263,31 @@ struct Task<S: Session> {
 }
 
 impl<S: Session> Task<S> {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs the link until it is stopped, starting it again after a panic
+    /// in its loop (a bug: counted and logged at error), after a pause.
+    async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let link = role_name(self.settings.role);
+        let mut backoff = Backoff::new(self.settings.reconnect);
+        loop {
+            let run = tokio::spawn(self.clone().run(stop.clone()));
+            let Err(panic) = run.await else { return };
+            let text = panic_text(panic);
+            error!(link, target = %self.settings.target, panic = %text, "the link's supervisor panicked; starting it again");
+            self.metrics.panicked();
+            self.set_down(Failure::unavailable(format!(
+                "{link} link restarting after a panic: {text}"
+            )));
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                () = tokio::time::sleep(backoff.next_pause()) => {}
+            }
+        }
+        self.health.down(format!("{link} link closed"));
+        self.state.send_replace(LinkState::Closed);
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let settings = &self.settings;
         let link = role_name(settings.role);
         let mut backoff = Backoff::new(settings.reconnect);
@@ -296,6 +353,11 @@ impl<S: Session> Task<S> {
                                 link::close_connection(&connection, "wsbridge link closed").await;
                                 break 'connect;
                             }
+                            End::Panicked(failure) => {
+                                error!(link, target = %settings.target, error = %failure, "the link's work panicked; reconnecting");
+                                self.metrics.panicked();
+                                break failure;
+                            }
                             End::Lost(failure) => {
                                 self.set_down(failure.clone());
                                 if !connection.status().connected() {
@@ -333,16 +395,24 @@ impl<S: Session> Task<S> {
         &self,
         connection: &Connection,
         channels: &S::Channels,
-        mut work: BoxFuture<'static, Failure>,
+        work: BoxFuture<'static, Failure>,
         events: &mut (impl futures_util::Stream<Item = Event> + Unpin),
         stop: &mut watch::Receiver<bool>,
     ) -> End {
         let mut check = tokio::time::interval(HEALTH_CHECK);
+        // A task of its own, so that a panic in it is caught here.
+        let mut work = AbortOnDrop(tokio::spawn(work));
         loop {
             tokio::select! {
                 biased;
                 () = stopped(stop) => return End::Stopped,
-                failure = &mut work => return End::Lost(failure),
+                ended = &mut work.0 => return match ended {
+                    Ok(failure) => End::Lost(failure),
+                    Err(panic) => End::Panicked(Failure::unavailable(format!(
+                        "the link's work panicked: {}",
+                        panic_text(panic)
+                    ))),
+                },
                 event = events.next() => match event {
                     Some(Event::Error(error)) => return End::Lost(Failure::from_lapin("connection", &error)),
                     Some(_) => {}
@@ -366,5 +436,91 @@ fn role_name(role: Role) -> &'static str {
         Role::Commands => "commands",
         Role::Events => "events",
         Role::Receipts => "receipts",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A session whose work (or, with `in_open`, whose opening) panics on
+    /// the first connection, as a bug or an unforeseen input would.
+    struct Panicking {
+        opened: Arc<AtomicU64>,
+        in_open: bool,
+    }
+
+    #[async_trait]
+    impl Session for Panicking {
+        type Channels = u64;
+
+        async fn open(&self, _: &Connection, generation: u64) -> Result<Opened<u64>, Failure> {
+            let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+            assert!(!(first && self.in_open), "opening panicked");
+            let work: BoxFuture<'static, Failure> = if first {
+                Box::pin(async { panic!("a delivery the pump could not take") })
+            } else {
+                Box::pin(futures_util::future::pending())
+            };
+            Ok(Opened {
+                channels: generation,
+                work,
+            })
+        }
+
+        fn healthy(&self, _: &u64) -> bool {
+            true
+        }
+
+        async fn down(&self, _: &u64) {}
+    }
+
+    fn broker() -> AmqpUrl {
+        let url = std::env::var("WSBRIDGE_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        AmqpUrl::parse(&url).unwrap()
+    }
+
+    /// Starts a link whose session panics once; says whether it came up
+    /// again on a later opening, and how many panics were counted.
+    async fn comes_back_after_a_panic(in_open: bool) -> (bool, u64) {
+        let metrics = AmqpMetrics::new();
+        let opened = Arc::new(AtomicU64::new(0));
+        let settings = LinkSettings {
+            role: Role::Commands,
+            target: "test".to_owned(),
+            connection_name: format!("wsbridge-supervisor-test-{in_open}"),
+            connect_timeout: Duration::from_secs(5),
+            reconnect: Reconnect {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+            },
+        };
+        let session = Panicking {
+            opened: opened.clone(),
+            in_open,
+        };
+        let link = Supervisor::spawn(broker(), settings, session, metrics.clone());
+        let mut state = link.subscribe();
+        let up_again = tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| matches!(s, LinkState::Up(_)) && opened.load(Ordering::SeqCst) >= 2),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        link.close().await;
+        (up_again, metrics.panics())
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_sessions_work_reconnects_the_link() {
+        assert_eq!(comes_back_after_a_panic(false).await, (true, 1));
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_supervisors_loop_starts_it_again() {
+        assert_eq!(comes_back_after_a_panic(true).await, (true, 1));
     }
 }

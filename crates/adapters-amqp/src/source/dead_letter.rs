@@ -5,11 +5,16 @@
 //! dead-letter exchange; only once the broker has confirmed the copy is the
 //! original acknowledged, so a failure in between duplicates a dead
 //! letter, never loses one. When no copy can be had (no dead-letter
-//! exchange configured or found, the copy refused, returned or not
-//! confirmed in time) the original is rejected without requeue instead:
-//! the broker dead-letters it itself, only without the reason.
+//! exchange configured or found, the copy refused or returned) the
+//! original is rejected without requeue instead: the broker dead-letters
+//! it itself, only without the reason. A copy the broker cannot take now
+//! (it blocks publishing under a resource alarm, or does not confirm in
+//! time) keeps the original, requeued after a pause and given up again
+//! later with its reason. All of it runs in the background, off the
+//! pollers' path.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use domain::{DeadLetter, Receipt, SourceError, DETAIL_ATTRIBUTE, REASON_ATTRIBUTE};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -19,11 +24,18 @@ use tracing::warn;
 use super::in_flight::Held;
 use super::publisher::{Destination, Outgoing};
 use super::settle::Settle;
+use super::Live;
 use super::Shared;
 use crate::metrics::op;
+use crate::receipt::DeliveryRef;
 
 impl Shared {
-    pub(super) async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
+    /// Takes the letters' deliveries and gives them up in the background:
+    /// the caller (a poller) never waits for the broker.
+    pub(super) fn dead_letter(
+        self: &Arc<Self>,
+        letters: Vec<DeadLetter>,
+    ) -> Result<(), SourceError> {
         let mut why: HashMap<Receipt, (&'static str, String)> = HashMap::new();
         let mut receipts = Vec::with_capacity(letters.len());
         for letter in letters {
@@ -34,24 +46,39 @@ impl Shared {
         let taken = self.take(receipts);
         let mut failed = taken.refused;
         failed.extend(self.stale(&Settle::Reject, taken.stale));
-        let Some(live) = taken.live else {
-            return self.finish(failed);
-        };
-        if taken.held.is_empty() {
-            return self.finish(failed);
+        if let Some(live) = taken.live.filter(|_| !taken.held.is_empty()) {
+            let shared = self.clone();
+            self.background(async move {
+                shared.give_up(live, taken.held, why).await;
+            });
         }
+        self.finish(failed)
+    }
+
+    /// Copies each delivery with its reason to the dead-letter exchange,
+    /// then acknowledges it. A copy refused for good: the original is
+    /// rejected (the broker dead-letters it, without the reason). A copy
+    /// that cannot be made now (the broker blocks publishing, no confirm
+    /// in time): the original is kept and requeued after a pause, to be
+    /// given up again, with its reason, once the broker takes copies.
+    async fn give_up(
+        &self,
+        live: Arc<Live>,
+        held: Vec<(Receipt, DeliveryRef, Held)>,
+        why: HashMap<Receipt, (&'static str, String)>,
+    ) {
         let mut copied = Vec::new();
         let mut to_reject = Vec::new();
+        let mut to_retry = Vec::new();
         match self.publisher(&live, Destination::DeadLetterExchange).await {
-            None => to_reject.extend(taken.held.into_iter().map(|(r, d, _)| (r, d))),
-            Some(channel) => {
+            None => to_reject.extend(held.into_iter().map(|(r, d, _)| (r, d))),
+            Some(publisher) => {
                 let exchange = self
                     .settings
                     .dead_letter_exchange
                     .clone()
                     .unwrap_or_default();
-                let copies = taken
-                    .held
+                let copies = held
                     .iter()
                     .map(|(receipt, _, held)| {
                         let (reason, detail) =
@@ -65,13 +92,24 @@ impl Shared {
                     .collect();
                 let what = format!("dead-letter exchange {exchange:?}");
                 let outcomes = self
-                    .publish_confirmed(&channel, &exchange, copies, &what, op::PUBLISH_DEAD_LETTER)
+                    .publish_confirmed(
+                        &publisher.channel,
+                        publisher.blocked,
+                        &exchange,
+                        copies,
+                        &what,
+                        op::PUBLISH_DEAD_LETTER,
+                    )
                     .await;
-                for ((receipt, delivery, held), outcome) in taken.held.into_iter().zip(outcomes) {
+                for ((receipt, delivery, held), outcome) in held.into_iter().zip(outcomes) {
                     match outcome {
                         Ok(()) => copied.push((receipt, delivery)),
-                        Err(reason) => {
-                            warn!(queue = %self.settings.queue, message_id = %held.message_id, %reason, "dead-letter copy not confirmed, rejecting the message instead");
+                        Err(refusal) if refusal.later => {
+                            warn!(queue = %self.settings.queue, message_id = %held.message_id, reason = %refusal.text, "dead-letter copy not made now, keeping the message to give it up later");
+                            to_retry.push(delivery.tag);
+                        }
+                        Err(refusal) => {
+                            warn!(queue = %self.settings.queue, message_id = %held.message_id, reason = %refusal.text, "dead-letter copy refused, rejecting the message instead");
                             to_reject.push((receipt, delivery));
                         }
                     }
@@ -80,9 +118,14 @@ impl Shared {
         }
         // The copy is safe on the broker; a failed ack only means the
         // original comes back and is given up again.
-        failed.extend(self.settle_on(&live, &Settle::Ack, copied).await);
+        let mut failed = self.settle_on(&live, &Settle::Ack, copied).await;
         failed.extend(self.settle_on(&live, &Settle::Reject, to_reject).await);
-        self.finish(failed)
+        if !failed.is_empty() {
+            self.metrics.settle_failed(failed.len());
+        }
+        if !to_retry.is_empty() {
+            self.hold(live, to_retry, self.settings.confirm_timeout);
+        }
     }
 }
 
@@ -151,6 +194,8 @@ mod tests {
             routing_key: "q".into(),
             receive_count: 1,
             received_at_ms: 1_700_000_000_123,
+            consumer: 0,
+            taken: true,
         }
     }
 

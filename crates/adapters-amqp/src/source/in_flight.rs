@@ -1,6 +1,10 @@
 //! The deliveries handed out and not yet settled, on the current consuming
 //! channel only: each is settled at most once, and only on the channel
 //! that delivered it (a receipt of an earlier generation is stale).
+//!
+//! It also keeps the count that decides when the consumer's prefetch
+//! window is renewed (see `consumer.rs`): deliveries of the current
+//! consumer that a `receive` took and that are not settled yet.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,6 +21,11 @@ use crate::receipt::DeliveryRef;
 pub(super) struct InFlight {
     live: Option<Arc<Live>>,
     held: HashMap<u64, Held>,
+    /// The consumer (of the channel's consumers, numbered from 0) whose
+    /// prefetch window is open.
+    consumer: u64,
+    /// Deliveries of that consumer taken by a `receive`, not settled.
+    taken: usize,
 }
 
 /// What a release with a delay or a dead letter needs to publish a copy.
@@ -30,6 +39,10 @@ pub(super) struct Held {
     pub(super) routing_key: ShortString,
     pub(super) receive_count: u32,
     pub(super) received_at_ms: u64,
+    /// The consumer that delivered it.
+    pub(super) consumer: u64,
+    /// Taken by a `receive` (out of the inbox, with the domain).
+    pub(super) taken: bool,
 }
 
 /// Receipts sorted by what can be done with them.
@@ -55,6 +68,23 @@ impl InFlight {
             self.held.insert(reference.tag, held);
         }
     }
+
+    /// Whether the open window should be renewed: at least half of it is
+    /// taken by deliveries the domain keeps (in process, or held for a
+    /// client's acknowledgement), and a new window keeps the channel's
+    /// unsettled deliveries within `most`.
+    pub(super) fn renewal_due(&self, prefetch: u16, most: usize) -> bool {
+        self.live.is_some()
+            && self.taken.saturating_mul(2) >= usize::from(prefetch)
+            && self.held.len().saturating_add(usize::from(prefetch)) <= most
+    }
+
+    /// A new consumer's window is open: what the earlier ones delivered no
+    /// longer counts against it.
+    pub(super) fn renewed(&mut self, consumer: u64) {
+        self.consumer = consumer;
+        self.taken = 0;
+    }
 }
 
 impl Shared {
@@ -63,6 +93,7 @@ impl Shared {
         let mut in_flight = lock(&self.in_flight);
         in_flight.live = Some(live.clone());
         in_flight.held.clear();
+        in_flight.renewed(0);
     }
 
     /// The consuming channel is gone, and with it what it delivered.
@@ -72,14 +103,31 @@ impl Shared {
         in_flight.held.clear();
     }
 
-    /// Whether a delivery is held on the current channel.
-    pub(super) fn is_held(&self, delivery: DeliveryRef) -> bool {
-        let in_flight = lock(&self.in_flight);
-        in_flight
+    /// Marks a delivery as taken by a `receive`; says whether it is held
+    /// on the current channel (else the broker has it back: drop it).
+    pub(super) fn hand_out(&self, delivery: DeliveryRef) -> bool {
+        let mut in_flight = lock(&self.in_flight);
+        let in_flight = &mut *in_flight;
+        if in_flight
             .live
             .as_ref()
-            .is_some_and(|l| l.generation == delivery.generation)
-            && in_flight.held.contains_key(&delivery.tag)
+            .is_none_or(|l| l.generation != delivery.generation)
+        {
+            return false;
+        }
+        let Some(held) = in_flight.held.get_mut(&delivery.tag) else {
+            return false;
+        };
+        if !held.taken {
+            held.taken = true;
+            if held.consumer == in_flight.consumer {
+                in_flight.taken += 1;
+                if in_flight.renewal_due(self.settings.prefetch, self.most_unsettled()) {
+                    self.renew.notify_one();
+                }
+            }
+        }
+        true
     }
 
     /// Takes the receipts' deliveries out of the in-flight set: each is
@@ -109,7 +157,12 @@ impl Shared {
                 continue;
             }
             match in_flight.held.remove(&delivery.tag) {
-                Some(held) => taken.held.push((receipt, delivery, held)),
+                Some(held) => {
+                    if held.taken && held.consumer == in_flight.consumer {
+                        in_flight.taken = in_flight.taken.saturating_sub(1);
+                    }
+                    taken.held.push((receipt, delivery, held));
+                }
                 None => taken.refused.push((
                     receipt,
                     "not held: already settled, or never received".to_owned(),

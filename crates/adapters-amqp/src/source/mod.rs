@@ -34,7 +34,11 @@
 //! per-message TTL of `delay`; when the TTL runs out the broker dead-letters
 //! it back to the command queue, at its tail. Only once the broker has
 //! confirmed the copy is the original acknowledged, so a failure in between
-//! duplicates, never loses. The message leaves the consumer's window at
+//! duplicates, never loses. The copying runs in the background, so a
+//! broker that blocks publishing (a memory or disk alarm) never holds up
+//! the pollers, and each publish and confirm has a deadline
+//! (`confirm_timeout`): a copy that cannot be made in time is held
+//! instead (see below), never lost. The message leaves the consumer's window at
 //! once, so Commands for absent clients neither hold prefetch slots nor
 //! come back to the head of the queue over and over, and a delay survives a
 //! restart of the bridge. [`ReleaseDelay::Hold`] (also the fallback when the
@@ -79,6 +83,10 @@ pub const RECEIVE_COUNT_HEADER: &str = "x-wsbridge-receive-count";
 pub const FIRST_RECEIVED_HEADER: &str = "x-wsbridge-first-received-ms";
 /// Header in which quorum queues count earlier deliveries.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Most unsettled deliveries on a consuming channel, in prefetch windows:
+/// past `MAX_WINDOWS × prefetch`, deliveries the domain keeps (held for
+/// clients' acknowledgements) take window slots again (see `consumer.rs`).
+pub(crate) const MAX_WINDOWS: usize = 10;
 
 /// How `release` with a non-zero delay gives a message back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,11 +107,13 @@ pub enum ReleaseDelay {
 pub struct AmqpSourceSettings {
     /// The queue to consume (declared beforehand, e.g. by [`crate::bootstrap::ensure`]).
     pub queue: String,
-    /// Most unacknowledged deliveries the broker hands this source at once
-    /// (`basic.qos`): the flow-control knob. Must cover every batch in
-    /// process plus Commands waiting for a client's ack (and held releases):
-    /// above all more than one client may hold unacknowledged, or a client
-    /// that never acknowledges fills the window and stalls every other.
+    /// The consumer's prefetch window (`basic.qos`): most deliveries the
+    /// broker pushes ahead of what the bridge keeps, the flow-control knob.
+    /// Deliveries kept unacknowledged for long (held for a client's
+    /// acknowledgement) do not close it: once they fill half of it, the
+    /// source opens a new window (a new consumer), up to
+    /// `10 × prefetch` unsettled deliveries in all. Should exceed a few
+    /// batches (pollers × `max_messages`).
     pub prefetch: u16,
     /// Most messages one `receive` returns.
     pub max_messages: usize,
@@ -202,6 +212,7 @@ impl AmqpCommandSource {
             holds: Mutex::new(JoinSet::new()),
             instance: rand::random(),
             metrics: metrics.clone(),
+            renew: tokio::sync::Notify::new(),
         });
         let session = Consuming {
             shared: shared.clone(),
@@ -258,11 +269,18 @@ struct Shared {
     /// receive of each generation does not wait, so readiness is known at
     /// once after a (re)connection instead of after a whole wait.
     answered: AtomicU64,
-    /// Releases in [`ReleaseDelay::Hold`], waiting out their delay.
+    /// Work on deliveries taken out of the in-flight set, off the callers'
+    /// path: copies being published (released to the delay queue, given up
+    /// to the dead-letter exchange) and releases in [`ReleaseDelay::Hold`]
+    /// waiting out their delay. Aborted when the source closes: what they
+    /// had not settled is unacknowledged, and the broker takes it back.
     holds: Mutex<JoinSet<()>>,
-    /// Distinguishes this source's made-up message ids from another's.
+    /// Distinguishes this source's made-up message ids (and consumer
+    /// tags) from another's.
     instance: u32,
     metrics: AmqpMetrics,
+    /// Wakes the pump when its prefetch window may need renewing.
+    renew: tokio::sync::Notify,
 }
 
 /// One consuming channel and what goes with it.
@@ -275,6 +293,18 @@ struct Live {
 }
 
 impl Shared {
+    /// Runs `work` in the background ([`Shared::holds`]).
+    fn background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.holds);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(work);
+    }
+
+    /// Most unsettled deliveries on the consuming channel ([`MAX_WINDOWS`]).
+    fn most_unsettled(&self) -> usize {
+        usize::from(self.settings.prefetch).saturating_mul(MAX_WINDOWS)
+    }
+
     /// The generation of the consuming channel in `state`, or why there is none.
     fn generation(&self, state: &LinkState<Arc<Live>>) -> Result<u64, SourceError> {
         match state {
@@ -323,12 +353,12 @@ impl CommandSource for AmqpCommandSource {
         if delay.is_zero() {
             self.shared.settle(Settle::Requeue, receipts).await
         } else {
-            self.shared.release_later(receipts, delay).await
+            Shared::release_later(&self.shared, receipts, delay)
         }
     }
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), SourceError> {
-        self.shared.dead_letter(letters).await
+        Shared::dead_letter(&self.shared, letters)
     }
 
     async fn visibility_timeout(&self) -> Option<Duration> {

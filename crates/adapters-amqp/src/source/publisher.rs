@@ -13,7 +13,7 @@
 
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -38,6 +38,13 @@ struct PublisherLink {
     channel: Channel,
 }
 
+/// The channel copies go on, and whether the broker blocks its connection
+/// right now (it says so once a publish has met a resource alarm).
+pub(super) struct CopyChannel {
+    pub(super) channel: Channel,
+    pub(super) blocked: bool,
+}
+
 /// Whether a destination takes copies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Check {
@@ -56,6 +63,33 @@ pub(super) enum Destination {
     DelayQueue,
     /// The dead-letter exchange of the settings.
     DeadLetterExchange,
+}
+
+/// Why a copy is not on the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub(super) text: String,
+    /// A matter of time (the broker blocks publishing under a resource
+    /// alarm, no confirm in time, the channel failed), not of the copy:
+    /// keep the original and try again later rather than settle for less.
+    pub(super) later: bool,
+}
+
+impl Refusal {
+    /// Refused for good: what the copy was for must be had another way.
+    pub(super) fn now(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            later: false,
+        }
+    }
+
+    fn later(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            later: true,
+        }
+    }
 }
 
 /// One copy to publish.
@@ -88,7 +122,11 @@ impl Live {
 impl Shared {
     /// The confirm-mode channel for copies to `destination`; `None` when
     /// it cannot be had now.
-    pub(super) async fn publisher(&self, live: &Live, destination: Destination) -> Option<Channel> {
+    pub(super) async fn publisher(
+        &self,
+        live: &Live,
+        destination: Destination,
+    ) -> Option<CopyChannel> {
         let mut publisher = live.publisher.lock().await;
         if publisher.retired || *publisher.check(destination) == Check::Unusable {
             return None;
@@ -124,7 +162,11 @@ impl Shared {
                 }
             }
         }
-        Some(channel)
+        let blocked = publisher
+            .link
+            .as_ref()
+            .is_some_and(|l| l.connection.status().blocked());
+        Some(CopyChannel { channel, blocked })
     }
 
     async fn open_publisher(&self) -> Option<Box<PublisherLink>> {
@@ -201,60 +243,75 @@ impl Shared {
     }
 
     /// Publishes each copy to `exchange` ("" = the default exchange), then
-    /// waits for the broker's confirms (one deadline for all); says for
-    /// each, in order, whether the broker has it. `what` names the
-    /// destination in the reasons.
+    /// waits for the broker's confirms; says for each, in order, whether
+    /// the broker has it. `what` names the destination in the reasons.
+    ///
+    /// One deadline (`confirm_timeout`) for the publishes and the confirms:
+    /// a broker under a memory or disk alarm stops reading from publishing
+    /// connections, and a publish would wait for it without end. On a
+    /// connection the broker has already said it blocks, nothing is tried.
     pub(super) async fn publish_confirmed(
         &self,
         channel: &Channel,
+        blocked: bool,
         exchange: &str,
         copies: Vec<Outgoing<'_>>,
         what: &str,
         operation: &'static str,
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<(), Refusal>> {
         let exchange: ShortString = match link::short(exchange) {
             Ok(name) => name,
-            Err(e) => return copies.iter().map(|_| Err(format!("{what}: {e}"))).collect(),
+            Err(e) => {
+                let refusal = Refusal::now(format!("{what}: {e}"));
+                return copies.iter().map(|_| Err(refusal.clone())).collect();
+            }
         };
-        let mut pending: Vec<Result<PublisherConfirm, String>> = Vec::with_capacity(copies.len());
+        if blocked {
+            let refusal = Refusal::later("the broker blocks publishing (resource alarm)");
+            return copies.iter().map(|_| Err(refusal.clone())).collect();
+        }
+        let timeout = self.settings.confirm_timeout;
+        let late = || Refusal::later(format!("the copy was not confirmed within {timeout:?}"));
+        let timer = self.metrics.time(operation);
+        let deadline = Instant::now() + timeout;
+        let mut pending = Vec::with_capacity(copies.len());
         for copy in copies {
-            let published = channel
-                .basic_publish(
-                    exchange.clone(),
-                    copy.routing_key,
-                    // Mandatory: a copy no queue takes comes back as a
-                    // return instead of vanishing.
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    copy.body,
-                    copy.properties,
-                )
-                .await
-                .map_err(|e| format!("basic.publish to {what}: {e}"));
+            let publish = channel.basic_publish(
+                exchange.clone(),
+                copy.routing_key,
+                // Mandatory: a copy no queue takes comes back as a return
+                // instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                copy.body,
+                copy.properties,
+            );
+            let published = match tokio::time::timeout_at(deadline, publish).await {
+                Ok(Ok(confirm)) => Ok(confirm),
+                Ok(Err(e)) => Err(Refusal::later(format!("basic.publish to {what}: {e}"))),
+                Err(_) => Err(late()),
+            };
             pending.push(published);
         }
-        let timer = self.metrics.time(operation);
-        let deadline = Instant::now() + self.settings.confirm_timeout;
         let mut outcomes = Vec::with_capacity(pending.len());
         for published in pending {
             let outcome = match published {
-                Err(e) => Err(e),
+                Err(refusal) => Err(refusal),
                 Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
                     Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-                    Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                        Err(format!("no queue behind {what} took the copy"))
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => Err(Refusal::now(format!(
+                        "no queue behind {what} took the copy"
+                    ))),
+                    Ok(Ok(Confirmation::Nack(_))) => {
+                        Err(Refusal::now("the broker nacked the copy"))
                     }
-                    Ok(Ok(Confirmation::Nack(_))) => Err("the broker nacked the copy".to_owned()),
-                    Ok(Ok(Confirmation::NotRequested)) => {
-                        Err("publisher confirms are off on the publishing channel".to_owned())
-                    }
-                    Ok(Err(e)) => Err(format!("confirm of the copy: {e}")),
-                    Err(_) => Err(format!(
-                        "no confirm of the copy within {:?}",
-                        self.settings.confirm_timeout
+                    Ok(Ok(Confirmation::NotRequested)) => Err(Refusal::now(
+                        "publisher confirms are off on the publishing channel",
                     )),
+                    Ok(Err(e)) => Err(Refusal::later(format!("confirm of the copy: {e}"))),
+                    Err(_) => Err(late()),
                 },
             };
             outcomes.push(outcome);

@@ -7,7 +7,7 @@
 //! the delay, then is requeued. See the source's module docs for why.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use domain::{Receipt, SourceError};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -15,11 +15,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use tracing::{debug, warn};
 
+use super::consumer::believable_timestamp;
 use super::in_flight::Held;
-use super::publisher::{Destination, Outgoing};
+use super::publisher::{CopyChannel, Destination, Outgoing, Refusal};
 use super::{
-    lock, Live, ReleaseDelay, Shared, DELIVERY_COUNT_HEADER, FIRST_RECEIVED_HEADER,
-    RECEIVE_COUNT_HEADER,
+    Live, ReleaseDelay, Shared, DELIVERY_COUNT_HEADER, FIRST_RECEIVED_HEADER, RECEIVE_COUNT_HEADER,
 };
 use crate::bootstrap;
 use crate::link;
@@ -27,80 +27,98 @@ use crate::metrics::op;
 use crate::receipt::DeliveryRef;
 
 impl Shared {
-    pub(super) async fn release_later(
-        &self,
+    /// Takes the receipts' deliveries and gives them back after `delay`,
+    /// in the background: the caller (a poller) never waits for the broker.
+    pub(super) fn release_later(
+        self: &Arc<Self>,
         receipts: Vec<Receipt>,
         delay: Duration,
     ) -> Result<(), SourceError> {
         let taken = self.take(receipts);
-        let mut failed = taken.refused;
         if !taken.stale.is_empty() {
             debug!(count = taken.stale.len(), "stale receipts released");
         }
-        let Some(live) = taken.live else {
-            return self.finish(failed);
-        };
-        if taken.held.is_empty() {
-            return self.finish(failed);
-        }
-        let mut to_hold = Vec::new();
-        let publisher = match self.settings.release_delay {
-            ReleaseDelay::DelayQueue => self.publisher(&live, Destination::DelayQueue).await,
-            ReleaseDelay::Hold => None,
-        };
-        match publisher {
-            None => to_hold.extend(taken.held.into_iter().map(|(_, d, _)| d.tag)),
-            Some(publisher) => {
-                let copied = self
-                    .copy_to_delay_queue(&publisher, taken.held, delay)
-                    .await;
-                for (receipt, delivery, outcome) in copied {
-                    match outcome {
-                        Ok(()) => {
-                            // The copy is safe on the broker; a failed ack
-                            // only means the original comes back as well.
-                            let timer = self.metrics.time(op::ACK);
-                            let acked = live
-                                .consume
-                                .basic_ack(delivery.tag, BasicAckOptions::default())
-                                .await;
-                            timer.stop();
-                            if let Err(error) = acked {
-                                failed.push((
-                                    receipt,
-                                    format!("basic.ack after the delayed copy: {error}"),
-                                ));
-                            }
-                        }
-                        Err(reason) => {
-                            warn!(queue = %self.settings.queue, %reason, "delayed copy not confirmed, holding the delivery instead");
-                            to_hold.push(delivery.tag);
-                        }
-                    }
+        if let Some(live) = taken.live.filter(|_| !taken.held.is_empty()) {
+            match self.settings.release_delay {
+                ReleaseDelay::Hold => {
+                    let tags = taken.held.into_iter().map(|(_, d, _)| d.tag).collect();
+                    self.hold(live, tags, delay);
+                }
+                ReleaseDelay::DelayQueue => {
+                    let shared = self.clone();
+                    self.background(async move {
+                        shared.copy_released(live, taken.held, delay).await;
+                    });
                 }
             }
+        }
+        self.finish(taken.refused)
+    }
+
+    /// Copies each delivery to the delay queue, then acknowledges it; what
+    /// cannot be copied in time (no publishing connection, the broker
+    /// blocking it, no confirm) is held for the delay instead.
+    async fn copy_released(
+        &self,
+        live: Arc<Live>,
+        held: Vec<(Receipt, DeliveryRef, Held)>,
+        delay: Duration,
+    ) {
+        let Some(publisher) = self.publisher(&live, Destination::DelayQueue).await else {
+            self.hold(
+                live,
+                held.into_iter().map(|(_, d, _)| d.tag).collect(),
+                delay,
+            );
+            return;
+        };
+        let mut to_hold = Vec::new();
+        let mut failed = 0;
+        for (_, delivery, outcome) in self.copy_to_delay_queue(&publisher, held, delay).await {
+            match outcome {
+                Ok(()) => {
+                    // The copy is safe on the broker; a failed ack only
+                    // means the original comes back as well.
+                    let timer = self.metrics.time(op::ACK);
+                    let acked = live
+                        .consume
+                        .basic_ack(delivery.tag, BasicAckOptions::default())
+                        .await;
+                    timer.stop();
+                    if let Err(error) = acked {
+                        debug!(%error, "basic.ack after the delayed copy failed");
+                        failed += 1;
+                    }
+                }
+                Err(refusal) => {
+                    warn!(queue = %self.settings.queue, reason = %refusal.text, "delayed copy not confirmed, holding the delivery instead");
+                    to_hold.push(delivery.tag);
+                }
+            }
+        }
+        if failed > 0 {
+            self.metrics.settle_failed(failed);
         }
         if !to_hold.is_empty() {
             self.hold(live, to_hold, delay);
         }
-        self.finish(failed)
     }
 
     /// Publishes a copy of each message to the delay queue, then waits for
     /// the broker's confirms.
     async fn copy_to_delay_queue(
         &self,
-        channel: &lapin::Channel,
+        publisher: &CopyChannel,
         held: Vec<(Receipt, DeliveryRef, Held)>,
         delay: Duration,
-    ) -> Vec<(Receipt, DeliveryRef, Result<(), String>)> {
+    ) -> Vec<(Receipt, DeliveryRef, Result<(), Refusal>)> {
         let delay_queue = bootstrap::delay_queue_name(&self.settings.queue);
         let routing_key: ShortString = match link::short(&delay_queue) {
             Ok(key) => key,
             Err(e) => {
                 return held
                     .into_iter()
-                    .map(|(r, d, _)| (r, d, Err(format!("delay queue name: {e}"))))
+                    .map(|(r, d, _)| (r, d, Err(Refusal::now(format!("delay queue name: {e}")))))
                     .collect()
             }
         };
@@ -114,7 +132,14 @@ impl Shared {
             .collect();
         let what = format!("delay queue {delay_queue:?}");
         let outcomes = self
-            .publish_confirmed(channel, "", copies, &what, op::PUBLISH_DELAYED)
+            .publish_confirmed(
+                &publisher.channel,
+                publisher.blocked,
+                "",
+                copies,
+                &what,
+                op::PUBLISH_DELAYED,
+            )
             .await;
         held.into_iter()
             .zip(outcomes)
@@ -124,11 +149,9 @@ impl Shared {
 
     /// Keeps deliveries unacknowledged for `delay`, then requeues them. If
     /// the channel dies meanwhile the broker has requeued them already.
-    fn hold(&self, live: Arc<Live>, tags: Vec<u64>, delay: Duration) {
+    pub(super) fn hold(&self, live: Arc<Live>, tags: Vec<u64>, delay: Duration) {
         let metrics = self.metrics.clone();
-        let mut holds = lock(&self.holds);
-        while holds.try_join_next().is_some() {}
-        holds.spawn(async move {
+        self.background(async move {
             tokio::time::sleep(delay).await;
             for tag in tags {
                 let requeue = BasicNackOptions {
@@ -164,7 +187,12 @@ fn delayed_copy(held: &Held, delay: Duration) -> BasicProperties {
         RECEIVE_COUNT_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(held.receive_count)),
     );
-    if held.properties.timestamp().is_none() && !headers.contains_key(FIRST_RECEIVED_HEADER) {
+    // A missing or unbelievable timestamp: the first receive time, so the
+    // retry window ends all the same.
+    let timestamp = *held.properties.timestamp();
+    if !believable_timestamp(timestamp, SystemTime::now())
+        && !headers.contains_key(FIRST_RECEIVED_HEADER)
+    {
         headers.insert(
             FIRST_RECEIVED_HEADER.into(),
             AMQPValue::LongLongInt(i64::try_from(held.received_at_ms).unwrap_or(i64::MAX)),
@@ -197,6 +225,8 @@ mod tests {
             routing_key: "q".into(),
             receive_count: 3,
             received_at_ms: 1_700_000_000_123,
+            consumer: 0,
+            taken: true,
         }
     }
 
@@ -233,6 +263,17 @@ mod tests {
             copy.message_id().as_ref().map(|e| e.as_str()),
             Some("amqp-1-1-7")
         );
+        let headers = copy.headers().clone().unwrap();
+        assert_eq!(
+            headers.inner().get(FIRST_RECEIVED_HEADER).and_then(as_u64),
+            Some(1_700_000_000_123)
+        );
+    }
+
+    #[test]
+    fn a_copy_with_a_timestamp_in_milliseconds_gets_the_first_receive_time() {
+        let original = BasicProperties::default().with_timestamp(1_700_000_000_000);
+        let copy = delayed_copy(&held(original), Duration::from_secs(1));
         let headers = copy.headers().clone().unwrap();
         assert_eq!(
             headers.inner().get(FIRST_RECEIVED_HEADER).and_then(as_u64),

@@ -101,11 +101,12 @@ settings! {
         /// headers outcome and client_id, the body as on SNS (unset: no
         /// receipts; `dev` declares it).
         amqp_receipts_exchange: Option<String> = None, example "\"wsbridge.receipts\"";
-        /// With broker = "amqp", the most unacknowledged deliveries the broker
-        /// hands the bridge at once (basic.qos), sized for throughput. Commands
-        /// held for a client's acknowledgement occupy it, so it must exceed
-        /// max_unacked_per_client: one client that never acknowledges can then
-        /// never fill it and stall every other client.
+        /// With broker = "amqp", the consumer's prefetch window (basic.qos):
+        /// the most deliveries the broker pushes ahead of what the bridge
+        /// keeps, sized for throughput. Commands held for clients'
+        /// acknowledgements do not close it: once they fill half of it the
+        /// bridge opens a new window, up to 10 × amqp_prefetch unsettled
+        /// deliveries in all. Must exceed max_unacked_per_client.
         amqp_prefetch: u16 = 500, range 1..=65_535;
     }
     "scale" {

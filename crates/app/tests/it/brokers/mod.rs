@@ -32,6 +32,7 @@ use serde_json::Value;
 use crate::support::{Bridge, PATIENCE, QUIET};
 
 pub(crate) mod rabbit;
+mod rabbit_hardening;
 mod sns_sqs;
 
 /// Defines, for each named `async fn(Broker)` of the enclosing module, a

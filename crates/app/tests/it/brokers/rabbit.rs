@@ -170,6 +170,49 @@ impl RabbitEnv {
             .unwrap_or_else(|e| panic!("send_command to {target:?}: {e}"));
     }
 
+    /// Publishes `body` straight to the command queue with `properties`
+    /// as a publisher sets them (a timestamp, a message id), confirmed.
+    pub async fn publish_command(&self, body: &str, properties: BasicProperties) {
+        let queue = self.topology.command_queue.as_str();
+        let channel = self.connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("publish to {queue}: {e}"));
+        assert!(confirm.await.unwrap().is_ack(), "publish to {queue} nacked");
+        let _ = channel.close(200, "published".into()).await;
+    }
+
+    /// Takes every message now in the command queue and its delay queue;
+    /// their bodies.
+    pub async fn take_commands(&self) -> Vec<String> {
+        let mut bodies = Vec::new();
+        for queue in [
+            self.topology.command_queue.clone(),
+            self.topology.delay_queue(),
+        ] {
+            while let Some(message) = self
+                .channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"))
+            {
+                bodies.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+            }
+        }
+        bodies
+    }
+
     pub async fn events_observer(&self) -> RabbitObserver {
         let monitor = Monitor::start(&self.url, &self.topology.events_exchange, "#")
             .await
