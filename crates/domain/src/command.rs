@@ -5,7 +5,7 @@
 //! Command JSON, or the bare Command JSON. A Command may carry any field, so
 //! it may carry `Type` or `Message` too: a body is read as an envelope only
 //! when it has what every SNS notification has (`Type` `Notification`, a
-//! string `MessageId`, an `arn:` `TopicArn`, a string `Message`) and none of
+//! string `MessageId`, a `TopicArn`, a string `Message`) and none of
 //! a Command's own fields (`command`, or a target). Decoding reads the body once,
 //! validates only what routing needs (`client_id`, `command`), and keeps the
 //! Command's JSON text exactly as the backend wrote it, so the client gets
@@ -72,7 +72,7 @@ pub enum DecodeError {
     #[error("SNS envelope of type {0:?} carries no Command")]
     UnsupportedEnvelopeType(String),
     /// A `Notification` without a Command field of its own that lacks what
-    /// every SNS notification has (a string `MessageId`, an `arn:` `TopicArn`):
+    /// every SNS notification has (a string `MessageId` and `TopicArn`):
     /// neither a Command nor an envelope.
     #[error("body is neither a Command (no command, no client_id) nor an SNS envelope (no MessageId or TopicArn)")]
     NotAnEnvelope,
@@ -198,11 +198,12 @@ fn decode_envelope(envelope: Probe<'_>) -> Result<DecodedCommand, DecodeError> {
         .ok_or(DecodeError::EnvelopeWithoutMessage)?;
     let message = as_string(raw).ok_or(DecodeError::EnvelopeMessageNotString)?;
     let message_id_is_text = matches!(envelope.message_id, Some(Value::String(_)));
-    let topic_is_arn = envelope
+    let has_topic = envelope
         .topic_arn
         .and_then(as_text)
-        .is_some_and(|arn| arn.starts_with("arn:"));
-    if !message_id_is_text || !topic_is_arn {
+        // Any name: `wsbridge send-command` on RabbitMQ writes its own.
+        .is_some_and(|arn| !arn.is_empty());
+    if !message_id_is_text || !has_topic {
         return Err(DecodeError::NotAnEnvelope);
     }
     let inner = probe_object(
@@ -342,7 +343,9 @@ mod tests {
             json!({"Type": "Notification", "Message": inner}),
             json!({"Type": "Notification", "Message": inner, "MessageId": "m-1"}),
             json!({"Type": "Notification", "Message": inner, "MessageId": "m-1",
-                "TopicArn": "commands"}),
+                "TopicArn": ""}),
+            json!({"Type": "Notification", "Message": inner, "MessageId": "m-1",
+                "TopicArn": 7}),
             json!({"Type": "Notification", "Message": inner, "MessageId": 7,
                 "TopicArn": "arn:aws:sns:us-east-1:123456789012:t"}),
         ] {

@@ -20,6 +20,7 @@ async fn send_command_reaches_the_source_through_the_queue_or_the_exchange() {
     let envelope = serde_json::json!({
         "Type": "Notification",
         "MessageId": "sns-1",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:commands",
         "Message": r#"{"client_id":"c2","command":"enveloped"}"#,
     })
     .to_string();
