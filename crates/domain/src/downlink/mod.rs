@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, info_span, warn};
 
 mod fate;
+mod handed_back;
 
 use crate::acks::{CopyFate, Parked, PendingAcks};
 use crate::client_id::ClientId;
