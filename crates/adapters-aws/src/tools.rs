@@ -127,6 +127,18 @@ pub async fn publish_to_topic(
     client_id: &ClientId,
     shards: Option<u32>,
 ) -> Result<String, ToolError> {
+    publish_to_topic_with(sns, topic_arn, command_json, client_id, shards, &[]).await
+}
+
+/// [`publish_to_topic`], with `extra` String attributes besides.
+pub async fn publish_to_topic_with(
+    sns: &aws_sdk_sns::Client,
+    topic_arn: &str,
+    command_json: &str,
+    client_id: &ClientId,
+    shards: Option<u32>,
+    extra: &[(&str, &str)],
+) -> Result<String, ToolError> {
     let attribute = |data_type: &str, value: String| {
         MessageAttributeValue::builder()
             .data_type(data_type)
@@ -143,6 +155,9 @@ pub async fn publish_to_topic(
         let shard = shard_of(client_id, shards);
         request =
             request.message_attributes(SHARD_ATTRIBUTE, attribute("Number", shard.to_string())?);
+    }
+    for (name, value) in extra {
+        request = request.message_attributes(*name, attribute("String", (*value).to_owned())?);
     }
     if topic_arn.ends_with(".fifo") {
         request = request

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+mod hand_back;
 pub mod jwks;
 pub mod jwt_crypto;
 pub mod metrics;

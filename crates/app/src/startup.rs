@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::broker::{self, BrokerStatus, Closer, Connection, Ports};
 use crate::config::{Config, Scale};
 use crate::consumer;
+use crate::hand_back::hand_back_or_release;
 use crate::routes::{self, AppState};
 
 /// A built bridge, listening but not yet serving.
@@ -34,6 +35,9 @@ pub struct Application {
     /// Why the broker cannot take traffic, in its adapters' own words.
     status: BrokerStatus,
     closing: CancellationToken,
+    /// Where held Commands go back to the fleet at shutdown, in fanout and
+    /// sharded mode.
+    relay: Arc<broker::ControlRelay>,
     /// The admin API's port and server, when it is on.
     admin: Option<(u16, actix_web::dev::Server)>,
 }
@@ -136,6 +140,7 @@ impl Application {
             aws_metrics,
             status,
             closing,
+            relay,
             admin,
         })
     }
@@ -251,8 +256,9 @@ impl Application {
             self.closing.cancel();
             // Before waiting on any client (a stalled one may hold the wait
             // up to the deadline): what still waits for an acknowledgement
-            // is made visible again now, for another replica to deliver.
-            let released = acks.release_all().await;
+            // goes back now, for another replica to deliver — published
+            // again where this replica's queue goes with it (fanout).
+            let released = hand_back_or_release(&acks, &self.relay).await;
             if released > 0 {
                 info!(released, "unacknowledged deliveries released");
             }
@@ -260,7 +266,7 @@ impl Application {
             // Acknowledgements taken until the last session closed are deleted.
             let _ = ack_settler.await;
             while acks.settle_confirmed().await > 0 {}
-            acks.release_all().await;
+            hand_back_or_release(&acks, &self.relay).await;
             self.closer.close().await;
             handle.stop(true).await;
         };

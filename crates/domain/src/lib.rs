@@ -27,7 +27,7 @@ mod text;
 pub mod time;
 pub mod uplink;
 
-pub use acks::{ConfirmError, DeliveryId, PendingAcks, Tick};
+pub use acks::{ConfirmError, DeliveryId, PendingAcks, TakenOut, Tick};
 pub use client_frame::ClientFrame;
 pub use client_id::{ClientId, ClientIdError};
 pub use client_message::{ClientMessage, FrameError, OutboundEvent, Reply};
@@ -38,7 +38,7 @@ pub use envelope::SnsEnvelope;
 pub use ports::{
     AttributeValue, ClientRegistry, CommandSource, DeadLetter, EventSink, Frame, GiveUpReason,
     Handoff, InboundMessage, MessageAttribute, PublishError, Receipt, SourceError,
-    DETAIL_ATTRIBUTE, REASON_ATTRIBUTE,
+    DETAIL_ATTRIBUTE, REASON_ATTRIBUTE, RELEASED_ATTRIBUTE,
 };
 pub use presence::{Disconnect, Presence};
 pub use receipts::{DeliveryReceipt, Outcome, ReceiptSink, SkipOutcome};

@@ -103,6 +103,9 @@ impl GiveUpReason {
 
 /// Name of the attribute (AMQP: header) saying why a message was given up.
 pub const REASON_ATTRIBUTE: &str = "wsbridge_reason";
+/// Name of the attribute a Command carries when a replica that was shutting
+/// down handed it back to the fleet unacknowledged (its value: that replica).
+pub const RELEASED_ATTRIBUTE: &str = "wsbridge_released";
 /// Name of the attribute (AMQP: header) with the error text.
 pub const DETAIL_ATTRIBUTE: &str = "wsbridge_detail";
 /// Longest `wsbridge_detail`, in bytes.

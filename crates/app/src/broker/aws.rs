@@ -303,6 +303,31 @@ pub(super) async fn put_command(
     Ok(id)
 }
 
+/// Publishes `json` (a Command for `client_id` this replica held at its
+/// shutdown) again to the commands topic, marked as handed back by `from`
+/// ([`domain::RELEASED_ATTRIBUTE`]); returns the SNS message id.
+pub(super) async fn hand_back_command(
+    clients: &Clients,
+    resources: &AwsResources,
+    shards: u32,
+    json: &str,
+    client_id: &ClientId,
+    from: &str,
+) -> anyhow::Result<String> {
+    let topic = topic(
+        clients,
+        "commands_topic_arn",
+        &resources.commands_topic_arn,
+        DEV_COMMANDS_TOPIC,
+    )
+    .await?;
+    let marker = [(domain::RELEASED_ATTRIBUTE, from)];
+    let id =
+        tools::publish_to_topic_with(&clients.sns, &topic, json, client_id, Some(shards), &marker)
+            .await?;
+    Ok(id)
+}
+
 /// `monitor` on SNS: a temporary queue subscribed to the events topic.
 pub async fn monitor(resources: &AwsResources) -> anyhow::Result<(tools::Monitor, String)> {
     let clients = Clients::from_env().await;

@@ -22,7 +22,7 @@ use adapters_aws::sdk::Clients;
 use app::broker::replica::Instance;
 use app::config::{Mode, Settings};
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use testkit::{Aws, Fault, FaultProxy};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -31,8 +31,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::{served_port, signal, stderr_lines, wsbridge};
 use crate::support::{
-    assert_silent, client_id, command, connect, envelope, next_frame, next_json, test_settings,
-    wait_until, Bridge, Env, Next, TempDir, Ws, PATIENCE, QUIET, SHUTDOWN_SECS,
+    assert_silent, client_id, command, connect, envelope, next_frame, next_json, send_text,
+    test_settings, wait_until, Bridge, Env, Next, TempDir, Ws, PATIENCE, QUIET, SHUTDOWN_SECS,
 };
 
 /// Heartbeat of the binary replicas, and the staleness `wsbridge gc` is run
@@ -597,6 +597,96 @@ async fn a_sigtermed_replica_leaves_no_queue_or_subscription_behind() {
     r0.terminate().await;
     assert_eq!(fleet.queue_names().await, vec![fleet.dead_letter_name()]);
     assert!(fleet.subscribed().await.is_empty());
+}
+
+/// The Command inside an ack-mode frame, and its delivery id.
+fn ack_mode(frame: &Value) -> (Value, String) {
+    let id = frame["delivery_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an ack-mode frame: {frame}"));
+    (frame["command"].clone(), id.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanout_replica_shutting_down_hands_its_unacknowledged_commands_back_to_the_fleet() {
+    let fleet = Fleet::new("scale-handback").await;
+    // `drop` (fanout's default) for Commands of absent clients; a handed
+    // back one waits 1 s between attempts, for up to 4 s from its send.
+    let settings = |instance: &str| {
+        let mut settings = fleet.settings(instance);
+        settings.retry_delay_secs = 1;
+        settings.retry_window_secs = 4;
+        settings.ack_timeout_secs = 60;
+        settings
+    };
+    let a = InProcess::start_with(settings("a")).await;
+    let b = InProcess::start_with(settings("b")).await;
+    let c = InProcess::start_with(settings("c")).await;
+    let (b_stats, c_stats) = (b.bridge.stats.clone(), c.bridge.stats.clone());
+    let client = client_id("moving");
+    let path = format!("/ws/{client}?ack=true");
+
+    // Handed to the client at A, not acknowledged; B and C drop their copies.
+    let mut ws = connect(&a.bridge.ws_url(&path)).await;
+    let (sent, _) = fleet.publish(&client, "unlock").await;
+    assert_eq!(ack_mode(&next_json(&mut ws).await).0, sent);
+    for stats in [&b_stats, &c_stats] {
+        wait_until("the other replicas dropped their copies", || {
+            let s = stats.downlink.snapshot();
+            async move { s.undeliverable == 1 }
+        })
+        .await;
+    }
+
+    // A shuts down gracefully: its client is told it is going away (1001).
+    let a_stats = a.bridge.stats.clone();
+    let (_, closed) = tokio::join!(a.stop(), next_frame(&mut ws, PATIENCE));
+    match closed {
+        Some(Next::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    assert_eq!(a_stats.downlink.snapshot().ack_released, 1);
+    assert!(fleet.queue_of("a").await.is_none());
+
+    // The client reconnects to B and gets the Command there, as an ack-mode
+    // frame, once.
+    let mut ws = connect(&b.bridge.ws_url(&path)).await;
+    let (got, delivery) = ack_mode(&next_json(&mut ws).await);
+    assert_eq!(got, sent);
+    send_text(&mut ws, &json!({"ack_delivery": delivery}).to_string()).await;
+    assert_silent(&mut ws, QUIET).await;
+    let b_queue = b.instance.queue_url().to_owned();
+    assert_eq!(
+        fleet.aws.wait_for_counts(&b_queue, (0, 0), PATIENCE).await,
+        (0, 0)
+    );
+    let s = b_stats.downlink.snapshot();
+    assert_eq!((s.forwarded, s.acknowledged_by_client), (1, 1), "{s:?}");
+
+    // C, without the client, waited for it and drops its copy once the
+    // window is over; nothing reaches the dead-letter queue.
+    wait_until("C dropped the handed-back copy after its window", || {
+        let s = c_stats.downlink.snapshot();
+        async move { s.undeliverable == 2 }
+    })
+    .await;
+    let s = c_stats.downlink.snapshot();
+    assert!(s.released >= 1, "C did not wait for the client: {s:?}");
+    assert_eq!((s.forwarded, s.dead_lettered), (0, 0), "{s:?}");
+    let c_queue = c.instance.queue_url().to_owned();
+    assert_eq!(
+        fleet.aws.wait_for_counts(&c_queue, (0, 0), PATIENCE).await,
+        (0, 0)
+    );
+    let dlq = fleet
+        .queue_of("dlq")
+        .await
+        .expect("the fleet's dead-letter queue");
+    assert_eq!(fleet.aws.queue_counts(&dlq).await, (0, 0));
+
+    drop(ws);
+    b.stop().await;
+    c.stop().await;
 }
 
 // ---------------------------------------------------------------------------

@@ -101,7 +101,7 @@ impl PendingAcks {
 
     /// Hands unacknowledged deliveries and parked Commands back to the
     /// source at once; returns how many held deliveries went back.
-    async fn give_back(&self, held: Vec<Held>, parked: Vec<Parked>) -> usize {
+    pub(super) async fn give_back(&self, held: Vec<Held>, parked: Vec<Parked>) -> usize {
         if held.is_empty() && parked.is_empty() {
             return 0;
         }

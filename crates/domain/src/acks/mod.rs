@@ -8,7 +8,8 @@
 //!
 //! Also here: the Commands parked for a client at its limit ([`parking`]),
 //! and the memory of released deliveries ([`released`]) that keeps the
-//! `drop` policy off them and restarts their retry window.
+//! `drop` policy off them and restarts their retry window; and how a
+//! replica hands them all back to the fleet at shutdown ([`take_out`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,7 @@ mod keep_alive;
 mod parking;
 mod released;
 mod table;
+mod take_out;
 
 use extensions::Extensions;
 pub(crate) use give_back::receive_limit_detail;
@@ -36,6 +38,7 @@ pub use parking::Parked;
 use parking::Parking;
 use released::Released;
 use table::{Held, Table};
+pub use take_out::TakenOut;
 
 /// Identifies one hand-off of one Command to the connections of its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

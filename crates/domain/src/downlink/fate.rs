@@ -5,7 +5,8 @@
 //!   until it is older than the retry window, then gives it up; `drop`
 //!   deletes it — except a Command its client was handed and never
 //!   acknowledged, which waits as under `retry`, its window counted from
-//!   the release.
+//!   the release — or, handed back to the fleet by a replica that shut
+//!   down ([`handed_back`](super::handed_back)), from its send.
 //! - Its client is at its unacknowledged limit: it waits, parked here on a
 //!   source that counts receives, else released.
 //! - A release that the source would answer by moving the message to its
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+use super::handed_back::handed_back;
 use super::{age, Arrival, BatchOutcome, CommandInHand, Downlink, ReceiptOf, Routing};
 use super::{RetryRule, Undeliverable};
 use crate::acks::{receive_limit_detail, Parked};
@@ -35,8 +37,15 @@ impl Downlink {
         // Not handed off: a later copy must not be taken for a duplicate.
         self.recent.forget(&command.dedup_key);
         let released_at = self.acks.released_since(&command.dedup_key);
+        // Handed back by a replica that shut down while its client held it:
+        // just published, so its window counts from the send.
+        let marked = released_at.is_none() && handed_back(&command.message);
         let (rule, waited) = match (released_at, self.settings.undeliverable) {
             (Some(at), _) => (Some(self.settings.after_release), at.elapsed()),
+            (None, _) if marked => (
+                Some(self.settings.after_release),
+                age(command.message.sent_at),
+            ),
             (None, Undeliverable::Retry { delay, window }) => (
                 Some(RetryRule { delay, window }),
                 age(command.message.sent_at),
@@ -44,19 +53,18 @@ impl Downlink {
             (None, Undeliverable::Drop) => (None, Duration::ZERO),
         };
         match rule {
-            None => {
-                // In fanout mode this is the normal fate of other replicas'
-                // Commands: counted, not worth a warning each.
-                debug!("client not connected here, command dropped");
-                bump(&stats.undeliverable, 1);
-                self.receipt(Outcome::Undeliverable, ReceiptOf::command(&command, None));
-                routing.outcome.acknowledged.push(command.message.receipt);
-            }
             Some(rule) if waited < rule.window => {
                 debug!("client not connected here, released for a later attempt");
                 bump(&stats.released, 1);
                 let why = format!("client {} was not connected", command.client_id.as_str());
                 self.release(command, rule.delay, &why, routing);
+            }
+            // Every replica without the client gets a handed-back copy; past
+            // the window, under `drop`, each drops its own rather than
+            // filling the dead-letter queue with one per replica.
+            None => self.drop_undeliverable(command, routing),
+            Some(_) if marked && self.settings.undeliverable == Undeliverable::Drop => {
+                self.drop_undeliverable(command, routing);
             }
             Some(rule) => {
                 warn!(window = ?rule.window, "client not connected within the retry window, command given up");
@@ -68,6 +76,16 @@ impl Downlink {
                 self.give_up_undeliverable(command, &detail, routing);
             }
         }
+    }
+
+    /// Deletes a Command whose client is not here, counting it.
+    fn drop_undeliverable(&self, command: CommandInHand, routing: &mut Routing) {
+        // In fanout mode this is the normal fate of other replicas'
+        // Commands: counted, not worth a warning each.
+        debug!("client not connected here, command dropped");
+        bump(&self.stats.downlink.undeliverable, 1);
+        self.receipt(Outcome::Undeliverable, ReceiptOf::command(&command, None));
+        routing.outcome.acknowledged.push(command.message.receipt);
     }
 
     /// The Command's client has its limit of unacknowledged deliveries: the

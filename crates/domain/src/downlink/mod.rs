@@ -11,6 +11,7 @@ use tracing::{debug, info_span, warn};
 
 mod fate;
 mod hand_off;
+mod handed_back;
 mod receipt;
 
 use receipt::ReceiptOf;

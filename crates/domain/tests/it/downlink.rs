@@ -1439,3 +1439,141 @@ async fn a_held_delivery_at_the_receive_limit_is_given_up_not_released_when_its_
         letters[0].detail
     );
 }
+
+// --- Handed back to the fleet by a replica that shut down ---
+
+/// An SNS envelope around `inner` whose attributes say a replica that shut
+/// down handed it back (raw delivery off: the attributes are in the body).
+fn handed_back_envelope(sns_id: &str, inner: &str) -> String {
+    json!({
+        "Type": "Notification",
+        "MessageId": sns_id,
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:commands",
+        "Message": inner,
+        "Timestamp": "2026-01-01T00:00:00.000Z",
+        "MessageAttributes": {
+            "client_id": {"Type": "String", "Value": "alice"},
+            domain::RELEASED_ATTRIBUTE: {"Type": "String", "Value": "replica-a"},
+        }
+    })
+    .to_string()
+}
+
+/// A bare Command with the marker as an SQS message attribute (raw delivery).
+fn handed_back_raw(sqs_id: &str, inner: &str, ago: Duration) -> InboundMessage {
+    let mut message = received(sqs_id, inner, 1, ago);
+    message.attributes.push(domain::MessageAttribute {
+        name: domain::RELEASED_ATTRIBUTE.to_owned(),
+        data_type: "String".to_owned(),
+        value: domain::AttributeValue::Text("replica-a".to_owned()),
+    });
+    message
+}
+
+#[tokio::test]
+async fn with_drop_a_handed_back_command_waits_for_its_client_in_an_envelope_or_raw() {
+    let inner = bare("alice", "go");
+    let h = Harness::new(
+        Undeliverable::Drop,
+        vec![
+            Ok(vec![
+                message("sqs-1", handed_back_envelope("sns-1", &inner)),
+                handed_back_raw("sqs-2", &bare("alice", "raw"), Duration::ZERO),
+                // Unmarked: dropped, as `drop` says.
+                message("sqs-3", envelope("sns-3", &inner)),
+            ]),
+            Ok(vec![message(
+                "sqs-1",
+                handed_back_envelope("sns-1", &inner),
+            )]),
+        ],
+    );
+    let outcome = h.poll().await;
+    assert_eq!(outcome.released, receipts(&["rcpt-sqs-1", "rcpt-sqs-2"]));
+    assert_eq!(outcome.acknowledged, receipts(&["rcpt-sqs-3"]));
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-sqs-1", "rcpt-sqs-2"]), RETRY_DELAY)]
+    );
+    assert_eq!(h.counters().undeliverable, 1);
+
+    // Alice connects here: she gets it.
+    h.connect_with("alice", 0, 1);
+    let outcome = h.poll().await;
+    assert_eq!(outcome.held, receipts(&["rcpt-sqs-1"]));
+    assert_eq!(h.calls.delivered().last(), Some(&pair("alice", &inner)));
+    assert_eq!(h.counters().forwarded, 1);
+}
+
+#[tokio::test]
+async fn with_drop_a_handed_back_command_past_its_window_is_dropped_not_dead_lettered() {
+    // Every replica without the client has a copy: past the window (counted
+    // from the send) each drops its own.
+    let h = Harness::new(
+        Undeliverable::Drop,
+        vec![Ok(vec![
+            handed_back_raw("sqs-1", &bare("alice", "old"), RETRY_WINDOW),
+            handed_back_raw("sqs-2", &bare("alice", "new"), Duration::ZERO),
+        ])],
+    );
+    let outcome = h.poll().await;
+    assert_eq!(outcome.acknowledged, receipts(&["rcpt-sqs-1"]));
+    assert_eq!(outcome.released, receipts(&["rcpt-sqs-2"]));
+    assert!(h.calls.letters().is_empty(), "{:?}", h.calls.letters());
+    assert_eq!(h.counters().undeliverable, 1);
+}
+
+#[tokio::test]
+async fn take_all_hands_out_held_and_parked_commands_and_settle_taken_deletes_or_releases() {
+    // One unacknowledged delivery per client, on a source that counts
+    // receives (so alice's second Command is parked).
+    let h = counting(
+        4,
+        vec![Ok(vec![
+            message("a-1", bare("alice", "1")),
+            message("a-2", bare("alice", "2")),
+            message("b-1", bare("bob", "1")),
+        ])],
+    );
+    h.connect_with("alice", 0, 1).connect_with("bob", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+    assert_eq!((acks.len(), acks.parked_len()), (2, 1));
+
+    let taken = acks.take_all();
+    assert!(acks.is_empty());
+    let mut seen: Vec<(String, String, String, bool)> = taken
+        .iter()
+        .map(|t| {
+            (
+                t.client_id.as_str().to_owned(),
+                t.frame.to_string(),
+                t.receipt.token().to_owned(),
+                t.was_delivered(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("alice".into(), bare("alice", "1"), "rcpt-a-1".into(), true),
+            ("alice".into(), bare("alice", "2"), "rcpt-a-2".into(), false),
+            ("bob".into(), bare("bob", "1"), "rcpt-b-1".into(), true),
+        ]
+    );
+
+    // Alice's were published again; bob's publish failed: released as before.
+    let (handed_back, kept): (Vec<_>, Vec<_>) = taken
+        .into_iter()
+        .partition(|t| t.client_id.as_str() == "alice");
+    assert_eq!(acks.settle_taken(handed_back, kept).await, 2);
+    let mut deleted: Vec<Receipt> = h.calls.acknowledged().concat();
+    deleted.sort_by(|a, b| a.token().cmp(b.token()));
+    assert_eq!(deleted, receipts(&["rcpt-a-1", "rcpt-a-2"]));
+    assert_eq!(
+        h.calls.released(),
+        vec![(receipts(&["rcpt-b-1"]), Duration::ZERO)]
+    );
+    assert_eq!(acks.parked_len(), 0);
+}
