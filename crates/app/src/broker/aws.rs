@@ -275,13 +275,7 @@ pub(super) async fn put_command(
 ) -> anyhow::Result<String> {
     let id = match target {
         SendTarget::Topic => {
-            let topic = topic(
-                clients,
-                "commands_topic_arn",
-                &resources.commands_topic_arn,
-                DEV_COMMANDS_TOPIC,
-            )
-            .await?;
+            let topic = commands_topic(clients, resources).await?;
             // The `shard` attribute is what sharded replicas' subscriptions
             // filter on; other modes ignore it.
             tools::publish_to_topic(&clients.sns, &topic, json, client_id, Some(shards)).await?
@@ -303,6 +297,17 @@ pub(super) async fn put_command(
     Ok(id)
 }
 
+/// The commands topic: the setting, else `dev`'s, looked up by name.
+async fn commands_topic(clients: &Clients, resources: &AwsResources) -> anyhow::Result<String> {
+    topic(
+        clients,
+        "commands_topic_arn",
+        &resources.commands_topic_arn,
+        DEV_COMMANDS_TOPIC,
+    )
+    .await
+}
+
 /// Publishes `json` (a Command for `client_id` this replica held at its
 /// shutdown) again to the commands topic, marked as handed back by `from`
 /// ([`domain::RELEASED_ATTRIBUTE`]); returns the SNS message id.
@@ -314,13 +319,7 @@ pub(super) async fn hand_back_command(
     client_id: &ClientId,
     from: &str,
 ) -> anyhow::Result<String> {
-    let topic = topic(
-        clients,
-        "commands_topic_arn",
-        &resources.commands_topic_arn,
-        DEV_COMMANDS_TOPIC,
-    )
-    .await?;
+    let topic = commands_topic(clients, resources).await?;
     let marker = [(domain::RELEASED_ATTRIBUTE, from)];
     let id =
         tools::publish_to_topic_with(&clients.sns, &topic, json, client_id, Some(shards), &marker)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{Broker, Pending, Resources};
+use super::{Broker, Pending, Resources, TestEnv};
 use crate::support::{client_id, command, connect, next_json, send_text, Ws};
 
 both_brokers!(
@@ -20,6 +20,18 @@ both_brokers!(
 fn unwrap_delivery(frame: &Value) -> (&Value, String) {
     let id = frame["delivery_id"].as_str().expect("a delivery id");
     (&frame["command"], id.to_owned())
+}
+
+/// Connects to `url`, expects `sent` as an ack-mode frame, acknowledges it,
+/// then expects the command queue empty and nothing dead-lettered.
+async fn reconnect_and_acknowledge(env: &TestEnv, url: &str, sent: &Value) {
+    let mut ws: Ws = connect(url).await;
+    let frame = next_json(&mut ws).await;
+    let (command, id) = unwrap_delivery(&frame);
+    assert_eq!(command, sent);
+    send_text(&mut ws, &json!({"ack_delivery": id}).to_string()).await;
+    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
+    assert!(env.dead_letters(0).await.is_empty());
 }
 
 async fn with_drop_a_command_its_client_did_not_acknowledge_reaches_it_after_a_reconnect(
@@ -45,13 +57,7 @@ async fn with_drop_a_command_its_client_did_not_acknowledge_reaches_it_after_a_r
     // Gone without acknowledging; back a second later.
     drop(ws);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut ws = connect(&url).await;
-    let frame = next_json(&mut ws).await;
-    let (command, id) = unwrap_delivery(&frame);
-    assert_eq!(command, &sent);
-    send_text(&mut ws, &json!({"ack_delivery": id}).to_string()).await;
-    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
-    assert!(env.dead_letters(0).await.is_empty());
+    reconnect_and_acknowledge(&env, &url, &sent).await;
     let stats = bridge.stats.downlink.snapshot();
     assert_eq!(stats.undeliverable, 0, "{stats:?}");
     bridge.stop().await;
@@ -79,14 +85,7 @@ async fn a_command_held_longer_than_the_retry_window_is_not_given_up_when_its_cl
     // Held past the retry window, counted from the send.
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(ws);
-
-    let mut ws: Ws = connect(&url).await;
-    let frame = next_json(&mut ws).await;
-    let (command, id) = unwrap_delivery(&frame);
-    assert_eq!(command, &sent);
-    send_text(&mut ws, &json!({"ack_delivery": id}).to_string()).await;
-    assert_eq!(env.wait_for_pending(Pending::NONE).await, Pending::NONE);
-    assert!(env.dead_letters(0).await.is_empty());
+    reconnect_and_acknowledge(&env, &url, &sent).await;
     bridge.stop().await;
 }
 
