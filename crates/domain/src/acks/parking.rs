@@ -8,7 +8,7 @@
 //! and go out as the client's acknowledgements free its slots. Bounded per
 //! client and in total; past that they are released as before.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{lock, PendingAcks};
@@ -77,6 +77,13 @@ impl PendingAcks {
         })
     }
 
+    /// The Commands taken with [`PendingAcks::take_parked_ready`] have all
+    /// been handed off or put back: a newer Command for their clients no
+    /// longer waits behind them.
+    pub(crate) fn parked_handed_out(&self) {
+        lock(&self.parking).done_handing_out();
+    }
+
     /// Puts back at the head of its client's queue a parked Command that
     /// could not go out after all.
     pub(crate) fn unpark_failed(&self, parked: Parked) {
@@ -94,6 +101,10 @@ impl PendingAcks {
 pub(super) struct Parking {
     per_client: HashMap<ClientId, VecDeque<Parked>>,
     len: usize,
+    /// Clients whose parked Commands are being handed out: a Command for
+    /// them received meanwhile waits behind, so it cannot overtake one that
+    /// turns out to have no slot after all.
+    handing_out: HashSet<ClientId>,
 }
 
 impl Parking {
@@ -128,15 +139,24 @@ impl Parking {
 
     /// Whether `client_id` has Commands parked (a newer one waits behind them).
     pub(super) fn has(&self, client_id: &ClientId) -> bool {
-        self.per_client.contains_key(client_id)
+        self.per_client.contains_key(client_id) || self.handing_out.contains(client_id)
+    }
+
+    /// See [`PendingAcks::parked_handed_out`].
+    pub(super) fn done_handing_out(&mut self) {
+        self.handing_out.clear();
     }
 
     /// Takes, per client, as many parked Commands from the head as `free`
     /// says it has free slots.
     pub(super) fn take_ready(&mut self, free: impl Fn(&ClientId) -> usize) -> Vec<Parked> {
         let mut ready = Vec::new();
+        let handing_out = &mut self.handing_out;
         self.per_client.retain(|client_id, queue| {
             let take = free(client_id).min(queue.len());
+            if take > 0 {
+                handing_out.insert(client_id.clone());
+            }
             ready.extend(queue.drain(..take));
             !queue.is_empty()
         });
@@ -227,6 +247,9 @@ mod tests {
         parking.push_front(back);
         let ready = parking.take_ready(|c| if c == &alice { 5 } else { 0 });
         assert_eq!(ids(&ready), ["alice-2", "alice-3"]);
+        // Until they are handed out, a newer Command waits behind them.
+        assert!(parking.has(&alice));
+        parking.done_handing_out();
         assert!(!parking.has(&alice));
         assert_eq!(parking.receipts(), vec![Receipt::new("bob-1")]);
     }

@@ -93,6 +93,7 @@ impl Downlink {
             }
             self.hand_off(parked, &mut routing, Arrival::Parked);
         }
+        self.acks.parked_handed_out();
         self.settle(routing).await;
         tick
     }
