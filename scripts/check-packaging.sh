@@ -70,7 +70,7 @@ ports = [str(p) for p in bridge.get("ports", [])]
 check(any(p.startswith("127.0.0.1:8000:8000") for p in ports), f"wsbridge ports {ports}")
 all_on_loopback = all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
 check(all_on_loopback, "every published port is on the host's loopback only")
-# SPEC §9: beyond loopback, auth = none without an origin list refuses to
+# README, Security: beyond loopback, auth = none without an origin list refuses to
 # start unless allowed explicitly; allowed only where nothing is published
 # beyond the host's loopback.
 loopback_hosts = ("127.0.0.1", "localhost", "::1", "[::1]")

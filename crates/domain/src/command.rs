@@ -144,7 +144,7 @@ struct Probe<'a> {
     client_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     command: Option<&'a RawValue>,
-    // The other targets a Command may name (SPEC §11): present, they make
+    // The other targets a Command may name (a list, a group, everyone): present, they make
     // the body a Command whatever else it carries.
     #[serde(borrow, default)]
     client_ids: Option<&'a RawValue>,

@@ -1,4 +1,4 @@
-//! Credentials that SQS rejects (SPEC §2 `/ready`, §9): the bridge says it
+//! Credentials that SQS rejects (README, HTTP surface `/ready` and Operations): the bridge says it
 //! is not ready (why in its log, never on the public port: AWS's answer can
 //! name the principal and account), backs off instead of spinning, and recovers on its own
 //! once SQS accepts its requests again.

@@ -1,5 +1,5 @@
 //! The downlink use case: receive → decode → de-duplicate → deliver →
-//! acknowledge, release or reject. The delivery rules of SPEC §3 live here;
+//! acknowledge, release or reject. The delivery rules (README, Delivery rules and Delivery guarantees) live here;
 //! [`fate`] decides what becomes of a Command that is not handed off, and
 //! settles a batch.
 

@@ -1,4 +1,4 @@
-//! The receipts the downlink records (SPEC §10): one per Command outcome,
+//! The receipts the downlink records (README, Control plane): one per Command outcome,
 //! built only when a sink wants that outcome.
 
 use std::time::SystemTime;

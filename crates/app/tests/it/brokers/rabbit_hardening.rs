@@ -1,5 +1,5 @@
 //! What a publisher or an unlucky broker sends on RabbitMQ stops nothing
-//! (SPEC §3, input from the bus is untrusted): an impossible `timestamp`,
+//! (README, Delivery guarantees: input from the bus is untrusted): an impossible `timestamp`,
 //! clients that hold deliveries without acknowledging, a memory alarm that
 //! blocks every publishing connection.
 //!
