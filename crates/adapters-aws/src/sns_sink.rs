@@ -40,6 +40,10 @@ pub struct SnsSinkSettings {
     pub max_in_flight: usize,
     /// Events waiting for a batch before `publish` itself waits.
     pub queue_capacity: usize,
+    /// How long `publish` waits for room in a full queue (SNS slow or
+    /// unreachable) before it answers `Unavailable`: a client message is
+    /// then answered with an error, never left waiting for good.
+    pub enqueue_wait: Duration,
 }
 
 impl Default for SnsSinkSettings {
@@ -49,6 +53,7 @@ impl Default for SnsSinkSettings {
             entry_retries: 3,
             max_in_flight: 16,
             queue_capacity: 4096,
+            enqueue_wait: Duration::from_secs(15),
         }
     }
 }
@@ -64,6 +69,7 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct SnsEventSink {
     requests: mpsc::Sender<Request>,
+    enqueue_wait: Duration,
 }
 
 impl SnsEventSink {
@@ -92,12 +98,16 @@ impl SnsEventSink {
             entry_retries: settings.entry_retries,
             publish_latency: metrics.call("sns", "PublishBatch"),
         };
+        let enqueue_wait = settings.enqueue_wait;
         let batcher = Batcher {
             publisher: Arc::new(publisher),
             settings,
         };
         tokio::spawn(batcher.run(inbox));
-        Self { requests }
+        Self {
+            requests,
+            enqueue_wait,
+        }
     }
 
     /// Waits until every event queued before this call has been answered.
@@ -119,10 +129,17 @@ impl EventSink for SnsEventSink {
             )));
         }
         let (answer, wait) = oneshot::channel();
-        self.requests
-            .send(Request::Publish(event, answer))
-            .await
-            .map_err(|_| PublishError::Unavailable("event sink is shut down".into()))?;
+        let enqueue = self.requests.send(Request::Publish(event, answer));
+        match tokio::time::timeout(self.enqueue_wait, enqueue).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(PublishError::Unavailable("event sink is shut down".into())),
+            Err(_) => {
+                return Err(PublishError::Unavailable(format!(
+                "event sink saturated: no room in its queue within {:?} (SNS slow or unreachable)",
+                self.enqueue_wait
+            )))
+            }
+        }
         wait.await
             .unwrap_or_else(|_| Err(PublishError::Unavailable("event sink stopped".into())))
     }

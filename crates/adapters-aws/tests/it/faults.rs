@@ -365,6 +365,54 @@ async fn a_black_holed_publish_is_answered_within_the_publish_timeout() {
     assert!(proxy.stats().black_holed >= 1, "{:?}", proxy.stats());
 }
 
+#[tokio::test]
+async fn a_publish_finding_the_queue_full_is_answered_unavailable_in_time() {
+    let aws = moto().aws().await;
+    let topic = aws.create_topic(&unique_name("fault-sns-full")).await;
+    let proxy = FaultProxy::start(moto().endpoint());
+    let clients = Clients::from_config(&proxy.sdk_config().await);
+    let enqueue_wait = Duration::from_millis(300);
+    let settings = SnsSinkSettings {
+        linger: Duration::ZERO,
+        max_in_flight: 1,
+        queue_capacity: 1,
+        enqueue_wait,
+        ..SnsSinkSettings::default()
+    };
+    let sink = SnsEventSink::spawn(clients.sns, &topic, settings);
+    sink.publish(event("c1", "a", "warm-up")).await.unwrap();
+
+    // SNS hangs: one batch in flight, the next one waiting for it, and the
+    // queue full behind them (10 + 10 + 1 events).
+    proxy.set(Fault::BlackHole);
+    let stuck: Vec<_> = (0..40)
+        .map(|n| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.publish(event("c1", "a", format!("stuck{n}"))).await })
+        })
+        .collect();
+    // They take their places first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let result = tokio::time::timeout(PUBLISH_TIMEOUT, sink.publish(event("c2", "a", "no-room")))
+        .await
+        .expect("a publish waited for room past its enqueue wait");
+    assert!(
+        matches!(&result, Err(PublishError::Unavailable(reason)) if reason.contains("saturated")),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < PUBLISH_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.heal();
+    for publish in stuck {
+        // Answered either way once SNS is back or the publish timeout ends.
+        let _ = publish.await.unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Modeled answers: partial batch failures
 
