@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{Broker, Pending, Resources, TestEnv};
-use crate::support::{client_id, command, connect, next_json, send_text, Ws};
+use crate::support::{client_id, command, connect, next_json, send_text, wait_until, Bridge, Ws};
 
 both_brokers!(
     with_drop_a_command_its_client_did_not_acknowledge_reaches_it_after_a_reconnect,
@@ -20,6 +20,19 @@ both_brokers!(
 fn unwrap_delivery(frame: &Value) -> (&Value, String) {
     let id = frame["delivery_id"].as_str().expect("a delivery id");
     (&frame["command"], id.to_owned())
+}
+
+/// Waits until the bridge has received its one Command a second time (after
+/// its client left without acknowledging it).
+async fn received_again_while_away(bridge: &Bridge) {
+    wait_until(
+        "the Command received again while its client is away",
+        || {
+            let received = bridge.stats.downlink.snapshot().received;
+            async move { received >= 2 }
+        },
+    )
+    .await;
 }
 
 /// Connects to `url`, expects `sent` as an ack-mode frame, acknowledges it,
@@ -54,9 +67,10 @@ async fn with_drop_a_command_its_client_did_not_acknowledge_reaches_it_after_a_r
     let frame = next_json(&mut ws).await;
     assert_eq!(unwrap_delivery(&frame).0, &sent);
 
-    // Gone without acknowledging; back a second later.
+    // Gone without acknowledging; back once the bridge has received the
+    // Command again while it was away.
     drop(ws);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    received_again_while_away(&bridge).await;
     reconnect_and_acknowledge(&env, &url, &sent).await;
     let stats = bridge.stats.downlink.snapshot();
     assert_eq!(stats.undeliverable, 0, "{stats:?}");
@@ -71,7 +85,7 @@ async fn a_command_held_longer_than_the_retry_window_is_not_given_up_when_its_cl
         .bridge(|s| {
             s.undeliverable = Some(app::config::UndeliverablePolicy::Retry);
             s.retry_delay_secs = 1;
-            s.retry_window_secs = 2;
+            s.retry_window_secs = 4;
             s.max_receive_count = 100;
             s.ack_timeout_secs = 30;
         })
@@ -83,8 +97,9 @@ async fn a_command_held_longer_than_the_retry_window_is_not_given_up_when_its_cl
     env.send_command(&sent.to_string(), false).await;
     next_json(&mut ws).await;
     // Held past the retry window, counted from the send.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     drop(ws);
+    received_again_while_away(&bridge).await;
     reconnect_and_acknowledge(&env, &url, &sent).await;
     bridge.stop().await;
 }
