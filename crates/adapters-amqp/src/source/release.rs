@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use domain::{Receipt, SourceError};
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use tracing::{debug, warn};
@@ -79,13 +79,7 @@ impl Shared {
                 Ok(()) => {
                     // The copy is safe on the broker; a failed ack only
                     // means the original comes back as well.
-                    let timer = self.metrics.time(op::ACK);
-                    let acked = live
-                        .consume
-                        .basic_ack(delivery.tag, BasicAckOptions::default())
-                        .await;
-                    timer.stop();
-                    if let Err(error) = acked {
+                    if let Err(error) = self.ack(&live, delivery.tag).await {
                         debug!(%error, "basic.ack after the delayed copy failed");
                         failed += 1;
                     }

@@ -29,6 +29,17 @@ impl Settle {
 }
 
 impl Shared {
+    /// One `basic.ack`, timed into the AMQP call metrics.
+    pub(super) async fn ack(&self, live: &Live, tag: u64) -> Result<(), lapin::Error> {
+        let timer = self.metrics.time(op::ACK);
+        let acked = live
+            .consume
+            .basic_ack(tag, BasicAckOptions::default())
+            .await;
+        timer.stop();
+        acked
+    }
+
     pub(super) async fn settle(
         &self,
         how: Settle,
@@ -74,12 +85,7 @@ impl Shared {
         for (receipt, delivery) in deliveries {
             let result = match how {
                 Settle::Ack => {
-                    let timer = self.metrics.time(op::ACK);
-                    let acked = live
-                        .consume
-                        .basic_ack(delivery.tag, BasicAckOptions::default())
-                        .await;
-                    timer.stop();
+                    let acked = self.ack(live, delivery.tag).await;
                     if acked.is_ok() {
                         self.metrics.acked();
                     }
