@@ -140,18 +140,24 @@ struct Probe<'a> {
     timestamp: Option<Value>,
     #[serde(rename = "TopicArn", borrow, default)]
     topic_arn: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present_raw")]
     client_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present_raw")]
     command: Option<&'a RawValue>,
     // The other targets a Command may name (a list, a group, everyone): present, they make
     // the body a Command whatever else it carries.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present_raw")]
     client_ids: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present_raw")]
     group: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present_raw")]
     broadcast: Option<&'a RawValue>,
+}
+
+/// [`present`] for a probe: `"client_id": null` is still a field only a
+/// Command has, though it names no client.
+fn present_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
 }
 
 impl Probe<'_> {
@@ -243,12 +249,17 @@ fn probe_object(
 }
 
 fn validate_command(probe: &Probe<'_>) -> Result<ClientId, DecodeError> {
-    let raw = probe.client_id.ok_or(DecodeError::MissingClientId)?;
+    let raw = non_null(probe.client_id).ok_or(DecodeError::MissingClientId)?;
     let id = as_string(raw).ok_or(DecodeError::ClientIdNotString)?;
     let client_id = ClientId::parse(id).map_err(DecodeError::InvalidClientId)?;
-    let command = probe.command.ok_or(DecodeError::MissingCommand)?;
+    let command = non_null(probe.command).ok_or(DecodeError::MissingCommand)?;
     as_text(command).ok_or(DecodeError::CommandNotString)?;
     Ok(client_id)
+}
+
+/// A `null` field says as much as an absent one.
+fn non_null(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|raw| raw.get() != "null")
 }
 
 fn as_string(raw: &RawValue) -> Option<String> {
@@ -351,6 +362,15 @@ mod tests {
         ] {
             let got = decode_sqs_body(&body.to_string()).unwrap_err();
             assert_eq!(got, DecodeError::NotAnEnvelope, "{body}");
+        }
+        // A Command field set to `null` is still a Command's field: the body
+        // is a Command without a client, never an envelope around `inner`.
+        for field in ["client_id", "command", "client_ids", "group", "broadcast"] {
+            let mut body = json!({"Type": "Notification", "Message": inner, "MessageId": "m-1",
+                "TopicArn": "arn:aws:sns:us-east-1:123456789012:t"});
+            body[field] = Value::Null;
+            let got = decode_sqs_body(&body.to_string()).unwrap_err();
+            assert_eq!(got, DecodeError::MissingClientId, "{body}");
         }
     }
 
