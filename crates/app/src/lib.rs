@@ -6,21 +6,18 @@
 //! seam that turns the broker section into the domain's ports (and owns the
 //! replica queue of `fanout`/`sharded` mode); [`startup::Application`] wires
 //! the ports and the WebSocket adapter into the use cases and runs them with
-//! the HTTP [`routes`]; [`consumer`] drives the command pollers; [`auth`]
-//! verifies the tokens of `auth = "jwt"` (on the ring-backed [`jwt_crypto`]
-//! provider); [`metrics`] renders `/metrics`. `main.rs` only parses
-//! arguments and calls [`cli::run`].
+//! the public [`routes`]; [`http_adapter`] wires the inbound HTTP adapter
+//! (upgrade admission, `/ready`, `/metrics`, the admin API, JWT) to the
+//! WebSocket adapter, the broker and the configuration; [`consumer`] drives
+//! the command pollers. `main.rs` only parses arguments and calls
+//! [`cli::run`].
 
-pub mod admin;
-pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
 mod hand_back;
-pub mod jwks;
-pub mod jwt_crypto;
-pub mod metrics;
+pub mod http_adapter;
 pub mod routes;
 pub mod settler;
 pub mod startup;

@@ -19,7 +19,7 @@ use crate::broker::{self, BrokerStatus, Closer, Connection, Ports};
 use crate::config::{Config, Scale};
 use crate::consumer;
 use crate::hand_back::hand_back_or_release;
-use crate::routes::{self, AppState};
+use crate::{http_adapter, routes};
 
 /// A built bridge, listening but not yet serving.
 pub struct Application {
@@ -81,14 +81,15 @@ impl Application {
         let listener = TcpListener::bind((server.host.as_str(), server.port))
             .with_context(|| format!("cannot listen on {}:{}", server.host, server.port))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState::new(
+        let state = web::Data::new(http_adapter::state(
+            &config,
             registry.clone(),
             uplink,
             stats.clone(),
             status.clone(),
-            &config,
             closing.clone(),
         )?);
+        let refused = state.refused.clone();
         state
             .access
             .start()
@@ -118,12 +119,13 @@ impl Application {
                         format!("admin API: cannot listen on {}:{}", admin.host, admin.port)
                     })?;
                 let port = listener.local_addr()?.port();
-                let server = crate::admin::server(
+                let server = http_adapter::admin_server(
                     listener,
+                    admin,
                     registry.clone(),
-                    admin.token.clone(),
                     relay.clone(),
                     stats.clone(),
+                    refused,
                 )?;
                 Some((port, server))
             }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use domain::ClientId;
+use secrecy::SecretString;
 
 use super::Failure;
-use crate::auth;
 use crate::config::{Config, ConfigError, ENV_PREFIX};
 
 /// Mints and prints the token.
@@ -21,8 +21,8 @@ pub(crate) fn run(config: &Config, sub: &str, ttl: Duration) -> Result<(), Failu
         })
     })?;
     let sub = ClientId::parse(sub).map_err(|e| Failure::Usage(format!("--sub: {e}")))?;
-    let token = auth::mint(
-        secret,
+    let token = adapters_http::auth::mint(
+        &SecretString::from(secret.expose()),
         &sub,
         ttl,
         jwt.audience.as_deref(),

@@ -354,7 +354,7 @@ impl Settings {
             );
         }
         if let Some(url) = &self.jwt_jwks_url {
-            if let Err(problem) = crate::jwks::check_url(url) {
+            if let Err(problem) = adapters_http::auth::jwks::check_url(url) {
                 check(false, format!("jwt_jwks_url: {problem}"));
             }
         }

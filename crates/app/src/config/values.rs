@@ -174,20 +174,9 @@ pub(crate) fn comma_list<'de, D: Deserializer<'de>>(
         .collect())
 }
 
-/// `origin` as browsers send it (`scheme://host[:port]`, lower case, no
-/// trailing slash), or `None` when it is not an origin.
-pub fn normalize_origin(origin: &str) -> Option<String> {
-    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    let (scheme, rest) = origin.split_once("://")?;
-    let valid_scheme = !scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    let valid_rest = !rest.is_empty()
-        && !rest.contains(['/', '?', '#', '@', ' ', ','])
-        && !rest.starts_with(':');
-    (valid_scheme && valid_rest).then_some(origin)
-}
+/// `origin` as browsers send it, or `None` (defined by the HTTP adapter,
+/// which checks each upgrade's `Origin` against the normalized list).
+pub use adapters_http::normalize_origin;
 
 /// Whether `value` can be part of an SQS queue name, at most `max` bytes.
 pub(crate) fn is_name_part(value: &str, max: usize) -> bool {

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use app::config::{AuthMode, Secret, Settings, Sources, UndeliverablePolicy};
-use app::routes::Access;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -49,7 +48,7 @@ fn claims(sub: &str) -> Value {
 }
 
 fn sign(claims: &Value, header: Header, key: &EncodingKey) -> String {
-    app::jwt_crypto::install();
+    adapters_http::auth::crypto::install();
     jsonwebtoken::encode(&header, claims, key).unwrap()
 }
 
@@ -554,7 +553,7 @@ fn security_settings_are_validated_and_the_secret_never_shown() {
         ..Settings::default()
     };
     let config = app::config::Config::new(settings).expect("valid settings");
-    match Access::new(&config) {
+    match app::http_adapter::access(&config) {
         Ok(_) => panic!("a file that is not a key was accepted"),
         Err(e) => assert!(e.problems[0].starts_with("jwt_public_key_file:"), "{e}"),
     }
@@ -888,7 +887,9 @@ async fn wsbridge_token_mints_a_token_the_bridge_accepts() {
         ..Settings::default()
     };
     let config = app::config::Config::new(settings).expect("valid settings");
-    let verifier = app::auth::JwtVerifier::new(&config.access.jwt).unwrap();
+    let verifier =
+        adapters_http::auth::JwtVerifier::new(&app::http_adapter::jwt_settings(&config.access.jwt))
+            .unwrap();
     assert_eq!(verifier.verify(&token).unwrap().as_str(), "client123");
     let payload: Value =
         serde_json::from_slice(&base64_decode(token.split('.').nth(1).unwrap())).unwrap();

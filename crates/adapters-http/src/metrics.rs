@@ -5,8 +5,9 @@
 //! there); at each scrape a [`Snapshot`] is taken and handed to a
 //! `prometheus_client` [`Collector`], which describes and encodes it. The
 //! broker adapter's own collector (its call counts and latencies, under the
-//! broker's names: `adapters_aws::metrics` for `broker = "aws"`) is
-//! registered next to it, so a bridge exports only its own broker's series.
+//! broker's names: `wsbridge_sqs_*` for `broker = "aws"`, handed in through
+//! [`BrokerProbe`](crate::BrokerProbe)) is registered next to it, so a
+//! bridge exports only its own broker's series.
 //! The Prometheus text format (0.0.4) is the default; a scraper that asks for
 //! OpenMetrics (`Accept: application/openmetrics-text`) gets that.
 //!
@@ -18,6 +19,7 @@
 //! | `wsbridge_commands_total` | counter | `outcome` |
 //! | `wsbridge_client_messages_total` | counter | `outcome` |
 //! | `wsbridge_upgrades_refused_total` | counter | `reason` |
+//! | `wsbridge_admin_requests_refused_total` | counter | `reason` |
 //! | `wsbridge_connections_closed_total` | counter | `code` |
 //! | `wsbridge_command_forward_latency_seconds` | histogram | |
 //! | the broker adapter's series | | |
@@ -31,6 +33,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::refusals::Refusals;
 
 /// `Content-Type` of the Prometheus text format (0.0.4).
 pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -56,6 +60,8 @@ pub struct Snapshot {
     pub close_codes: Vec<(String, u64)>,
     /// Upgrades refused before the handshake, by reason.
     pub refused: Vec<(&'static str, u64)>,
+    /// Admin API calls refused, by reason.
+    pub admin_refused: Vec<(&'static str, u64)>,
     /// Published → hand-off latency of forwarded Commands.
     pub forward_latency: HistogramSnapshot,
     /// Deliveries waiting for an acknowledgement.
@@ -67,13 +73,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads `stats` and the values kept outside it.
+    /// Reads `stats`, the refusals and the values kept outside them.
     pub fn take(
         stats: &Stats,
         open_connections: usize,
         fragment_bytes_held: usize,
         ready: bool,
-        refused: Vec<(&'static str, u64)>,
+        refused: &Refusals,
     ) -> Self {
         Self {
             open_connections: open_connections as u64,
@@ -86,7 +92,8 @@ impl Snapshot {
             restarts: stats.restarts.snapshot(),
             dedup_window_secs: stats.dedup_window_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             close_codes: stats.close_codes.snapshot(),
-            refused,
+            refused: refused.upgrades(),
+            admin_refused: refused.admin(),
             forward_latency: stats.forward_latency.snapshot(),
         }
     }
@@ -142,21 +149,41 @@ pub fn render(snapshot: Snapshot, broker: Option<Box<dyn Collector>>, format: Fo
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.encode_gauges(&mut encoder)?;
+        self.encode_commands(&mut encoder)?;
+        self.encode_client_side(&mut encoder)?;
+        self.encode_refusals_and_closes(&mut encoder)?;
+        let mut metric = encoder.encode_descriptor(
+            "wsbridge_command_forward_latency_seconds",
+            "From when a Command was published (SNS Timestamp; SQS SentTimestamp for bare \
+             Commands) to its hand-off to the connections' outgoing queues.",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram(&mut metric, &self.forward_latency)
+    }
+}
+
+// One method per group of families, in the order a scrape lists them.
+impl Snapshot {
+    /// Connections, readiness, task restarts, held deliveries, the
+    /// de-duplication window.
+    fn encode_gauges(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         gauge(
-            &mut encoder,
+            encoder,
             "wsbridge_open_connections",
             "Open WebSocket connections.",
             self.open_connections,
         )?;
         gauge(
-            &mut encoder,
+            encoder,
             "wsbridge_fragment_bytes_held",
             "Bytes held in incomplete (fragmented) client messages, over all connections; \
              at most fragment_budget_bytes.",
             self.fragment_bytes_held,
         )?;
         gauge(
-            &mut encoder,
+            encoder,
             "wsbridge_ready",
             "1 while the command consumer runs and its last receive succeeded (/ready is 200).",
             u64::from(self.ready),
@@ -164,7 +191,7 @@ impl Collector for Snapshot {
 
         let r = &self.restarts;
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_task_restarts",
             "The bridge's tasks that panicked and were started again, by task: poller (a \
              batch of Commands being routed; its messages come back after their visibility \
@@ -179,7 +206,7 @@ impl Collector for Snapshot {
         )?;
 
         gauge(
-            &mut encoder,
+            encoder,
             "wsbridge_held_deliveries",
             "Commands delivered to ack=true connections and waiting for the acknowledgement.",
             self.held_deliveries,
@@ -193,10 +220,14 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?
             .encode_gauge(&self.dedup_window_secs)?;
+        Ok(())
+    }
 
+    /// Commands by outcome.
+    fn encode_commands(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let d = &self.downlink;
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_commands",
             "Commands by outcome: received from the queue; forwarded (handed to at least one \
              connection); undeliverable (deleted, client absent); released (made visible again \
@@ -221,11 +252,14 @@ impl Collector for Snapshot {
                 ("deferred", d.deferred),
                 ("dead_lettered", d.dead_lettered),
             ],
-        )?;
+        )
+    }
 
+    /// Client messages, presence events, delivery receipts, admin orders.
+    fn encode_client_side(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let u = &self.uplink;
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_client_messages",
             "Client messages by outcome: published; failed (the event bus failed or refused \
              it); invalid (not a ClientMessage); rate_limited (over the connection's rate, \
@@ -240,7 +274,7 @@ impl Collector for Snapshot {
         )?;
         let c = self.control;
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_presence_events",
             "Presence events ($connect, $disconnect) by outcome: published; failed (the \
              event bus failed or refused it).",
@@ -251,7 +285,7 @@ impl Collector for Snapshot {
             ],
         )?;
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_receipts",
             "Delivery receipts by outcome: published; failed (given up after retries); \
              dropped (their queue was full).",
@@ -263,7 +297,7 @@ impl Collector for Snapshot {
             ],
         )?;
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_admin_orders",
             "Admin API disconnect and send orders: here (carried out on this replica); \
              forwarded (published to the bus as control messages); failed (the bus \
@@ -274,13 +308,25 @@ impl Collector for Snapshot {
                 ("forwarded", c.admin_forwarded),
                 ("failed", c.admin_failed),
             ],
-        )?;
+        )
+    }
+
+    /// Refused upgrades and admin calls, closed connections.
+    fn encode_refusals_and_closes(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_upgrades_refused",
             "WebSocket upgrades refused before the handshake, by reason.",
             "reason",
             &self.refused,
+        )?;
+        labelled_counter(
+            encoder,
+            "wsbridge_admin_requests_refused",
+            "Admin API calls refused, by reason (a 4xx answer; a control message the \
+             bus refused is a failed admin order).",
+            "reason",
+            &self.admin_refused,
         )?;
         let close_codes: Vec<(&str, u64)> = self
             .close_codes
@@ -288,22 +334,13 @@ impl Collector for Snapshot {
             .map(|(code, n)| (code.as_str(), *n))
             .collect();
         labelled_counter(
-            &mut encoder,
+            encoder,
             "wsbridge_connections_closed",
             "WebSocket connections closed, by the close code the server sent (none: the \
              connection was gone, no close frame could be sent).",
             "code",
             &close_codes,
-        )?;
-
-        let mut metric = encoder.encode_descriptor(
-            "wsbridge_command_forward_latency_seconds",
-            "From when a Command was published (SNS Timestamp; SQS SentTimestamp for bare \
-             Commands) to its hand-off to the connections' outgoing queues.",
-            None,
-            MetricType::Histogram,
-        )?;
-        histogram(&mut metric, &self.forward_latency)
+        )
     }
 }
 
@@ -342,9 +379,8 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
-    use adapters_aws::AwsMetrics;
-
     use super::*;
+    use crate::refusals::{AdminRefusal, Refusal};
 
     fn sample() -> Snapshot {
         let stats = Stats::default();
@@ -363,7 +399,10 @@ mod tests {
         stats.close_codes.record(Some(1000));
         stats.forward_latency.record(Duration::from_millis(3));
         stats.forward_latency.record(Duration::from_millis(40));
-        Snapshot::take(&stats, 4, 1500, true, vec![("origin_not_allowed", 1)])
+        let refused = Refusals::default();
+        refused.count(Refusal::Origin);
+        refused.count_admin(AdminRefusal::Unauthorized);
+        Snapshot::take(&stats, 4, 1500, true, &refused)
     }
 
     /// The `# TYPE` lines of `text`: every family's name and type.
@@ -373,13 +412,25 @@ mod tests {
             .collect()
     }
 
-    fn aws() -> Option<Box<dyn Collector>> {
-        Some(Box::new(AwsMetrics::new()))
+    /// A broker adapter's collector: one counter of its own.
+    #[derive(Debug)]
+    struct BrokerSeries;
+
+    impl Collector for BrokerSeries {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+            labelled_counter(
+                &mut encoder,
+                "wsbridge_broker_calls",
+                "A broker adapter's own series.",
+                "operation",
+                &[("receive", 7)],
+            )
+        }
     }
 
     #[test]
     fn renders_every_family_in_the_prometheus_text_format() {
-        let text = render(sample(), aws(), Format::Prometheus);
+        let text = render(sample(), None, Format::Prometheus);
         for line in [
             "# TYPE wsbridge_open_connections gauge\n",
             "wsbridge_open_connections 4\n",
@@ -392,17 +443,17 @@ mod tests {
             "wsbridge_commands_total{outcome=\"malformed\"} 0\n",
             "wsbridge_client_messages_total{outcome=\"rate_limited\"} 2\n",
             "wsbridge_upgrades_refused_total{reason=\"origin_not_allowed\"} 1\n",
+            "wsbridge_upgrades_refused_total{reason=\"invalid_handshake\"} 0\n",
+            "wsbridge_admin_requests_refused_total{reason=\"unauthorized\"} 1\n",
+            "wsbridge_admin_requests_refused_total{reason=\"invalid_body\"} 0\n",
             "wsbridge_connections_closed_total{code=\"1000\"} 1\n",
             "wsbridge_connections_closed_total{code=\"1013\"} 0\n",
-            "wsbridge_sqs_deleted_messages_total 0\n",
-            "wsbridge_sqs_delete_failures_total 0\n",
             "# TYPE wsbridge_command_forward_latency_seconds histogram\n",
             "wsbridge_command_forward_latency_seconds_bucket{le=\"0.001\"} 0\n",
             "wsbridge_command_forward_latency_seconds_bucket{le=\"0.005\"} 1\n",
             "wsbridge_command_forward_latency_seconds_bucket{le=\"0.05\"} 2\n",
             "wsbridge_command_forward_latency_seconds_bucket{le=\"+Inf\"} 2\n",
             "wsbridge_command_forward_latency_seconds_count 2\n",
-            "# TYPE wsbridge_backend_call_duration_seconds histogram\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
@@ -419,7 +470,7 @@ mod tests {
         );
         assert_eq!(Format::from_accept(Some("text/plain")), Format::Prometheus);
         assert_eq!(Format::from_accept(None), Format::Prometheus);
-        let text = render(sample(), aws(), Format::OpenMetrics);
+        let text = render(sample(), Some(Box::new(BrokerSeries)), Format::OpenMetrics);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
             text.contains("# TYPE wsbridge_commands counter\n"),
@@ -437,25 +488,21 @@ mod tests {
         let text = render(sample(), None, Format::Prometheus);
         assert!(!text.contains("wsbridge_sqs_"), "{text}");
         assert!(!text.contains("wsbridge_backend_call"), "{text}");
+        assert!(!text.contains("wsbridge_broker_calls"), "{text}");
         assert!(text.contains("wsbridge_commands_total"), "{text}");
     }
 
     #[test]
-    fn the_aws_collector_adds_exactly_the_aws_series() {
+    fn a_broker_collector_adds_exactly_its_series() {
         let bridge = render(sample(), None, Format::Prometheus);
-        let with_aws = render(sample(), aws(), Format::Prometheus);
-        let (bridge, with_aws) = (families(&bridge), families(&with_aws));
-        let added: Vec<&str> = with_aws.difference(&bridge).copied().collect();
-        assert_eq!(
-            added,
-            [
-                "wsbridge_backend_call_duration_seconds histogram",
-                "wsbridge_sqs_delete_failures_total counter",
-                "wsbridge_sqs_deleted_messages_total counter",
-                "wsbridge_sqs_receive_errors_total counter",
-                "wsbridge_sqs_settle_errors_total counter",
-            ]
+        let with_broker = render(sample(), Some(Box::new(BrokerSeries)), Format::Prometheus);
+        assert!(
+            with_broker.contains("wsbridge_broker_calls_total{operation=\"receive\"} 7\n"),
+            "{with_broker}"
         );
-        assert!(bridge.is_subset(&with_aws));
+        let (bridge, with_broker) = (families(&bridge), families(&with_broker));
+        let added: Vec<&str> = with_broker.difference(&bridge).copied().collect();
+        assert_eq!(added, ["wsbridge_broker_calls_total counter"]);
+        assert!(bridge.is_subset(&with_broker));
     }
 }

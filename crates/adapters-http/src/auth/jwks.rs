@@ -1,4 +1,4 @@
-//! Keys from a JWKS URL (`jwt_jwks_url`, SPEC §10): fetched when the bridge
+//! Keys from a JWKS URL (`jwt_jwks_url`, README.md "Security"): fetched when the bridge
 //! starts, fetched again when the answer's `Cache-Control: max-age` runs
 //! out (bounded to [`MIN_MAX_AGE`]..[`MAX_MAX_AGE`]), and at once when a
 //! token names a key id the set does not have — at most once per
@@ -114,7 +114,7 @@ impl JwksUrl {
 
 /// `url` parsed, when it is `https`, or `http` to a loopback host (tests,
 /// a sidecar).
-pub(crate) fn check_url(url: &str) -> Result<Uri, String> {
+pub fn check_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
