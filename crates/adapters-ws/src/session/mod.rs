@@ -40,8 +40,8 @@
 //! a graceful shutdown to wait on, but only until
 //! [`CLOSING_DEADLINE`](closing::CLOSING_DEADLINE) (or
 //! [`SHUTDOWN_CLOSING_GRACE`](closing::SHUTDOWN_CLOSING_GRACE) into a
-//! shutdown): what the bus has not
-//! confirmed by then is counted and logged, not waited for.
+//! shutdown): what the bus has not confirmed by then is counted and logged,
+//! not waited for.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -169,17 +169,12 @@ impl Connection {
             mut session,
             mut stream,
             fragments,
-            registration,
+            mut registration,
             uplink,
             settings,
             shutdown,
         } = self;
-        let Registration {
-            id,
-            mut outbound,
-            slow,
-            guard,
-        } = registration;
+        let id = registration.id;
         debug!("connection opened");
         // Sent in the background (the connection is served meanwhile) and
         // awaited before the `$disconnect`, so the two are never reordered.
@@ -192,7 +187,7 @@ impl Connection {
         );
 
         let signals = Signals {
-            slow: &slow,
+            slow: &registration.slow,
             shutdown: &shutdown,
             write_timeout: settings.client_timeout,
         };
@@ -209,7 +204,7 @@ impl Connection {
         let Err(exit) = serve(
             &mut session,
             incoming,
-            &mut outbound,
+            &mut registration.outbound,
             &mut to_uplink,
             &signals,
             &settings,
@@ -217,13 +212,13 @@ impl Connection {
         )
         .await;
 
-        let exit = closing::with_close_order(exit, &guard);
-        closing::stop_deliveries(&mut session, outbound, &exit).await;
+        let exit = closing::with_close_order(exit, &registration.guard);
+        closing::stop_deliveries(&mut session, registration.outbound, &exit).await;
         // The guard is given up when the socket closes: its slot goes back
         // before the client can see the close frame and reconnect. The
         // connection then stays counted as closing until its last publishes
         // are done or given up, which is what a draining shutdown waits for.
-        let closing = guard.into_closing();
+        let closing = registration.guard.into_closing();
         let reason = closing::close_reason(&exit, uplink.stats());
         if let Some(reason) = reason.clone() {
             closing::send_close_frame(session, reason).await;
