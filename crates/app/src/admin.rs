@@ -1,4 +1,4 @@
-//! The admin API (SPEC §10): a listener of its own, off by default, for
+//! The admin API (docs/control-plane.md): a listener of its own, off by default, for
 //! operators and backends — which clients are connected here and how, close
 //! a client's connections with a code and reason, write a frame to a client
 //! directly. Every call needs `Authorization: Bearer <admin_token>`

@@ -1,6 +1,6 @@
-//! The HTTP surface (SPEC §2): WebSocket upgrade, demo page, health, readiness.
+//! The HTTP surface (docs/protocol.md): WebSocket upgrade, demo page, health, readiness.
 //!
-//! Every upgrade is checked before it is answered (SPEC §6), in this order:
+//! Every upgrade is checked before it is answered (docs/security.md), in this order:
 //! the `Origin` against the allow-list (403), the client id in the URL (400),
 //! the token when `auth = "jwt"` (401; a token for another client id than the
 //! URL's: 403), shutdown (503), then the connection limits, checked and taken

@@ -1,4 +1,4 @@
-//! Abuse limits of the sessions (SPEC §4, §6): message rate, sustained
+//! Abuse limits of the sessions (docs/security.md): message rate, sustained
 //! abuse, binary and invalid text, connection limits, the echo mode used for
 //! conformance runs, and what the handshake does and does not negotiate.
 

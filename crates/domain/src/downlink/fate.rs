@@ -1,4 +1,4 @@
-//! What becomes of a Command that is not handed off (README, Delivery rules and Delivery guarantees), and how a
+//! What becomes of a Command that is not handed off (docs/delivery.md), and how a
 //! routed batch is settled with the source.
 //!
 //! - Its client has no connection here: the `retry` policy releases it

@@ -1,5 +1,5 @@
 //! The downlink use case: receive → decode → de-duplicate → deliver →
-//! acknowledge, release or reject. The delivery rules (README, Delivery rules and Delivery guarantees) live here;
+//! acknowledge, release or reject. The delivery rules (docs/delivery.md) live here;
 //! [`fate`] decides what becomes of a Command that is not handed off, and
 //! settles a batch.
 
@@ -218,7 +218,7 @@ impl Downlink {
     /// waiting. Batches still in hand are settled as usual otherwise.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        // No new receive starts: not ready from now on (SPEC §2 /ready).
+        // No new receive starts: not ready from now on (docs/operations.md, Health).
         self.stats.set_consumer_stopped();
     }
 

@@ -1,5 +1,5 @@
 //! Downlink: receive → decode → de-duplicate → deliver → acknowledge, release
-//! or reject (SPEC §3), with the command source and the client registry mocked.
+//! or reject (docs/delivery.md), with the command source and the client registry mocked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
-//! Client-acknowledged delivery (`?ack=true`, SPEC §3) and shutdown without
-//! loss (SPEC §9) on both brokers: a Command leaves the queue only when the
+//! Client-acknowledged delivery (`?ack=true`, docs/delivery.md) and shutdown without
+//! loss (docs/delivery.md) on both brokers: a Command leaves the queue only when the
 //! client acknowledges it; one received but not delivered (not
 //! acknowledged) when the bridge stops is back in the queue at once, and
 //! the next bridge delivers it.
