@@ -21,6 +21,8 @@ mod hand_back;
 pub mod jwks;
 pub mod jwt_crypto;
 pub mod metrics;
+#[cfg(test)]
+mod paced_source;
 pub mod routes;
 pub mod settler;
 pub mod startup;

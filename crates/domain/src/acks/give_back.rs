@@ -5,8 +5,9 @@
 //! is at the queue's `maxReceiveCount`), given up here with the reason, so
 //! no Command reaches the dead-letter queue without one (docs/delivery.md).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{lock, Held, Parked, PendingAcks};

@@ -3,8 +3,9 @@
 //! source never hands out a copy of a message the bridge still owns
 //! (docs/delivery.md), never past SQS's 12 h cap from the receive.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{lock, PendingAcks};

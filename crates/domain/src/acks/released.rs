@@ -9,7 +9,9 @@
 //! (docs/delivery.md). Bounded in entries and in time.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Releases remembered at once; the oldest is forgotten first.
 const CAPACITY: usize = 100_000;

@@ -44,11 +44,11 @@ impl Downlink {
             (Some(at), _) => (Some(self.settings.after_release), at.elapsed()),
             (None, _) if marked => (
                 Some(self.settings.after_release),
-                age(command.message.sent_at),
+                age(command.message.sent_at, routing.now),
             ),
             (None, Undeliverable::Retry { delay, window }) => (
                 Some(RetryRule { delay, window }),
-                age(command.message.sent_at),
+                age(command.message.sent_at, routing.now),
             ),
             (None, Undeliverable::Drop) => (None, Duration::ZERO),
         };
