@@ -2,7 +2,7 @@
 # Checks the packaging files where no Docker engine runs:
 #   - docker-compose.yml is valid for Compose (the real `docker-compose config`,
 #     v1 from PyPI in .venv-compose: schema, ports, interpolation) and has what
-#     the README promises: the embedded emulator and wsbridge in `dev` mode on
+#     docs/operations.md promises: the embedded emulator and wsbridge in `dev` mode on
 #     127.0.0.1:8000 talking to it, both from the image built here, each with a
 #     healthcheck, wsbridge started once the emulator is healthy; a bridge
 #     open to anyone (beyond loopback, auth none, no origins) only with an
@@ -70,7 +70,7 @@ ports = [str(p) for p in bridge.get("ports", [])]
 check(any(p.startswith("127.0.0.1:8000:8000") for p in ports), f"wsbridge ports {ports}")
 all_on_loopback = all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
 check(all_on_loopback, "every published port is on the host's loopback only")
-# README, Security: beyond loopback, auth = none without an origin list refuses to
+# docs/operations.md, Docker: beyond loopback, auth = none without an origin list refuses to
 # start unless allowed explicitly; allowed only where nothing is published
 # beyond the host's loopback.
 loopback_hosts = ("127.0.0.1", "localhost", "::1", "[::1]")

@@ -11,8 +11,9 @@
 #    them); moto is stopped on exit;
 #    makes sure RabbitMQ runs on 127.0.0.1:5672 (started if not, and left
 #    running) and exports WSBRIDGE_TEST_AMQP_URL;
-# 2. cargo fmt --check, cargo clippy -D warnings (also of the app's optional
-#    `otlp` feature);
+# 2. cargo fmt --check, cargo clippy -D warnings (the workspace with the app's
+#    optional `otlp` feature, then the app as released, without its test
+#    routes);
 #    the packaging files (scripts/check-packaging.sh: docker-compose.yml through
 #    the real `docker-compose config`, the Dockerfile's pinned base images and
 #    HEALTHCHECK, the CI workflow, the licence files, no tracked artefacts);
@@ -21,17 +22,21 @@
 #    sudo), or the ones WSBRIDGE_CHROME / WSBRIDGE_CHROMEDRIVER name;
 #    nginx for the sharded-routing test: Debian's nginx-light, installed the
 #    same way (its service is not started), or the one WSBRIDGE_NGINX names;
-# 3. checks that the domain crate depends on no aws-, actix, tokio or lapin crate;
-# 4. the tests: cargo nextest (or cargo test where nextest is absent), then doc tests;
+# 3. checks that the domain crate depends on no aws-, actix, lapin or other tokio
+#    crate, and on tokio only for its clock (feature `time`);
+# 4. the tests: cargo nextest (or cargo test where nextest is absent), then doc tests.
+#    With coverage (the default) everything from here on is built ONCE,
+#    instrumented (cargo-llvm-cov, installed if missing, with rustup's
+#    llvm-tools): the same run gives the verdict and the coverage figure;
 # 5. a smoke run of the benchmark suite (crates/bench, every workload tiny, the
 #    debug binaries of step 4, W3 against the moto above), and of W4 and W5
 #    with 20 ms per SQS/SNS call: it prints figures and checks no
 #    thresholds, but fails when a workload fails;
 # 6. RFC 6455 conformance: the Autobahn cases (kosoku) against the echo route
 #    (scripts/autobahn.sh);
-# 7. line coverage with cargo-tarpaulin (installed if missing; its build goes to
-#    target/tarpaulin), excluding the testkit crate; fails under COVERAGE_MIN
-#    percent (default 80).
+# 7. line coverage of everything steps 4-6 ran, excluding the test tooling
+#    (testkit, bench) and the tests themselves; fails under COVERAGE_MIN
+#    percent (default 80). The report: target/llvm-cov/summary.txt.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -50,10 +55,22 @@ COVERAGE_MIN="${COVERAGE_MIN:-80}"
 
 check_domain_deps() {
     local tree bad
-    tree="$(cargo tree -p domain -e normal --prefix none)"
-    bad="$(grep -E '^(aws-|actix|tokio|lapin)' <<<"$tree" | awk '{print $1, $2}' | sort -u || true)"
+    # Every crate with its features, the mock feature's included: tokio is
+    # allowed for its clock alone (feature `time`), never its runtime.
+    tree="$(cargo tree -p domain -e normal --features mock --prefix none -f '{p}|{f}')"
+    bad="$(awk -F'|' '
+        { split($1, name, " ") }
+        name[1] ~ /^(aws-|actix|lapin|tokio-|async-std|smol)/ { print name[1], name[2]; next }
+        name[1] == "tokio" {
+            sub(/ \(\*\)$/, "", $2)
+            n = split($2, features, ",")
+            for (i = 1; i <= n; i++) {
+                if (features[i] != "time") { print name[1], name[2], "with feature", features[i] }
+            }
+        }
+    ' <<<"$tree" | sort -u || true)"
     if [[ -n "$bad" ]]; then
-        log "the domain crate must not depend on SDK, runtime or broker crates (ARCHITECTURE.md), but it pulls in:"
+        log "the domain crate must not depend on SDK, runtime or broker crates, tokio's clock aside (ARCHITECTURE.md), but it pulls in:"
         while read -r crate; do log "    $crate"; done <<<"$bad"
         die "domain dependency rule broken"
     fi
@@ -89,28 +106,36 @@ run_bench_smoke() {
         --latency-ms 20 --out "${CARGO_TARGET_DIR:-$ROOT/target}/bench/smoke-latency.json" w4 w5
 }
 
-run_coverage() {
-    if ! cargo tarpaulin --version >/dev/null 2>&1; then
-        log "installing cargo-tarpaulin (once; a few minutes)"
-        cargo install cargo-tarpaulin --locked
+# Test tooling and the tests themselves are not part of the figure.
+COVERAGE_IGNORE='crates/(testkit|bench)/|/tests/'
+
+# From here on every cargo build is instrumented, into the usual target
+# directory: the tests, the benchmark smoke run and the Autobahn run all use
+# the same binaries, and each process they start writes its profile there.
+instrument() {
+    if ! rustup component list --installed 2>/dev/null | grep -q '^llvm-tools'; then
+        rustup component add llvm-tools
     fi
-    local report="$ROOT/target/tarpaulin/report.txt"
-    mkdir -p "$(dirname "$report")"
+    if ! cargo llvm-cov --version >/dev/null 2>&1; then
+        log "installing cargo-llvm-cov (once; about two minutes)"
+        cargo install cargo-llvm-cov --locked
+    fi
+    local env
+    env="$(cargo llvm-cov show-env --sh 2>/dev/null)"
+    eval "$env"
+    # Profiles of an earlier run would count again.
+    find "${CARGO_LLVM_COV_TARGET_DIR:?}" -maxdepth 1 -name '*.profraw' -delete
+}
+
+run_coverage() {
+    local out="${CARGO_LLVM_COV_TARGET_DIR:?}/llvm-cov"
+    mkdir -p "$out"
     local rc=0
-    # Test tooling (testkit, the benchmark) is not part of the figure. The
-    # fault-injection, scale-out, browser, idle-cost, credential-expiry,
-    # ack-limit and visibility-extension tests are timing-bound: they run
-    # (with retries) in the tests step above, not again under instrumentation.
-    # --timeout: a whole test binary (the app's runs for minutes) per run.
-    cargo tarpaulin --engine llvm --workspace --skip-clean --out Stdout \
-        --target-dir target/tarpaulin \
-        --exclude-files 'crates/testkit/*' --exclude-files 'crates/bench/*' \
-        --fail-under "$COVERAGE_MIN" --timeout 1200 \
-        -- --skip faults:: --skip scaleout:: --skip browser:: --skip unacked_limit:: \
-        --skip idle:: --skip credentials:: --skip a_held_delivery_outlives \
-        --skip rabbit_alarm_ 2>&1 | tee "$report" || rc=$?
+    cargo llvm-cov report --summary-only --ignore-filename-regex "$COVERAGE_IGNORE" \
+        --fail-under-lines "$COVERAGE_MIN" >"$out/summary.txt" || rc=$?
+    cat "$out/summary.txt"
     local figure
-    figure="$(grep -Eo '[0-9.]+% coverage, [0-9]+/[0-9]+ lines covered' "$report" | tail -1 || true)"
+    figure="$(awk '$1 == "TOTAL" {print $(NF-3)}' "$out/summary.txt" || true)"
     log "line coverage: ${figure:-not reported} (minimum ${COVERAGE_MIN} %)"
     return "$rc"
 }
@@ -134,21 +159,23 @@ step "rabbitmq" ensure_rabbitmq
 export WSBRIDGE_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-# The optional OTLP exporter (off by default) is only type-checked: ~25 s.
-step "cargo clippy (app --features otlp)" cargo clippy -p app --features otlp -- -D warnings
+# With the optional OTLP exporter (off by default): what it adds is type-checked too.
+step "cargo clippy" cargo clippy --workspace --all-targets --features app/otlp -- -D warnings
 # The release binary: without the test-only routes the tests build in.
 step "cargo clippy (app without test routes)" cargo clippy -p app --lib --bins -- -D warnings
 step "domain dependency rule" check_domain_deps
 step "packaging (compose file, Dockerfile, CI workflow, licences, git hygiene)" scripts/check-packaging.sh
 step "chromium + chromedriver (demo page test)" ensure_chromium
 step "nginx (sharded routing test)" ensure_nginx
+if ((coverage)); then
+    step "instrumented builds (cargo-llvm-cov)" instrument
+fi
 step "tests" run_tests
 step "TypeScript SDK (clients/ts)" scripts/ts-sdk.sh
 step "benchmark smoke run" run_bench_smoke
 step "autobahn (kosoku)" scripts/autobahn.sh
 if ((coverage)); then
-    step "coverage (cargo tarpaulin)" run_coverage
+    step "coverage (cargo llvm-cov)" run_coverage
 else
     log "coverage skipped (--no-coverage)"
 fi

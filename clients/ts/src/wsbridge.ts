@@ -5,7 +5,7 @@
  * global `WebSocket` exists (Node 20), pass a constructor as the `WebSocket`
  * option (for example the `ws` package's).
  *
- * Wire formats (the bridge's SPEC §1–§3, §10):
+ * Wire formats (the bridge's docs/protocol.md and docs/control-plane.md):
  * - downlink Command: `{"client_id", "command", "data"?, …}`; in acknowledged
  *   mode (`?ack=true`) `{"delivery_id", "command": {…}}`, answered with
  *   `{"ack_delivery": id}`;
@@ -154,7 +154,7 @@ export interface RetryDecision {
 }
 
 /**
- * The reconnect policy per close code (RFC 6455 §7.4.1, the bridge's SPEC §1)
+ * The reconnect policy per close code (RFC 6455 §7.4.1, the bridge's docs/protocol.md)
  * and HTTP status of a refused upgrade.
  */
 export function retryDecision(code: number, reason: string, httpStatus: number | undefined, hasTokenSource: boolean): RetryDecision {
@@ -370,7 +370,7 @@ export class WsBridgeClient {
   }
 
   /**
-   * Sends `{"auth": token}` (SPEC §10 token lifecycle) with the given token or
+   * Sends `{"auth": token}` (docs/control-plane.md, Token lifecycle) with the given token or
    * one from `getToken()`, and re-arms the refresh timer from its `exp`.
    * Resolves with the token sent.
    */

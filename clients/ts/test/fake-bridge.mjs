@@ -1,5 +1,5 @@
 // A small in-process WebSocket server that speaks the bridge's frames
-// (SPEC §1–§3, §10), for the SDK's unit tests. Each connection records what
+// (docs/protocol.md, docs/control-plane.md), for the SDK's unit tests. Each connection records what
 // it received; the test drives the server side by hand.
 import { createServer } from "node:http";
 import { once } from "node:events";

@@ -1,6 +1,6 @@
 //! `domain::ReceiptSink` over an AMQP topic exchange, the RabbitMQ
 //! counterpart of the SNS receipt sink (`adapters-aws`): delivery receipts
-//! (SPEC §10) published with routing key = the outcome (`delivered`,
+//! (docs/control-plane.md) published with routing key = the outcome (`delivered`,
 //! `acknowledged`, `undeliverable`, `malformed`, `dead_lettered`), so a
 //! binding selects outcomes, and headers `outcome` and `client_id` (when the
 //! Command named one), for headers exchanges. The body is

@@ -1,4 +1,4 @@
-//! Per-instance queues for `fanout` mode (SPEC §5): each replica consumes a
+//! Per-instance queues for `fanout` mode (docs/scaling.md): each replica consumes a
 //! queue of its own, subscribed to the commands topic, so every replica sees
 //! every Command and delivers those of its own clients.
 //!

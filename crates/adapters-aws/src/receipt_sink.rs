@@ -1,4 +1,4 @@
-//! `ReceiptSink` over an SNS topic: delivery receipts (SPEC §10) published
+//! `ReceiptSink` over an SNS topic: delivery receipts (docs/control-plane.md) published
 //! with `PublishBatch`, String attributes `outcome` (and `client_id` when
 //! the Command named one).
 //!

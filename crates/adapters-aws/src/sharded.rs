@@ -1,4 +1,4 @@
-//! Shard-range queues for `sharded` mode (SPEC §5, docs/scaling.md): a
+//! Shard-range queues for `sharded` mode (docs/scaling.md): a
 //! replica owns a contiguous range of shards and consumes one queue,
 //! subscribed to the commands topic with a filter policy that takes only
 //! Commands whose `shard` message attribute falls in the range.

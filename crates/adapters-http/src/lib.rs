@@ -1,6 +1,6 @@
 //! The inbound HTTP adapter of wsbridge: in the hexagon, a *driving*
-//! adapter, the bridge's HTTP surface (README.md, "HTTP surface" and
-//! "Operations") in front of the core.
+//! adapter, the bridge's HTTP surface (docs/protocol.md, docs/operations.md)
+//! in front of the core.
 //!
 //! - [`configure`] mounts the public routes: the WebSocket upgrade (`/ws`,
 //!   `/ws/{client_id}`, and the test-only `/__echo`), `/health`, `/ready`

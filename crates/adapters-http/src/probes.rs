@@ -1,5 +1,5 @@
-//! What load balancers, orchestrators and scrapers ask (README.md,
-//! "Operations"): `/health` (liveness: the process serves HTTP), `/ready`
+//! What load balancers, orchestrators and scrapers ask
+//! (docs/operations.md): `/health` (liveness: the process serves HTTP), `/ready`
 //! (readiness: the command consumer runs and its source answers) and
 //! `/metrics`.
 

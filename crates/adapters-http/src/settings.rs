@@ -1,5 +1,5 @@
 //! The settings the HTTP surface is given, typed: the app loads and
-//! validates the configuration (README.md, "Configuration" and "Security")
+//! validates the configuration (docs/configuration.md, docs/security.md)
 //! and hands over these plain structs.
 
 use std::path::PathBuf;

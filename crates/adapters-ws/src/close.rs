@@ -1,5 +1,5 @@
 //! Why a session ends, and the close frame each reason is answered with
-//! (SPEC §1 close codes, RFC 6455 §7.4.1).
+//! (docs/protocol.md, Close codes; RFC 6455 §7.4.1).
 
 use std::io;
 

@@ -263,18 +263,23 @@ mod tests {
         assert_eq!(budget.held(), 0);
     }
 
-    #[test]
-    fn the_deadline_runs_from_the_first_fragment_to_the_last() {
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_runs_from_the_first_fragment_to_the_last() {
         let mut r = reassembler(100);
         assert_eq!(r.deadline(), None);
         let before = Instant::now();
         r.push(Item::FirstText(b(b"a"))).unwrap();
         let deadline = r.deadline().unwrap();
         assert!(deadline >= before + Duration::from_secs(60));
+        assert_eq!(deadline, before + Duration::from_secs(60));
         // Later fragments do not push it back.
+        tokio::time::advance(Duration::from_secs(30)).await;
         r.push(Item::Continue(b(b"b"))).unwrap();
         assert_eq!(r.deadline(), Some(deadline));
         r.push(Item::Last(b(b"c"))).unwrap();
         assert_eq!(r.deadline(), None);
+        // The next message has a deadline of its own.
+        r.push(Item::FirstText(b(b"d"))).unwrap();
+        assert_eq!(r.deadline(), Some(Instant::now() + Duration::from_secs(60)));
     }
 }

@@ -221,7 +221,15 @@ fn backoff(failures: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use domain::ports::{MockClientRegistry, MockCommandSource};
+    use domain::{Handoff, InboundMessage, Receipt, Stats};
+    use tokio::time::{sleep, Instant};
+
     use super::*;
+    use crate::paced_source::Paced;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -252,56 +260,168 @@ mod tests {
         assert_eq!(crew.running.load(Ordering::Acquire), 2);
     }
 
-    /// A source whose first receive panics; later ones find nothing.
-    struct PanicsOnce(AtomicUsize);
+    /// How long a receive that brings an answer takes.
+    const LONG_POLL: Duration = Duration::from_secs(1);
+    /// How long a poller waits at shutdown for a receive in flight.
+    const GRACE: Duration = Duration::from_secs(5);
 
-    #[async_trait::async_trait]
-    impl domain::CommandSource for PanicsOnce {
-        async fn receive(&self) -> Result<Vec<domain::InboundMessage>, SourceError> {
-            if self.0.fetch_add(1, Ordering::AcqRel) == 0 {
-                panic!("a bug while receiving");
+    type Log<T> = Arc<Mutex<Vec<T>>>;
+
+    /// What the source answers a receive, in order; once the script is
+    /// done, an empty batch.
+    enum Answer {
+        Batch(Vec<InboundMessage>),
+        Fail(SourceError),
+    }
+
+    /// A batch of `len` Commands, numbered from `first`: Command `n` is for
+    /// client `c<n>`, its receipt `r<n>`.
+    fn batch(first: usize, len: usize) -> Answer {
+        let message = |n: usize| InboundMessage {
+            message_id: format!("m{n}"),
+            body: format!(r#"{{"client_id":"c{n}","command":"go"}}"#),
+            receipt: Receipt::new(format!("r{n}")),
+            receive_count: 1,
+            ..InboundMessage::default()
+        };
+        Answer::Batch((first..first + len).map(message).collect())
+    }
+
+    fn unavailable() -> Answer {
+        Answer::Fail(SourceError::Unavailable("connection reset".into()))
+    }
+
+    fn receipts(range: std::ops::Range<usize>) -> Vec<Receipt> {
+        range.map(|n| Receipt::new(format!("r{n}"))).collect()
+    }
+
+    /// A downlink over mocked ports: the source answers the script (each
+    /// answer after [`LONG_POLL`], a failure at once), every client has
+    /// one connection. Records when each receive started and what was
+    /// acknowledged and delivered.
+    struct Rig {
+        downlink: Arc<Downlink>,
+        stats: Arc<Stats>,
+        started: Instant,
+        /// When each receive started, from `started`.
+        receives: Log<Duration>,
+        /// The receipts of each acknowledge call.
+        acknowledged: Log<Vec<Receipt>>,
+        /// The client of each delivery.
+        delivered: Log<String>,
+    }
+
+    impl Rig {
+        fn new(script: Vec<Answer>) -> Self {
+            Self::build(0, script, LONG_POLL)
+        }
+
+        fn with_long_poll(script: Vec<Answer>, long_poll: Duration) -> Self {
+            Self::build(0, script, long_poll)
+        }
+
+        /// The first `panics` receives panic, the next answer `script`.
+        fn build(panics: usize, script: Vec<Answer>, long_poll: Duration) -> Self {
+            let started = Instant::now();
+            let (receives, acknowledged, delivered) =
+                (Log::default(), Log::default(), Log::default());
+            let mut source = MockCommandSource::new();
+            // A panic poisons the expectation it happens in: these answer
+            // once each, before the script's.
+            for _ in 0..panics {
+                let log = Arc::clone(&receives);
+                source.expect_receive().times(1).returning(move || {
+                    log.lock().unwrap().push(started.elapsed());
+                    panic!("a bug while receiving")
+                });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Ok(Vec::new())
+            let script = Mutex::new(VecDeque::from(script));
+            let log = Arc::clone(&receives);
+            source.expect_receive().returning(move || {
+                log.lock().unwrap().push(started.elapsed());
+                let next = script.lock().unwrap().pop_front();
+                match next {
+                    Some(Answer::Batch(batch)) => Ok(batch),
+                    Some(Answer::Fail(error)) => Err(error),
+                    None => Ok(Vec::new()),
+                }
+            });
+            source.expect_max_receive_count().returning(|| None);
+            let log = Arc::clone(&acknowledged);
+            source.expect_acknowledge().returning(move |receipts| {
+                log.lock().unwrap().push(receipts);
+                Ok(())
+            });
+            source.expect_release().never();
+            source.expect_dead_letter().never();
+            let mut registry = MockClientRegistry::new();
+            let log = Arc::clone(&delivered);
+            registry.expect_deliver().returning(move |client_id, _, _| {
+                log.lock().unwrap().push(client_id.as_str().to_owned());
+                Handoff {
+                    immediate: 1,
+                    awaiting_ack: 0,
+                }
+            });
+            let source = Paced::new(source, long_poll, Duration::ZERO);
+            let stats = Arc::new(Stats::default());
+            let downlink = Arc::new(Downlink::new(
+                Arc::new(source),
+                Arc::new(registry),
+                settings(),
+                stats.clone(),
+            ));
+            Self {
+                downlink,
+                stats,
+                started,
+                receives,
+                acknowledged,
+                delivered,
+            }
         }
-        async fn acknowledge(&self, _: Vec<domain::Receipt>) -> Result<(), SourceError> {
-            Ok(())
-        }
-        async fn release(&self, _: Vec<domain::Receipt>, _: Duration) -> Result<(), SourceError> {
-            Ok(())
-        }
-        async fn dead_letter(&self, _: Vec<domain::DeadLetter>) -> Result<(), SourceError> {
-            Ok(())
-        }
-        async fn visibility_timeout(&self) -> Option<Duration> {
-            None
-        }
-        async fn extend(&self, _: Vec<domain::Receipt>, _: Duration) -> Result<(), SourceError> {
-            Ok(())
-        }
-    }
 
-    struct Nobody;
-
-    impl domain::ClientRegistry for Nobody {
-        fn deliver(
+        fn spawn(
             &self,
-            _: &domain::ClientId,
-            _: &domain::Frame,
-            _: domain::DeliveryId,
-        ) -> domain::Handoff {
-            domain::Handoff::default()
+            pollers: Pollers,
+            stop: &CancellationToken,
+            grace: Duration,
+        ) -> JoinHandle<()> {
+            spawn(self.downlink.clone(), pollers, stop.clone(), grace)
         }
-        fn connection_count(&self) -> usize {
-            0
+
+        fn receives(&self) -> Vec<Duration> {
+            self.receives.lock().unwrap().clone()
+        }
+
+        /// How many receives started at each instant, in order.
+        fn receives_at_once(&self) -> Vec<(Duration, usize)> {
+            let mut counted: Vec<(Duration, usize)> = Vec::new();
+            for at in self.receives() {
+                match counted.last_mut() {
+                    Some((last, count)) if *last == at => *count += 1,
+                    _ => counted.push((at, 1)),
+                }
+            }
+            counted
+        }
+
+        /// Every acknowledged receipt, in order of their numbers.
+        fn acknowledged(&self) -> Vec<Receipt> {
+            let mut all = self.acknowledged.lock().unwrap().concat();
+            all.sort_by_key(|r| r.token()[1..].parse::<usize>().unwrap());
+            all
+        }
+
+        fn delivered(&self) -> Vec<String> {
+            let mut all = self.delivered.lock().unwrap().clone();
+            all.sort_by_key(|c| c[1..].parse::<usize>().unwrap());
+            all
         }
     }
 
-    #[tokio::test]
-    async fn a_poller_that_panics_is_counted_and_started_again() {
-        let source = Arc::new(PanicsOnce(AtomicUsize::new(0)));
-        let stats = Arc::new(domain::Stats::default());
-        let settings = domain::DownlinkSettings {
+    fn settings() -> domain::DownlinkSettings {
+        domain::DownlinkSettings {
             undeliverable: domain::Undeliverable::Drop,
             dedup_capacity: 10,
             dedup_ttl: Duration::from_secs(60),
@@ -311,30 +431,223 @@ mod tests {
                 delay: Duration::from_secs(1),
                 window: Duration::from_secs(60),
             },
+        }
+    }
+
+    /// Asserts that each receive came one backoff pause after the one
+    /// before (`last` the first failure): the n-th pause in the upper half
+    /// of 200 ms · 2ⁿ⁻¹.
+    fn backed_off(mut last: Duration, receives: &[Duration]) {
+        for (n, at) in receives.iter().enumerate() {
+            let ceiling = BACKOFF_MIN * 2u32.pow(n as u32);
+            let pause = *at - last;
+            assert!(
+                pause >= ceiling / 2 && pause <= ceiling,
+                "pause {n}: {pause:?} outside the upper half of {ceiling:?}"
+            );
+            last = *at;
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_receives_add_loops_up_to_the_ceiling_and_short_ones_retire_them_to_the_floor() {
+        // Six full batches of two, then an idle queue.
+        let rig = Rig::new((0..6).map(|k| batch(2 * k, 2)).collect());
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 3,
+            batch: 2,
         };
-        let downlink = Arc::new(Downlink::new(
-            source.clone(),
-            Arc::new(Nobody),
-            settings,
-            stats.clone(),
-        ));
+        let task = rig.spawn(pollers, &stop, GRACE);
+
+        sleep(LONG_POLL * 7 + LONG_POLL / 2).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        assert_eq!(
+            rig.receives_at_once(),
+            [
+                (secs(0.0), 1),
+                // Each full receive asks for one more loop…
+                (secs(1.0), 2),
+                (secs(2.0), 3),
+                // …up to the ceiling;
+                (secs(3.0), 3),
+                // short receives retire them, down to the floor.
+                (secs(4.0), 1),
+                (secs(5.0), 1),
+                (secs(6.0), 1),
+                (secs(7.0), 1),
+            ]
+        );
+        assert_eq!(rig.acknowledged(), receipts(0..12), "each Command once");
+        let clients: Vec<String> = (0..12).map(|n| format!("c{n}")).collect();
+        assert_eq!(rig.delivered(), clients);
+        assert_eq!(
+            rig.started.elapsed(),
+            secs(8.0),
+            "the receive in flight answered"
+        );
+        assert_eq!(rig.stats.restarts.snapshot().poller, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poller_that_panics_is_counted_and_started_again() {
+        let rig = Rig::build(1, Vec::new(), LONG_POLL);
         let stop = CancellationToken::new();
         let pollers = Pollers {
             min: 1,
             max: 1,
             batch: 10,
         };
-        let task = spawn(downlink, pollers, stop.clone(), Duration::from_secs(1));
+        let task = rig.spawn(pollers, &stop, Duration::from_secs(1));
         let receiving_again = async {
-            while source.0.load(Ordering::Acquire) < 3 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            while rig.receives().len() < 3 {
+                sleep(Duration::from_millis(5)).await;
             }
         };
         tokio::time::timeout(Duration::from_secs(30), receiving_again)
             .await
             .expect("the poller is started again after its panic");
-        assert_eq!(stats.restarts.snapshot().poller, 1);
+        assert_eq!(rig.stats.restarts.snapshot().poller, 1);
+        // Started again at once, then receiving as before.
+        assert_eq!(rig.receives()[..3], [secs(0.0), secs(0.0), secs(1.0)]);
         stop.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_source_is_asked_again_after_a_growing_pause_that_an_answer_resets() {
+        let misconfigured = Answer::Fail(SourceError::Misconfigured("no such queue".into()));
+        let script = vec![
+            unavailable(),
+            unavailable(),
+            misconfigured,
+            unavailable(),
+            unavailable(),
+            batch(0, 0),
+            unavailable(),
+        ];
+        let rig = Rig::new(script);
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 1,
+            batch: 10,
+        };
+        let task = rig.spawn(pollers, &stop, GRACE);
+
+        sleep(Duration::from_secs(10)).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        let receives = rig.receives();
+        backed_off(receives[0], &receives[1..6]);
+        assert_eq!(
+            receives[6] - receives[5],
+            LONG_POLL,
+            "an answer: the next receive at once"
+        );
+        // The failure after it: the count starts over.
+        backed_off(receives[6], &receives[7..8]);
+        assert!(rig.acknowledged().is_empty());
+        assert_eq!(rig.stats.restarts.snapshot().poller, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_source_is_no_load_the_loops_above_the_floor_retire() {
+        let mut script = vec![batch(0, 2)];
+        script.extend((0..20).map(|_| unavailable()));
+        let rig = Rig::new(script);
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 2,
+            batch: 2,
+        };
+        let task = rig.spawn(pollers, &stop, GRACE);
+
+        sleep(Duration::from_secs(10)).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        // The full receive added a loop; both failed; one retired.
+        let at_once = rig.receives_at_once();
+        assert_eq!(at_once[..2], [(secs(0.0), 1), (secs(1.0), 2)]);
+        // One loop backs off from then on: its receives alone, one pause
+        // apart.
+        backed_off(secs(1.0), &rig.receives()[3..8]);
+        assert_eq!(rig.acknowledged(), receipts(0..2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_a_receive_in_flight_is_waited_for_and_its_batch_settled() {
+        let rig = Rig::with_long_poll(vec![batch(0, 3)], Duration::from_secs(20));
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 1,
+            batch: 10,
+        };
+        let task = rig.spawn(pollers, &stop, Duration::from_secs(30));
+
+        sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        assert_eq!(
+            rig.started.elapsed(),
+            secs(20.0),
+            "until the receive answered"
+        );
+        assert_eq!(rig.receives(), [secs(0.0)], "and no new receive");
+        assert_eq!(rig.acknowledged(), receipts(0..3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_a_receive_still_in_flight_after_the_grace_is_abandoned() {
+        let rig = Rig::with_long_poll(vec![batch(0, 3)], Duration::from_secs(20));
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 1,
+            batch: 10,
+        };
+        let task = rig.spawn(pollers, &stop, GRACE);
+
+        sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        assert_eq!(rig.started.elapsed(), secs(1.0) + GRACE);
+        assert_eq!(rig.receives(), [secs(0.0)]);
+        // What it took comes back after the queue's visibility timeout.
+        assert!(rig.acknowledged().is_empty());
+        assert!(rig.delivered().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_a_poller_backing_off_stops_at_once() {
+        let rig = Rig::new(vec![unavailable(), unavailable()]);
+        let stop = CancellationToken::new();
+        let pollers = Pollers {
+            min: 1,
+            max: 1,
+            batch: 10,
+        };
+        let task = rig.spawn(pollers, &stop, GRACE);
+
+        // The first pause is at least 100 ms.
+        sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        assert_eq!(rig.started.elapsed(), Duration::from_millis(50));
+        assert_eq!(rig.receives(), [secs(0.0)]);
     }
 }

@@ -18,6 +18,8 @@ pub mod config;
 pub mod consumer;
 mod hand_back;
 pub mod http_adapter;
+#[cfg(test)]
+mod paced_source;
 pub mod routes;
 pub mod settler;
 pub mod startup;

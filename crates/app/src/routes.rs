@@ -1,4 +1,4 @@
-//! The public HTTP routes: the pages the binary embeds — the demo page
+//! The public HTTP routes (docs/protocol.md): the pages the binary embeds — the demo page
 //! (`/`) and the TypeScript client SDK's browser bundle it imports
 //! (`/sdk/wsbridge.js`) — and the HTTP adapter's routes (the WebSocket
 //! upgrade, `/health`, `/ready`, `/metrics`).

@@ -257,102 +257,254 @@ async fn send(inner: &dyn CommandSource, settle: Settle, receipts: Vec<Receipt>)
 mod tests {
     use std::sync::Mutex as StdMutex;
 
+    use domain::ports::MockCommandSource;
+    use domain::GiveUpReason;
+
     use super::*;
+    use crate::paced_source::Paced;
 
-    /// A source that takes 50 ms per settle call and records each.
-    #[derive(Default)]
-    struct Slow {
-        calls: StdMutex<Vec<(Settle, usize)>>,
+    /// How long each settle call to the source takes.
+    const ROUND_TRIP: Duration = Duration::from_millis(50);
+
+    type Log<T> = Arc<StdMutex<Vec<T>>>;
+
+    /// One settle call the source got: when it started, what it did, the
+    /// receipts.
+    type Call = (Duration, Settle, Vec<Receipt>);
+
+    /// A settler over a mocked source whose settle calls take
+    /// [`ROUND_TRIP`]; records each call. `fail_first` acknowledge calls
+    /// fail.
+    fn settler(settings: SettlerSettings, fail_first: usize) -> (Arc<Settler>, Log<Call>) {
+        let started = Instant::now();
+        let calls: Log<Call> = Arc::default();
+        let mut mock = MockCommandSource::new();
+        let (log, mut failures) = (calls.clone(), fail_first);
+        mock.expect_acknowledge().returning(move |receipts| {
+            let at = started.elapsed();
+            log.lock()
+                .unwrap()
+                .push((at, Settle::Acknowledge, receipts));
+            if failures == 0 {
+                return Ok(());
+            }
+            failures -= 1;
+            Err(SourceError::Unavailable("throttled".into()))
+        });
+        let log = calls.clone();
+        mock.expect_release().returning(move |receipts, delay| {
+            let at = started.elapsed();
+            log.lock()
+                .unwrap()
+                .push((at, Settle::Release(delay), receipts));
+            Ok(())
+        });
+        let source = Paced::new(mock, Duration::ZERO, ROUND_TRIP);
+        (Settler::spawn(Arc::new(source), settings), calls)
     }
 
-    #[async_trait]
-    impl CommandSource for Slow {
-        async fn receive(&self) -> Result<Vec<InboundMessage>, SourceError> {
-            Ok(Vec::new())
-        }
-        async fn acknowledge(&self, receipts: Vec<Receipt>) -> Result<(), SourceError> {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.calls
-                .lock()
-                .unwrap()
-                .push((Settle::Acknowledge, receipts.len()));
-            Ok(())
-        }
-        async fn release(
-            &self,
-            receipts: Vec<Receipt>,
-            delay: Duration,
-        ) -> Result<(), SourceError> {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.calls
-                .lock()
-                .unwrap()
-                .push((Settle::Release(delay), receipts.len()));
-            Ok(())
-        }
-        async fn dead_letter(&self, _: Vec<DeadLetter>) -> Result<(), SourceError> {
-            Ok(())
-        }
-        async fn visibility_timeout(&self) -> Option<Duration> {
-            None
-        }
-        async fn extend(&self, _: Vec<Receipt>, _: Duration) -> Result<(), SourceError> {
-            Ok(())
-        }
+    /// The calls so far, in the order they started (then by first receipt).
+    fn sorted(calls: &Log<Call>) -> Vec<Call> {
+        let mut calls = calls.lock().unwrap().clone();
+        calls.sort_by_key(|(at, _, receipts)| (*at, number(&receipts[0])));
+        calls
     }
 
-    #[tokio::test]
+    fn number(receipt: &Receipt) -> usize {
+        receipt.token()[1..].parse().unwrap()
+    }
+
+    fn receipts(range: std::ops::Range<usize>) -> Vec<Receipt> {
+        range.map(|i| Receipt::new(format!("r{i}"))).collect()
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn settles_are_answered_at_once_batched_and_flushed() {
-        let slow = Arc::new(Slow::default());
-        let settler = Settler::spawn(
-            slow.clone(),
-            SettlerSettings {
-                linger: Duration::from_secs(60),
-                concurrency: 4,
-            },
-        );
-        let started = std::time::Instant::now();
-        for chunk in receipts(25).chunks(5) {
+        let linger = Duration::from_secs(60);
+        let settings = SettlerSettings {
+            linger,
+            concurrency: 4,
+        };
+        let (settler, calls) = settler(settings, 0);
+        let started = Instant::now();
+        let all = receipts(0..25);
+        for chunk in all.chunks(5) {
             settler.acknowledge(chunk.to_vec()).await.unwrap();
         }
         settler
-            .release(receipts(3), Duration::from_secs(7))
+            .release(receipts(100..103), Duration::from_secs(7))
             .await
             .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_millis(40),
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
             "the pollers never wait for a settle call"
         );
         // Full batches go without waiting for the linger.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(ms(300)).await;
         assert_eq!(
-            *slow.calls.lock().unwrap(),
-            vec![(Settle::Acknowledge, 10), (Settle::Acknowledge, 10)]
+            sorted(&calls),
+            vec![
+                (ms(0), Settle::Acknowledge, receipts(0..10)),
+                (ms(0), Settle::Acknowledge, receipts(10..20)),
+            ]
         );
         // The rest waits for its linger, or a flush.
         settler.close().await;
-        let mut calls = slow.calls.lock().unwrap().clone();
-        calls.sort_by_key(|(s, n)| (format!("{s:?}"), *n));
         assert_eq!(
-            calls,
+            sorted(&calls),
             vec![
-                (Settle::Acknowledge, 5),
-                (Settle::Acknowledge, 10),
-                (Settle::Acknowledge, 10),
-                (Settle::Release(Duration::from_secs(7)), 3),
+                (ms(0), Settle::Acknowledge, receipts(0..10)),
+                (ms(0), Settle::Acknowledge, receipts(10..20)),
+                (ms(300), Settle::Acknowledge, receipts(20..25)),
+                (
+                    ms(300),
+                    Settle::Release(Duration::from_secs(7)),
+                    receipts(100..103)
+                ),
             ]
+        );
+        assert_eq!(
+            started.elapsed(),
+            ms(300) + ROUND_TRIP,
+            "close waits for the answers"
         );
     }
 
-    fn receipts(n: usize) -> Vec<Receipt> {
-        (0..n).map(|i| Receipt::new(format!("r{i}"))).collect()
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_goes_when_its_first_receipt_has_lingered() {
+        let settings = SettlerSettings {
+            linger: ms(5),
+            concurrency: 8,
+        };
+        let (settler, calls) = settler(settings, 0);
+        settler.acknowledge(receipts(0..1)).await.unwrap();
+        tokio::time::sleep(ms(3)).await;
+        settler.acknowledge(receipts(1..3)).await.unwrap();
+        settler
+            .release(receipts(3..4), Duration::ZERO)
+            .await
+            .unwrap();
+        tokio::time::sleep(ms(100)).await;
+        assert_eq!(
+            sorted(&calls),
+            vec![
+                // The linger counts from the first receipt of the batch.
+                (ms(5), Settle::Acknowledge, receipts(0..3)),
+                (ms(8), Settle::Release(Duration::ZERO), receipts(3..4)),
+            ]
+        );
+        settler.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_calls_are_in_flight_than_the_concurrency() {
+        let settings = SettlerSettings {
+            linger: Duration::from_secs(60),
+            concurrency: 2,
+        };
+        let (settler, calls) = settler(settings, 0);
+        settler.acknowledge(receipts(0..50)).await.unwrap();
+        settler.flush().await;
+        let starts: Vec<Duration> = sorted(&calls).iter().map(|(at, ..)| *at).collect();
+        assert_eq!(starts, [ms(0), ms(0), ms(50), ms(50), ms(100)]);
+        let mut sent: Vec<Receipt> = sorted(&calls).into_iter().flat_map(|(.., r)| r).collect();
+        sent.sort_by_key(number);
+        assert_eq!(sent, receipts(0..50), "each receipt once");
+        settler.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_settle_call_is_not_retried_and_later_ones_still_go() {
+        let settings = SettlerSettings {
+            linger: ms(5),
+            concurrency: 1,
+        };
+        let (settler, calls) = settler(settings, 1);
+        settler.acknowledge(receipts(0..2)).await.unwrap();
+        tokio::time::sleep(ms(100)).await;
+        settler.acknowledge(receipts(2..4)).await.unwrap();
+        settler.close().await;
+        assert_eq!(
+            sorted(&calls),
+            vec![
+                (ms(5), Settle::Acknowledge, receipts(0..2)),
+                // Flushed by the close.
+                (ms(100), Settle::Acknowledge, receipts(2..4)),
+            ],
+            "the failed batch comes back from the queue, not from here"
+        );
+        assert_eq!(
+            settler.acknowledge(receipts(4..5)).await,
+            Err(SourceError::Unavailable("the settler has stopped".into())),
+            "closed: nothing is taken any more"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_letters_extensions_and_the_source_settings_go_straight_through() {
+        let letter = DeadLetter::new(
+            InboundMessage {
+                message_id: "m1".into(),
+                receipt: Receipt::new("r1"),
+                ..InboundMessage::default()
+            },
+            GiveUpReason::Malformed,
+            "not json",
+        );
+        let mut mock = MockCommandSource::new();
+        let expected = letter.clone();
+        mock.expect_dead_letter()
+            .withf(move |letters| letters == std::slice::from_ref(&expected))
+            .times(1)
+            .returning(|_| Ok(()));
+        mock.expect_extend()
+            .withf(|receipts, visibility| {
+                receipts == &[Receipt::new("r2")] && *visibility == Duration::from_secs(30)
+            })
+            .times(1)
+            .returning(|_, _| Err(SourceError::Unavailable("throttled".into())));
+        mock.expect_visibility_timeout()
+            .times(1)
+            .returning(|| Some(Duration::from_secs(30)));
+        mock.expect_max_receive_count()
+            .times(1)
+            .returning(|| Some(5));
+        mock.expect_acknowledge().never();
+        mock.expect_release().never();
+        let source = Paced::new(mock, Duration::ZERO, ROUND_TRIP);
+        let settler = Settler::spawn(Arc::new(source), SettlerSettings::default());
+        let started = Instant::now();
+
+        settler.dead_letter(vec![letter]).await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            ROUND_TRIP,
+            "the caller waits for the outcome"
+        );
+        assert_eq!(
+            settler
+                .extend(vec![Receipt::new("r2")], Duration::from_secs(30))
+                .await,
+            Err(SourceError::Unavailable("throttled".into()))
+        );
+        assert_eq!(
+            settler.visibility_timeout().await,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(settler.max_receive_count().await, Some(5));
+        settler.close().await;
     }
 
     #[test]
     fn full_batches_go_at_once_and_the_rest_after_the_linger() {
         let mut pending = Pending::default();
-        pending.add(Settle::Acknowledge, receipts(23));
-        pending.add(Settle::Release(Duration::ZERO), receipts(1));
+        pending.add(Settle::Acknowledge, receipts(0..23));
+        pending.add(Settle::Release(Duration::ZERO), receipts(0..1));
         let linger = Duration::from_secs(60);
         let due = pending.due(linger, false);
         assert_eq!(due.len(), 2, "two full batches");

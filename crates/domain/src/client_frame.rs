@@ -12,7 +12,7 @@ pub enum ClientFrame {
     Message(ClientMessage),
     /// `{"ack_delivery": "<delivery id>"}`.
     AckDelivery(String),
-    /// `{"auth": "<jwt>"}`: a fresh token for the connection (SPEC §10).
+    /// `{"auth": "<jwt>"}`: a fresh token for the connection (docs/control-plane.md, Token lifecycle).
     Auth(String),
 }
 

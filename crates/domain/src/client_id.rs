@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Longest client id accepted, in bytes (SPEC §1).
+/// Longest client id accepted, in bytes (docs/protocol.md).
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
 
 /// A client id: 1..=256 bytes of UTF-8 without control characters.

@@ -1,4 +1,4 @@
-//! Control messages (SPEC §10): the admin API's `disconnect` and `send`,
+//! Control messages (docs/control-plane.md): the admin API's `disconnect` and `send`,
 //! travelling the bus like Commands so they reach whichever replica holds
 //! the client, in every mode. They are Commands with a reserved name —
 //! routed, de-duplicated, retried and given up exactly like one:

@@ -2,7 +2,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Remembers up to `capacity` ids for `ttl` each; the oldest are forgotten first.
 ///
@@ -163,6 +165,19 @@ mod tests {
         assert_eq!(ids.len(), 3);
         assert!(!ids.contains_at("a", t0));
         assert!(ids.contains_at("b", t0) && ids.contains_at("d", t0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claimed_ids_expire_after_the_ttl_on_tokios_clock() {
+        let ids = RecentIds::new(10, Duration::from_secs(5));
+        assert!(ids.claim("a"));
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert!(ids.contains("a"));
+        assert!(!ids.claim("a"), "still a duplicate 1 ms before the TTL");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!ids.contains("a"));
+        assert!(ids.claim("a"), "claimed again once the TTL is over");
+        assert_eq!(ids.window(), Duration::from_secs(5));
     }
 
     #[test]

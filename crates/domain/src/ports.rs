@@ -81,7 +81,7 @@ pub struct InboundMessage {
     pub group_id: Option<String>,
 }
 
-/// Why the bridge gives a Command up (SPEC §3): the `wsbridge_reason` a
+/// Why the bridge gives a Command up (docs/delivery.md, Given up): the `wsbridge_reason` a
 /// dead-lettered message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GiveUpReason {

@@ -1,4 +1,4 @@
-//! Presence events (SPEC §10): each connection that opens or closes is
+//! Presence events (docs/control-plane.md): each connection that opens or closes is
 //! announced on the events topic, so a backend knows which clients are
 //! online without asking every replica. The events travel the uplink's own
 //! sink (batched with client messages) and carry the usual `client_id` and

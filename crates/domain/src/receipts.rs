@@ -1,4 +1,4 @@
-//! Delivery receipts (SPEC §10): one event per Command outcome, so the
+//! Delivery receipts (docs/control-plane.md): one event per Command outcome, so the
 //! backend that sent a Command can learn what became of it — handed to
 //! sockets, acknowledged by the client, undeliverable, malformed, or given
 //! up to the dead-letter queue — by the SQS/SNS message ids and by the

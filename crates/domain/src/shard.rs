@@ -1,5 +1,4 @@
-//! Shards of the client-id space, for the `sharded` scale-out mode (SPEC §5,
-//! docs/scaling.md).
+//! Shards of the client-id space, for the `sharded` scale-out mode (docs/scaling.md).
 //!
 //! Three parties must agree on a client's shard without talking to each
 //! other: publishers (they set the `shard` message attribute), the load

@@ -1,4 +1,4 @@
-//! Giving messages up (SPEC §3): a copy of each, body byte for byte with
+//! Giving messages up (docs/delivery.md, Given up): a copy of each, body byte for byte with
 //! the original's properties and headers, plus the headers
 //! `wsbridge_reason` and `wsbridge_detail`, is published with confirms on
 //! the publishing connection ([`super::publisher`]) to the queue's

@@ -1,4 +1,4 @@
-//! Sending given-up messages to the dead-letter queue (SPEC §3): the body
+//! Sending given-up messages to the dead-letter queue (docs/delivery.md, Given up): the body
 //! byte for byte, its message attributes, and `wsbridge_reason` /
 //! `wsbridge_detail`; on a FIFO dead-letter queue the message group and a
 //! deduplication id derived from the original message id.

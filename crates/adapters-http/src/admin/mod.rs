@@ -1,4 +1,4 @@
-//! The admin API (README.md, "Control plane"): a listener of its own, off
+//! The admin API (docs/control-plane.md): a listener of its own, off
 //! by default, for operators and backends — which clients are connected here
 //! and how (`clients.rs`), close a client's connections with a code and
 //! reason, write a frame to a client directly (`orders.rs`). Every call

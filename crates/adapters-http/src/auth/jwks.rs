@@ -1,4 +1,4 @@
-//! Keys from a JWKS URL (`jwt_jwks_url`, README.md "Security"): fetched when the bridge
+//! Keys from a JWKS URL (`jwt_jwks_url`, docs/control-plane.md): fetched when the bridge
 //! starts, fetched again when the answer's `Cache-Control: max-age` runs
 //! out (bounded to [`MIN_MAX_AGE`]..[`MAX_MAX_AGE`]), and at once when a
 //! token names a key id the set does not have — at most once per

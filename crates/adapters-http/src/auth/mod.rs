@@ -1,4 +1,4 @@
-//! Authentication of WebSocket upgrades (README.md, "Security").
+//! Authentication of WebSocket upgrades (docs/security.md).
 //!
 //! `auth = "none"` (development): the client id is the one in the URL.
 //! `auth = "jwt"`: the request carries a signed JWT — HS256 with the shared

@@ -1,4 +1,4 @@
-//! The WebSocket upgrade (README.md, "HTTP surface" and "Security"):
+//! The WebSocket upgrade (docs/protocol.md, docs/security.md):
 //! `/ws?client_id=…`, `/ws/{client_id}`, and the test-only `/__echo`.
 //!
 //! Every upgrade is checked before it is answered, in this order: the

@@ -27,41 +27,42 @@
 //! route that RFC 6455 conformance suites (Autobahn) are pointed at.
 //!
 //! Here: the upgrade ([`start_session`]) and the connection's life around
-//! the loop (uplink worker, flush on shutdown, unregistering, close frame,
-//! last publishes); the loop itself is in `serve`, the settings in
-//! `settings`.
+//! the loop, in order. The loop itself is in `serve` (with the rate gate in
+//! `gate` and the heartbeat in `heartbeat`); what happens once it stops
+//! (flush on shutdown, unregistering, close frame, last publishes) in
+//! `closing`; the settings in `settings`.
 //!
 //! A connection gives its slot under the limits back as soon as its socket
 //! closes, not once its last publishes are done: with a slow event bus a
 //! client reconnecting at once would otherwise be refused. Those publishes
 //! (the client messages it had sent, its `$disconnect`) still run, counted
 //! by the registry's [`closing_count`](WsClientRegistry::closing_count) for
-//! a graceful shutdown to wait on, but only until [`CLOSING_DEADLINE`] (or
-//! [`SHUTDOWN_CLOSING_GRACE`] into a shutdown): what the bus has not
-//! confirmed by then is counted and logged, not waited for.
+//! a graceful shutdown to wait on, but only until
+//! [`CLOSING_DEADLINE`](closing::CLOSING_DEADLINE) (or
+//! [`SHUTDOWN_CLOSING_GRACE`](closing::SHUTDOWN_CLOSING_GRACE) into a
+//! shutdown): what the bus has not confirmed by then is counted and logged,
+//! not waited for.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use actix_web::error::PayloadError;
-use actix_web::rt::task::JoinHandle;
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
-use actix_ws::{Message, MessageStream, Session};
-use domain::presence::DISCONNECT_ACTION;
-use domain::{ClientId, Disconnect, Frame, OutboundEvent, Uplink};
-use futures_util::{SinkExt, Stream};
-use tokio::sync::mpsc;
+use actix_ws::{MessageStream, Session};
+use domain::{ClientId, Uplink};
+use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
-use crate::close::Exit;
 use crate::fragments::Reassembler;
 use crate::frame_limit::FrameLimit;
 use crate::registry::{Registration, WsClientRegistry};
 use crate::uplink_worker::LazyWorker;
 
+mod closing;
+mod gate;
+mod heartbeat;
 mod serve;
 mod settings;
 
@@ -69,21 +70,8 @@ pub use settings::{
     Credential, Peer, Renewal, SessionMode, SessionSettings, StartError, TokenRenewer,
 };
 
+use closing::LastPublishes;
 use serve::{serve, Incoming, Signals, UplinkPath};
-
-/// How long a closed connection's last publishes may take: one publish's own
-/// limit on SNS (`adapters_aws::sdk::PUBLISH_TIMEOUT`). Not a setting: it
-/// only bounds work whose client is gone.
-pub const CLOSING_DEADLINE: Duration = Duration::from_secs(15);
-
-/// Once a shutdown has begun, how long a closed connection's last publishes
-/// may still take: well within any shutdown deadline worth having, so what
-/// the connections leave behind never holds the shutdown up.
-pub const SHUTDOWN_CLOSING_GRACE: Duration = Duration::from_secs(1);
-
-/// How long a closing handshake may wait for room in the socket's buffer
-/// before the connection is dropped without a close frame.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Upgrades `req` to a WebSocket for `peer` and serves it in the
 /// background until it closes; returns the `101 Switching Protocols` response.
@@ -181,30 +169,16 @@ impl Connection {
             mut session,
             mut stream,
             fragments,
-            registration,
+            mut registration,
             uplink,
             settings,
             shutdown,
         } = self;
-        // The guard is given up when the socket closes; the connection then
-        // stays counted as closing until its last publishes are done or given
-        // up, which is what a draining shutdown waits for.
-        let Registration {
-            id,
-            mut outbound,
-            slow,
-            guard,
-        } = registration;
+        let id = registration.id;
         debug!("connection opened");
         // Sent in the background (the connection is served meanwhile) and
         // awaited before the `$disconnect`, so the two are never reordered.
-        let connected = uplink.presence().map(|presence| {
-            let event = presence.connected(&client_id, id.get(), SystemTime::now());
-            let uplink = uplink.clone();
-            actix_web::rt::spawn(async move { uplink.announce(event).await })
-        });
-
-        let stats = uplink.stats().clone();
+        let connected = closing::announce_connect(&uplink, &client_id, id);
         let mut worker = LazyWorker::new(
             uplink.clone(),
             client_id.clone(),
@@ -213,7 +187,7 @@ impl Connection {
         );
 
         let signals = Signals {
-            slow: &slow,
+            slow: &registration.slow,
             shutdown: &shutdown,
             write_timeout: settings.client_timeout,
         };
@@ -221,153 +195,45 @@ impl Connection {
             stream: &mut stream,
             fragments,
         };
-        let exit = match serve(
+        let mut to_uplink = UplinkPath {
+            credential: credential.as_ref(),
+            worker: &mut worker,
+            uplink: &uplink,
+            client_id: &client_id,
+        };
+        let Err(exit) = serve(
             &mut session,
             incoming,
-            &mut outbound,
-            &mut UplinkPath {
-                credential: credential.as_ref(),
-                worker: &mut worker,
-                uplink: &uplink,
-                client_id: &client_id,
-            },
+            &mut registration.outbound,
+            &mut to_uplink,
             &signals,
             &settings,
             mode,
         )
-        .await
-        {
-            Ok(never) => match never {},
-            Err(exit) => exit,
-        };
+        .await;
 
-        // `slow` also carries an operator's disconnect.
-        let exit = match exit {
-            Exit::Slow => guard
-                .close_order()
-                .map_or(Exit::Slow, |(code, reason)| Exit::Kicked { code, reason }),
-            other => other,
-        };
-        // From here on deliveries to this connection count as not taken.
-        outbound.close();
-        if matches!(exit, Exit::Shutdown) {
-            flush_queued(&mut session, &mut outbound).await;
-        }
-        drop(outbound);
-        // The socket is closing: its slot goes back before the client can
-        // see the close frame and reconnect.
-        let closing = guard.into_closing();
-        let reason = exit.close_reason();
-        stats
-            .close_codes
-            .record(reason.as_ref().map(|r| u16::from(r.code)));
-        let client_code = match &exit {
-            Exit::ClientClosed(Some(theirs)) => Some(u16::from(theirs.code)),
-            _ => None,
-        };
-        debug!(
-            reason = exit.label(),
-            close_code = ?reason.as_ref().map(|r| u16::from(r.code)),
-            close_text = ?reason.as_ref().and_then(|r| r.description.as_deref()),
-            client_close_code = ?client_code,
-            "connection closing"
-        );
+        let exit = closing::with_close_order(exit, &registration.guard);
+        closing::stop_deliveries(&mut session, registration.outbound, &exit).await;
+        // The guard is given up when the socket closes: its slot goes back
+        // before the client can see the close frame and reconnect. The
+        // connection then stays counted as closing until its last publishes
+        // are done or given up, which is what a draining shutdown waits for.
+        let closing = registration.guard.into_closing();
+        let reason = closing::close_reason(&exit, uplink.stats());
         if let Some(reason) = reason.clone() {
-            match tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_closed)) => debug!("close frame not sent: connection already closed"),
-                Err(_elapsed) => debug!("close frame not sent: client stopped reading"),
-            }
+            closing::send_close_frame(session, reason).await;
         }
         drop(stream);
-
-        // The last publishes, bounded: the `$disconnect` (after the
-        // `$connect`, never reordered) beside the worker's last messages.
-        let give_up = worker.give_up_token();
-        let timer = actix_web::rt::spawn(closing_time(shutdown.clone(), give_up.clone()));
-        let disconnected = uplink.presence().map(|presence| {
-            let (code, text) = match (&reason, &exit) {
-                (Some(ours), _) => (Some(u16::from(ours.code)), ours.description.as_deref()),
-                (None, Exit::ClientClosed(Some(theirs))) => {
-                    (Some(u16::from(theirs.code)), theirs.description.as_deref())
-                }
-                (None, _) => (None, None),
-            };
-            let how = Disconnect { code, reason: text };
-            presence.disconnected(&client_id, id.get(), SystemTime::now(), how)
-        });
-        tokio::join!(
-            announce_disconnect(&uplink, connected, disconnected, &give_up),
-            worker.finish()
-        );
-        timer.abort();
+        let last = LastPublishes {
+            uplink: &uplink,
+            client_id: &client_id,
+            id,
+            connected,
+            worker,
+            shutdown,
+        };
+        last.finish(reason.as_ref(), &exit).await;
         drop(closing);
         debug!(reason = exit.label(), "connection closed");
-    }
-}
-
-/// Cancels `give_up` at the closing deadline: [`CLOSING_DEADLINE`] from now,
-/// or [`SHUTDOWN_CLOSING_GRACE`] into a shutdown if that comes first.
-async fn closing_time(shutdown: CancellationToken, give_up: CancellationToken) {
-    let shutdown_grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_CLOSING_GRACE).await;
-    };
-    tokio::select! {
-        () = tokio::time::sleep(CLOSING_DEADLINE) => {}
-        () = shutdown_grace => {}
-    }
-    give_up.cancel();
-}
-
-/// Waits for the `$connect` still under way, then publishes the
-/// `$disconnect`, until `give_up`: past it, the `$connect` task is stopped
-/// and the `$disconnect` counted as not confirmed (the sink may still hold
-/// and publish it; nobody waits for it).
-async fn announce_disconnect(
-    uplink: &Uplink,
-    connected: Option<JoinHandle<()>>,
-    disconnected: Option<OutboundEvent>,
-    give_up: &CancellationToken,
-) {
-    let Some(event) = disconnected else { return };
-    let mut connected = connected;
-    let announce = async {
-        if let Some(connected) = connected.as_mut() {
-            let _ = connected.await;
-        }
-        uplink.announce(event).await;
-    };
-    tokio::select! {
-        () = announce => {}
-        () = give_up.cancelled() => {
-            if let Some(connected) = connected {
-                connected.abort();
-            }
-            uplink.count_presence_unconfirmed(DISCONNECT_ACTION);
-        }
-    }
-}
-
-/// On shutdown, writes the frames already queued for the connection (the
-/// downlink counted them as delivered) before the close frame, for at most
-/// [`CLOSE_TIMEOUT`]. `outbound` must be closed, so that this ends.
-async fn flush_queued(session: &mut Session, outbound: &mut mpsc::Receiver<Frame>) {
-    let mut written = 0usize;
-    let flush = async {
-        while let Some(frame) = outbound.recv().await {
-            if session.send(Message::Text((&*frame).into())).await.is_err() {
-                break;
-            }
-            written += 1;
-        }
-    };
-    match tokio::time::timeout(CLOSE_TIMEOUT, flush).await {
-        Ok(()) => debug!(frames = written, "queued frames flushed"),
-        Err(_elapsed) => debug!(
-            frames = written,
-            dropped = outbound.len(),
-            "client stopped reading, queued frames dropped"
-        ),
     }
 }

@@ -1,26 +1,29 @@
-//! The loop that serves one connection until it must close: the `select!`
-//! over inbound frames, the outgoing queue, the slow-client signal, the
-//! shutdown token, the heartbeat and the deadline of a fragmented message;
-//! the per-connection rate gate; and the write that every frame goes
-//! through, raced against the reasons to close.
+//! The loop that serves one connection until it must close: one flat
+//! `select!` over the reasons to close (shutdown, the slow-client signal,
+//! the deadline of a fragmented message, the token's expiry), the outgoing
+//! queue, room in the uplink queue, the inbound frames and the heartbeat.
+//! Each arm hands what it got to a small helper of [`Served`], which holds
+//! the connection's protocol state; and every write goes through
+//! [`Signals::write`], raced against the reasons to close.
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 
 use actix_web::web::Bytes;
-use actix_ws::{Item, Message, MessageStream, Session};
+use actix_ws::{Item, Message, MessageStream, ProtocolError, Session};
 use domain::uplink::{INVALID_TOKEN, UNEXPECTED_AUTH};
-use domain::{ClientFrame, ClientId, Frame, Reply, Uplink};
+use domain::{ClientId, Frame, Reply, Uplink};
 use futures_util::SinkExt;
 use tokio::sync::mpsc::{self, OwnedPermit};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::gate::{Data, Handling, RateGate};
+use super::heartbeat::Heartbeat;
 use super::{Credential, SessionMode, SessionSettings};
 use crate::close::Exit;
 use crate::fragments::{FragmentError, Reassembled, Reassembler};
-use crate::rate::{Strikes, TokenBucket};
 use crate::uplink_worker::{Inbound, LazyWorker};
 
 /// What every write is raced against.
@@ -55,20 +58,6 @@ pub(super) struct Incoming<'a> {
     pub(super) fragments: Reassembler,
 }
 
-/// Sleeps until `deadline`; forever without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A complete data message from the client.
-enum Data {
-    Text(String),
-    Binary(Bytes),
-}
-
 /// Where a client's data messages go: client messages to the uplink
 /// worker's queue; acknowledgements (control frames) straight to the
 /// uplink use case, never rate-limited nor queued behind publishes.
@@ -80,68 +69,216 @@ pub(super) struct UplinkPath<'a> {
     pub(super) client_id: &'a ClientId,
 }
 
-/// What the loop does with one data message.
-enum Handling {
-    /// Take this acknowledgement now.
-    Ack(String),
-    /// Check this fresh token now.
-    Auth(String),
-    /// Hand it to the uplink worker.
-    Uplink(Inbound),
-    /// Write it back (echo mode).
-    Echo(Message),
-    /// Write this error frame (echo mode has no uplink worker to order replies).
-    Reply(Reply),
+/// Serves the connection until it must close; returns why.
+pub(super) async fn serve(
+    session: &mut Session,
+    incoming: Incoming<'_>,
+    outbound: &mut mpsc::Receiver<Frame>,
+    to_uplink: &mut UplinkPath<'_>,
+    signals: &Signals<'_>,
+    settings: &SessionSettings,
+    mode: SessionMode,
+) -> Result<Infallible, Exit> {
+    let Incoming { stream, fragments } = incoming;
+    let mut heartbeat = Heartbeat::start(settings);
+    let mut served = Served {
+        session,
+        signals,
+        settings,
+        mode,
+        fragments,
+        rate: RateGate::new(settings),
+        token_deadline: to_uplink.credential.map(|c| deadline_of(c.valid_until)),
+        room: Some(Room::NotStarted),
+        to_uplink,
+    };
+    loop {
+        tokio::select! {
+            () = signals.shutdown.cancelled() => return Err(Exit::Shutdown),
+            () = signals.slow.cancelled() => return Err(Exit::Slow),
+            // While a fragmented message is under way the socket is always
+            // read (its room was taken before its first fragment), so the
+            // deadline only ever runs against the client.
+            () = until(served.fragments.deadline()) => return Err(Exit::FragmentTimeout),
+            () = until(served.token_deadline) => return Err(Exit::TokenExpired),
+            frame = outbound.recv() => served.write_queued(frame).await?,
+            room = reserve(served.uplink_queue()), if served.room.is_none() => {
+                served.take_room(room)?;
+            }
+            message = stream.recv(), if served.room.is_some() => {
+                heartbeat.heard();
+                served.receive(message).await?;
+            }
+            () = heartbeat.tick() => {
+                // While the uplink queue is full the socket is not read, so
+                // silence then says nothing about the client.
+                if served.room.is_some() && heartbeat.silent() {
+                    return Err(Exit::IdleTimeout);
+                }
+                served.write(Message::Ping(Bytes::new())).await?;
+            }
+        }
+    }
 }
 
-/// The per-connection message rate limit.
-struct RateGate {
-    bucket: TokenBucket,
-    strikes: Strikes,
+/// The state of one served connection, and what it does with each event
+/// of the loop.
+struct Served<'s, 'a> {
+    session: &'s mut Session,
+    signals: &'s Signals<'s>,
+    settings: &'s SessionSettings,
+    mode: SessionMode,
+    fragments: Reassembler,
+    rate: RateGate,
+    to_uplink: &'s mut UplinkPath<'a>,
+    /// When the connection's token runs out (expiry plus leeway).
+    token_deadline: Option<Instant>,
+    /// Room in the uplink queue for the next message; the socket is read
+    /// only while there is some. Before the worker has started there always is.
+    room: Option<Room>,
 }
 
-impl RateGate {
-    fn new(settings: &SessionSettings) -> Self {
-        let now = Instant::now();
-        Self {
-            bucket: TokenBucket::new(settings.message_rate, now),
-            strikes: Strikes::new(settings.abuse),
+impl Served<'_, '_> {
+    async fn write(&mut self, message: Message) -> Result<(), Exit> {
+        self.signals.write(self.session, message).await
+    }
+
+    async fn write_text(&mut self, text: String) -> Result<(), Exit> {
+        self.write(Message::Text(text.into())).await
+    }
+
+    /// Writes a frame from the outgoing queue.
+    async fn write_queued(&mut self, frame: Option<Frame>) -> Result<(), Exit> {
+        // The registry keeps the sender for as long as the guard lives.
+        let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
+        self.write(Message::Text((&*frame).into())).await
+    }
+
+    /// The running uplink worker's queue; `None` before it has started.
+    fn uplink_queue(&self) -> Option<mpsc::Sender<Inbound>> {
+        self.to_uplink.worker.queue().cloned()
+    }
+
+    fn take_room(
+        &mut self,
+        reserved: Result<OwnedPermit<Inbound>, mpsc::error::SendError<()>>,
+    ) -> Result<(), Exit> {
+        let reserved = reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?;
+        self.room = Some(Room::Reserved(reserved));
+        Ok(())
+    }
+
+    /// Takes one item of the client's stream.
+    async fn receive(
+        &mut self,
+        message: Option<Result<Message, ProtocolError>>,
+    ) -> Result<(), Exit> {
+        let message = match message {
+            None => return Err(Exit::ClientGone),
+            Some(Err(e)) => {
+                return Err(Exit::from_protocol_error(e, self.settings.max_frame_bytes))
+            }
+            Some(Ok(message)) => message,
+        };
+        let Some(data) = self.data_of(message).await? else {
+            return Ok(());
+        };
+        let handling = self.rate.handle(data, self.mode)?;
+        self.act(handling).await
+    }
+
+    /// The complete data message `message` makes, if any; answers a ping.
+    async fn data_of(&mut self, message: Message) -> Result<Option<Data>, Exit> {
+        Ok(match message {
+            Message::Text(text) => Some(Data::Text(text.to_string())),
+            Message::Binary(bytes) => Some(Data::Binary(bytes)),
+            // Refused at its first fragment, before any is buffered.
+            Message::Continuation(Item::FirstBinary(_)) if self.mode == SessionMode::Bridge => {
+                return Err(Exit::Binary)
+            }
+            Message::Continuation(item) => self.reassemble(item)?,
+            Message::Ping(payload) => {
+                self.write(Message::Pong(payload)).await?;
+                None
+            }
+            Message::Pong(_) | Message::Nop => None,
+            Message::Close(reason) => return Err(Exit::ClientClosed(reason)),
+        })
+    }
+
+    /// Adds a fragment to the message under way; the message once complete.
+    fn reassemble(&mut self, item: Item) -> Result<Option<Data>, Exit> {
+        match self.fragments.push(item) {
+            Ok(Reassembled::Pending) => Ok(None),
+            Ok(Reassembled::Text(text)) => Ok(Some(Data::Text(text))),
+            Ok(Reassembled::Binary(bytes)) => Ok(Some(Data::Binary(bytes))),
+            Err(FragmentError::TooBig) => Err(Exit::TooBig {
+                limit: self.settings.max_frame_bytes,
+            }),
+            Err(FragmentError::OverBudget) => Err(Exit::FragmentBudget),
+            Err(FragmentError::InvalidUtf8) => Err(Exit::InvalidUtf8),
         }
     }
 
-    /// Decides what happens to one data message.
-    fn handle(&mut self, data: Data, mode: SessionMode) -> Result<Handling, Exit> {
-        if let (SessionMode::Bridge, Data::Binary(_)) = (mode, &data) {
-            return Err(Exit::Binary);
-        }
-        if let (SessionMode::Bridge, Data::Text(text)) = (mode, &data) {
-            if let Some(delivery_id) = ClientFrame::ack_delivery(text) {
-                return Ok(Handling::Ack(delivery_id));
+    async fn act(&mut self, handling: Handling) -> Result<(), Exit> {
+        match handling {
+            Handling::Ack(delivery_id) => self.acknowledge(&delivery_id).await,
+            Handling::Auth(token) => self.renew(&token).await,
+            Handling::Uplink(inbound) => {
+                self.hand_to_uplink(inbound);
+                Ok(())
             }
-            if let Some(token) = ClientFrame::auth_token(text) {
-                return Ok(Handling::Auth(token));
-            }
+            Handling::Echo(message) => self.write(message).await,
+            Handling::Reply(reply) => self.write_text(reply.to_json()).await,
         }
-        let now = Instant::now();
-        if !self.bucket.take(now) {
-            if self.strikes.strike(now) {
-                return Err(Exit::RateAbuse);
-            }
-            let reply = match &data {
-                Data::Text(text) => Reply::rate_limited(text),
-                Data::Binary(_) => Reply::rate_limited(""),
-            };
-            debug!("message over the rate limit, refused");
-            return Ok(match mode {
-                SessionMode::Bridge => Handling::Uplink(Inbound::Refused(Box::new(reply))),
-                SessionMode::Echo => Handling::Reply(reply),
-            });
+    }
+
+    /// Takes the client's acknowledgement of a delivery.
+    async fn acknowledge(&mut self, delivery_id: &str) -> Result<(), Exit> {
+        let (uplink, client_id) = (self.to_uplink.uplink, self.to_uplink.client_id);
+        match uplink.acknowledge(client_id, delivery_id) {
+            Some(reply) => self.write_text(reply.to_json()).await,
+            None => Ok(()),
         }
-        Ok(match (mode, data) {
-            (SessionMode::Bridge, Data::Text(text)) => Handling::Uplink(Inbound::Text(text)),
-            (SessionMode::Echo, Data::Text(text)) => Handling::Echo(Message::Text(text.into())),
-            (_, Data::Binary(bytes)) => Handling::Echo(Message::Binary(bytes)),
-        })
+    }
+
+    /// Checks a fresh token; a valid one moves the connection's deadline.
+    async fn renew(&mut self, token: &str) -> Result<(), Exit> {
+        let client_id = self.to_uplink.client_id;
+        let reply = match self.to_uplink.credential {
+            Some(credential) => match credential.renewer.renew(client_id, token).await {
+                Ok(valid_until) => {
+                    self.token_deadline = Some(deadline_of(valid_until));
+                    debug!("token renewed");
+                    r#"{"auth":"ok"}"#.to_owned()
+                }
+                Err(why) => auth_error(INVALID_TOKEN, why),
+            },
+            None => auth_error(
+                UNEXPECTED_AUTH,
+                "this connection was not opened with a token".into(),
+            ),
+        };
+        self.write_text(reply).await
+    }
+
+    /// Gives a message to the uplink worker, in the room taken for it.
+    fn hand_to_uplink(&mut self, inbound: Inbound) {
+        match self.room.take() {
+            Some(Room::Reserved(room)) => {
+                room.send(inbound);
+            }
+            Some(Room::NotStarted) => self.to_uplink.worker.start_with(inbound),
+            None => {}
+        }
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -178,130 +315,5 @@ async fn reserve(
     match queue {
         Some(queue) => queue.reserve_owned().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Serves the connection until it must close; returns why.
-pub(super) async fn serve(
-    session: &mut Session,
-    incoming: Incoming<'_>,
-    outbound: &mut mpsc::Receiver<Frame>,
-    to_uplink: &mut UplinkPath<'_>,
-    signals: &Signals<'_>,
-    settings: &SessionSettings,
-    mode: SessionMode,
-) -> Result<Infallible, Exit> {
-    let period = settings.heartbeat_interval.max(Duration::from_millis(1));
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let Incoming {
-        stream,
-        mut fragments,
-    } = incoming;
-    let mut rate = RateGate::new(settings);
-    // When the connection's token runs out (expiry plus leeway).
-    let mut token_deadline = to_uplink.credential.map(|c| deadline_of(c.valid_until));
-    // Room in the uplink queue for the next message; the socket is read only
-    // while there is some. Before the worker has started there always is.
-    let mut permit: Option<Room> = Some(Room::NotStarted);
-
-    loop {
-        tokio::select! {
-            () = signals.shutdown.cancelled() => return Err(Exit::Shutdown),
-            () = signals.slow.cancelled() => return Err(Exit::Slow),
-            // While a fragmented message is under way the socket is always
-            // read (its permit was taken before its first fragment), so the
-            // deadline only ever runs against the client.
-            () = until(fragments.deadline()) => return Err(Exit::FragmentTimeout),
-            () = until(token_deadline) => return Err(Exit::TokenExpired),
-            frame = outbound.recv() => {
-                // The registry keeps the sender for as long as the guard lives.
-                let frame = frame.ok_or(Exit::Internal("outgoing queue closed"))?;
-                signals.write(session, Message::Text((&*frame).into())).await?;
-            }
-            reserved = reserve(to_uplink.worker.queue().cloned()), if permit.is_none() => {
-                let reserved = reserved.map_err(|_| Exit::Internal("uplink worker stopped"))?;
-                permit = Some(Room::Reserved(reserved));
-            }
-            message = stream.recv(), if permit.is_some() => {
-                last_heard = Instant::now();
-                let message = match message {
-                    None => return Err(Exit::ClientGone),
-                    Some(Err(e)) => {
-                        return Err(Exit::from_protocol_error(e, settings.max_frame_bytes))
-                    }
-                    Some(Ok(message)) => message,
-                };
-                let data = match message {
-                    Message::Text(text) => Some(Data::Text(text.to_string())),
-                    Message::Binary(bytes) => Some(Data::Binary(bytes)),
-                    // Refused at its first fragment, before any is buffered.
-                    Message::Continuation(Item::FirstBinary(_)) if mode == SessionMode::Bridge => {
-                        return Err(Exit::Binary)
-                    }
-                    Message::Continuation(item) => match fragments.push(item) {
-                        Ok(Reassembled::Pending) => None,
-                        Ok(Reassembled::Text(text)) => Some(Data::Text(text)),
-                        Ok(Reassembled::Binary(bytes)) => Some(Data::Binary(bytes)),
-                        Err(FragmentError::TooBig) => {
-                            return Err(Exit::TooBig { limit: settings.max_frame_bytes })
-                        }
-                        Err(FragmentError::OverBudget) => return Err(Exit::FragmentBudget),
-                        Err(FragmentError::InvalidUtf8) => return Err(Exit::InvalidUtf8),
-                    },
-                    Message::Ping(payload) => {
-                        signals.write(session, Message::Pong(payload)).await?;
-                        None
-                    }
-                    Message::Pong(_) | Message::Nop => None,
-                    Message::Close(reason) => return Err(Exit::ClientClosed(reason)),
-                };
-                let Some(data) = data else { continue };
-                match rate.handle(data, mode)? {
-                    Handling::Ack(delivery_id) => {
-                        if let Some(reply) = to_uplink.uplink.acknowledge(to_uplink.client_id, &delivery_id) {
-                            signals.write(session, Message::Text(reply.to_json().into())).await?;
-                        }
-                    }
-                    Handling::Auth(token) => {
-                        let reply = match to_uplink.credential {
-                            Some(credential) => match credential.renewer.renew(to_uplink.client_id, &token).await {
-                                Ok(valid_until) => {
-                                    token_deadline = Some(deadline_of(valid_until));
-                                    debug!("token renewed");
-                                    r#"{"auth":"ok"}"#.to_owned()
-                                }
-                                Err(why) => auth_error(INVALID_TOKEN, why),
-                            },
-                            None => auth_error(
-                                UNEXPECTED_AUTH,
-                                "this connection was not opened with a token".into(),
-                            ),
-                        };
-                        signals.write(session, Message::Text(reply.into())).await?;
-                    }
-                    Handling::Uplink(inbound) => match permit.take() {
-                        Some(Room::Reserved(room)) => {
-                            room.send(inbound);
-                        }
-                        Some(Room::NotStarted) => to_uplink.worker.start_with(inbound),
-                        None => {}
-                    },
-                    Handling::Echo(message) => signals.write(session, message).await?,
-                    Handling::Reply(reply) => {
-                        signals.write(session, Message::Text(reply.to_json().into())).await?;
-                    }
-                }
-            }
-            _ = heartbeat.tick() => {
-                // While the uplink queue is full the socket is not read, so
-                // silence then says nothing about the client.
-                if permit.is_some() && last_heard.elapsed() >= settings.client_timeout {
-                    return Err(Exit::IdleTimeout);
-                }
-                signals.write(session, Message::Ping(Bytes::new())).await?;
-            }
-        }
     }
 }

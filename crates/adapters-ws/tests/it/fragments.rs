@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{id, next_json, send_text, small_settings, wait_until, within, TestServer, Ws};
+use super::{
+    id, next_json, send_text, small_settings, wait_until, within, Io, MemoryServer, TestServer, Ws,
+};
 
 fn first(bytes: &[u8]) -> Message {
     Message::Frame(WireFrame::message(
@@ -33,7 +35,7 @@ fn more(bytes: &[u8], last: bool) -> Message {
 }
 
 /// Reads until the server's close frame; returns its code and reason.
-async fn close_frame(ws: &mut Ws) -> (u16, String) {
+async fn close_frame<S: Io>(ws: &mut Ws<S>) -> (u16, String) {
     loop {
         match within(ws.next()).await {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -47,12 +49,13 @@ async fn close_frame(ws: &mut Ws) -> (u16, String) {
 
 #[actix_web::test]
 async fn a_fragmented_message_not_completed_in_time_closes_with_1008() {
+    // Paused, the clock moves only when every task waits (see `memory`).
+    tokio::time::pause();
     let timeout = Duration::from_millis(600);
-    let server = TestServer::start(SessionSettings {
+    let server = MemoryServer::start(SessionSettings {
         fragment_timeout: timeout,
         ..small_settings()
-    })
-    .await;
+    });
 
     // Starts a message and never finishes it.
     let mut stuck = server.connect("stuck").await;
@@ -62,6 +65,12 @@ async fn a_fragmented_message_not_completed_in_time_closes_with_1008() {
     assert_eq!(code, 1008);
     assert_eq!(reason, "fragmented message not completed in time");
     assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+    // On paused time the close comes at the deadline, not merely after it.
+    assert!(
+        started.elapsed() < timeout + Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Fragments that keep coming do not push the deadline back.
     let mut trickler = server.connect("trickler").await;

@@ -1,4 +1,4 @@
-//! Abuse limits of the sessions (SPEC §4, §6): message rate, sustained
+//! Abuse limits of the sessions (docs/security.md): message rate, sustained
 //! abuse, binary and invalid text, connection limits, the echo mode used for
 //! conformance runs, and what the handshake does and does not negotiate.
 
@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{
-    id, next_json, next_text, send_text, small_settings, wait_until, within, TestServer, Ws,
+    id, next_json, next_text, send_text, small_settings, wait_until, within, MemoryServer,
+    TestServer, Ws,
 };
 
 /// Reads until the server's close frame; returns its code and the JSON text
@@ -45,7 +46,9 @@ fn rate_settings(per_sec: u32, burst: u32, strikes: u32) -> SessionSettings {
 
 #[actix_web::test]
 async fn messages_over_the_rate_get_rate_limited_errors_and_are_not_published() {
-    let server = TestServer::start(rate_settings(1, 3, 100)).await;
+    // Paused, the clock moves only when every task waits (see `memory`).
+    tokio::time::pause();
+    let server = MemoryServer::start(rate_settings(1, 3, 100));
     let mut ws = server.connect("alice").await;
 
     for n in 0..5 {

@@ -2,12 +2,17 @@
 //! port, driven by real tokio-tungstenite clients.
 //!
 //! Each test starts its own server (one worker thread, its own registry,
-//! sink and shutdown token), so the tests run in parallel.
+//! sink and shutdown token), so the tests run in parallel. The tests of
+//! timer rules run their sessions without sockets, on paused time (see
+//! `memory`).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod fragments;
 mod limits;
+mod memory;
+
+use memory::MemoryServer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +30,7 @@ use domain::{
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::RwLock;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -34,7 +39,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client's WebSocket: over TCP, or over an in-memory pipe (`memory`).
+type Ws<S = MaybeTlsStream<TcpStream>> = WebSocketStream<S>;
+
+/// What a client speaks over.
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io for S {}
 
 /// The longest any single expectation may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -123,28 +134,59 @@ fn session_route(
     .map_err(Into::into)
 }
 
-struct TestServer {
-    addr: SocketAddr,
+/// What a server's sessions share: the registry, the uplink to the
+/// recording sink, and the shutdown token.
+struct Backend {
     registry: Arc<WsClientRegistry>,
+    uplink: Arc<Uplink>,
     sink: Arc<RecordingSink>,
     shutdown: CancellationToken,
+}
+
+impl Backend {
+    fn new() -> Self {
+        let sink = Arc::new(RecordingSink::default());
+        Self {
+            registry: Arc::new(WsClientRegistry::new()),
+            uplink: Arc::new(Uplink::new(
+                Arc::clone(&sink) as Arc<dyn EventSink>,
+                Arc::new(Stats::default()),
+            )),
+            sink,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn deliver(&self, client_id: &str, text: &str) -> usize {
+        let frame: Frame = Arc::from(text);
+        self.registry
+            .deliver(&id(client_id), &frame, DeliveryId::from(1))
+            .taken()
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    backend: Backend,
     handle: ServerHandle,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Backend;
+
+    fn deref(&self) -> &Backend {
+        &self.backend
+    }
 }
 
 impl TestServer {
     async fn start(settings: SessionSettings) -> Self {
-        let registry = Arc::new(WsClientRegistry::new());
-        let sink = Arc::new(RecordingSink::default());
-        let uplink = Arc::new(Uplink::new(
-            Arc::clone(&sink) as Arc<dyn EventSink>,
-            Arc::new(Stats::default()),
-        ));
-        let shutdown = CancellationToken::new();
+        let backend = Backend::new();
         let state = State {
-            registry: Arc::clone(&registry),
-            uplink,
+            registry: Arc::clone(&backend.registry),
+            uplink: Arc::clone(&backend.uplink),
             settings,
-            shutdown: shutdown.clone(),
+            shutdown: backend.shutdown.clone(),
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -163,9 +205,7 @@ impl TestServer {
         actix_web::rt::spawn(server);
         Self {
             addr,
-            registry,
-            sink,
-            shutdown,
+            backend,
             handle,
         }
     }
@@ -175,13 +215,6 @@ impl TestServer {
         let (ws, response) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
         assert_eq!(response.status().as_u16(), 101);
         ws
-    }
-
-    fn deliver(&self, client_id: &str, text: &str) -> usize {
-        let frame: Frame = Arc::from(text);
-        self.registry
-            .deliver(&id(client_id), &frame, DeliveryId::from(1))
-            .taken()
     }
 
     async fn stop(self) {
@@ -223,7 +256,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// The next text frame (pings are answered by the client library).
-async fn next_text(ws: &mut Ws) -> String {
+async fn next_text<S: Io>(ws: &mut Ws<S>) -> String {
     loop {
         match within(ws.next()).await {
             Some(Ok(Message::Text(text))) => return text.as_str().to_owned(),
@@ -233,13 +266,13 @@ async fn next_text(ws: &mut Ws) -> String {
     }
 }
 
-async fn next_json(ws: &mut Ws) -> Value {
+async fn next_json<S: Io>(ws: &mut Ws<S>) -> Value {
     serde_json::from_str(&next_text(ws).await).unwrap()
 }
 
 /// Reads until the server's close frame; returns its code and how many text
 /// frames came before it.
-async fn read_until_close(ws: &mut Ws) -> (u16, usize) {
+async fn read_until_close<S: Io>(ws: &mut Ws<S>) -> (u16, usize) {
     let mut texts = 0;
     loop {
         match within(ws.next()).await {
@@ -251,7 +284,7 @@ async fn read_until_close(ws: &mut Ws) -> (u16, usize) {
     }
 }
 
-async fn send_text(ws: &mut Ws, text: &str) {
+async fn send_text<S: Io>(ws: &mut Ws<S>, text: &str) {
     within(ws.send(Message::text(text))).await.unwrap();
 }
 
@@ -259,8 +292,8 @@ async fn send_text(ws: &mut Ws, text: &str) {
 /// what a test tells it to, not even a pong (a client library answers pings
 /// by itself, and writing into a socket the server has closed makes it fail
 /// before it shows the close frame).
-struct RawClient {
-    tcp: TcpStream,
+struct RawClient<S = TcpStream> {
+    io: S,
     buf: Vec<u8>,
 }
 
@@ -273,10 +306,7 @@ impl RawClient {
              Sec-WebSocket-Version: 13\r\n\r\n"
         );
         within(tcp.write_all(request.as_bytes())).await.unwrap();
-        let mut client = Self {
-            tcp,
-            buf: Vec::new(),
-        };
+        let mut client = Self::over(tcp);
         let head_end = loop {
             if let Some(at) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break at + 4;
@@ -291,15 +321,25 @@ impl RawClient {
         client.buf.drain(..head_end);
         client
     }
+}
+
+impl<S: Io> RawClient<S> {
+    /// A client on `io`, past any handshake.
+    fn over(io: S) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+        }
+    }
 
     async fn write(&mut self, bytes: &[u8]) {
-        within(self.tcp.write_all(bytes)).await.unwrap();
+        within(self.io.write_all(bytes)).await.unwrap();
     }
 
     /// Reads more bytes; false at the end of the stream.
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 8192];
-        let n = within(self.tcp.read(&mut chunk)).await.unwrap();
+        let n = within(self.io.read(&mut chunk)).await.unwrap();
         self.buf.extend_from_slice(&chunk[..n]);
         n > 0
     }
@@ -619,13 +659,14 @@ async fn cancelling_the_shutdown_token_flushes_queued_frames_and_closes_with_100
 
 #[actix_web::test]
 async fn a_silent_client_is_closed_after_the_timeout_and_a_live_one_is_not() {
-    let server = TestServer::start(SessionSettings {
+    // Paused, the clock moves only when every task waits (see `memory`).
+    tokio::time::pause();
+    let server = MemoryServer::start(SessionSettings {
         heartbeat_interval: Duration::from_millis(50),
         client_timeout: Duration::from_millis(400),
         ..small_settings()
-    })
-    .await;
-    let mut silent = RawClient::connect(server.addr, "silent").await;
+    });
+    let mut silent = server.connect_raw("silent");
     let mut live = server.connect("live").await;
 
     // The live client reads (and so answers pings) well past the timeout.

@@ -1,6 +1,6 @@
 //! The bus side of the admin API: where a `disconnect` or `send` goes when
 //! the client it names has no connection on this replica. It is published
-//! as the control message (SPEC §10) a backend would send, to where this
+//! as the control message (docs/control-plane.md) a backend would send, to where this
 //! fleet reads Commands — the commands topic in fanout and sharded mode (so
 //! every replica, or the client's shard, gets it), the command queue in
 //! shared mode, the commands exchange (else the queue) on RabbitMQ — and the

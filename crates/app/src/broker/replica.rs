@@ -1,4 +1,4 @@
-//! The queue a replica consumes in `fanout` and `sharded` mode (SPEC §5),
+//! The queue a replica consumes in `fanout` and `sharded` mode (docs/scaling.md),
 //! subscribed to the commands topic, and its heartbeat.
 //!
 //! - fanout: the instance's own queue, for as long as the instance runs:

@@ -1,4 +1,4 @@
-//! The `wsbridge` command line (SPEC §8). Exit codes: 0 ok, 1 runtime
+//! The `wsbridge` command line (docs/operations.md). Exit codes: 0 ok, 1 runtime
 //! failure, 2 usage or configuration error.
 
 //!

@@ -1,13 +1,15 @@
 //! The documents generated from the settings table: `config/default.toml`
-//! (every setting at its default, documented) and the README's settings
-//! table. Tests compare the committed files with these, so neither can drift
-//! from the code; `WSBRIDGE_BLESS=1` makes those tests rewrite them.
+//! (every setting at its default, documented) and the settings table of
+//! docs/configuration.md. Tests compare the committed files with these, so
+//! neither can drift from the code; `WSBRIDGE_BLESS=1` makes those tests
+//! rewrite them.
 
 use serde_json::Value;
 
 use super::{Settings, SETTINGS};
 
-/// Where the README's generated settings table starts and ends.
+/// Where the generated settings table of docs/configuration.md starts and
+/// ends.
 pub const README_TABLE_START: &str =
     "<!-- settings table: generated from crates/app/src/config/settings.rs -->";
 /// See [`README_TABLE_START`].
@@ -55,7 +57,8 @@ pub fn default_toml() -> String {
     out
 }
 
-/// The README's settings table (Markdown), between its two marker lines.
+/// The settings table of docs/configuration.md (Markdown), between its two
+/// marker lines.
 pub fn readme_table() -> String {
     let defaults = default_values();
     let mut out = format!(

@@ -1,4 +1,4 @@
-//! Reading the layers (SPEC §7) into the flat [`Settings`]: built-in
+//! Reading the layers (docs/configuration.md) into the flat [`Settings`]: built-in
 //! defaults, `config/default.toml`, `config/<profile>.toml`, `.env` (loaded
 //! into the process environment by `main` for `dev`, never over a variable
 //! that is already set), environment variables `BRIDGE_<NAME>`, command-line

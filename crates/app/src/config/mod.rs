@@ -1,4 +1,4 @@
-//! Configuration (SPEC §7), loaded and validated once at start, then passed
+//! Configuration (docs/configuration.md), loaded and validated once at start, then passed
 //! down as typed sections.
 //!
 //! - [`settings`]: every setting defined once (name, type, default, range,
@@ -7,7 +7,8 @@
 //!   flags) into [`Settings`], reporting every unreadable value;
 //! - [`validate`]: every rule, checked at load, each problem naming its setting;
 //! - [`sections`]: the typed [`Config`] the code reads;
-//! - [`docs`]: `config/default.toml` and the README's settings table,
+//! - [`docs`]: `config/default.toml` and the settings table of
+//!   docs/configuration.md,
 //!   generated from the settings table;
 //! - [`values`]: the enums, secrets and lists settings are made of.
 

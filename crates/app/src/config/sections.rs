@@ -157,7 +157,7 @@ pub struct AmqpResources {
     pub prefetch: u16,
 }
 
-/// How replicas share the command stream (SPEC §5).
+/// How replicas share the command stream (docs/scaling.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scale {
     /// Every replica consumes the one configured queue.

@@ -1,6 +1,7 @@
 //! Every setting, defined once: name, type, default, allowed range and
-//! documentation, grouped by section. `config/default.toml` and the README's
-//! settings table are generated from this (tests keep them in step).
+//! documentation, grouped by section. `config/default.toml` and the settings
+//! table of docs/configuration.md are generated from this (tests keep them in
+//! step).
 
 use std::path::PathBuf;
 

@@ -2,8 +2,8 @@
 //! default, allowed range, documentation, section — and the macro makes the
 //! flat [`Settings`](super::Settings) struct (what the layers are read
 //! into), its `Default`, the range checks and the [`SETTINGS`](super::SETTINGS)
-//! table that `config/default.toml` and the README's settings table are
-//! generated from.
+//! table that `config/default.toml` and the settings table of
+//! docs/configuration.md are generated from.
 
 /// What the documentation knows of one setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

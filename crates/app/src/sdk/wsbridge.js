@@ -189,7 +189,7 @@ var WsBridgeClient = class {
     });
   }
   /**
-   * Sends `{"auth": token}` (SPEC §10 token lifecycle) with the given token or
+   * Sends `{"auth": token}` (docs/control-plane.md, Token lifecycle) with the given token or
    * one from `getToken()`, and re-arms the refresh timer from its `exp`.
    * Resolves with the token sent.
    */

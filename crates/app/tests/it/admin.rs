@@ -1,4 +1,4 @@
-//! The admin API (SPEC §10): off by default, never without its token; with
+//! The admin API (docs/control-plane.md): off by default, never without its token; with
 //! it, an operator lists the clients connected here (paginated), sees one
 //! client's connections, closes them with a code and reason, and writes a
 //! frame to a client directly.

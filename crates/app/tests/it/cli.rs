@@ -1,4 +1,4 @@
-//! The `wsbridge` binary as a child process (SPEC §8): exit codes, help,
+//! The `wsbridge` binary as a child process (docs/operations.md): exit codes, help,
 //! send-command, monitor and dev against moto. The environment is given to
 //! the child only; its working directory is a fresh temp dir.
 

@@ -1,4 +1,4 @@
-//! The layered configuration (SPEC §7): defaults, config/default.toml,
+//! The layered configuration (docs/configuration.md): defaults, config/default.toml,
 //! config/<profile>.toml, environment, command-line overrides; validation.
 //! The environment is passed in as pairs: nothing here touches the process's.
 
@@ -142,23 +142,21 @@ fn the_shipped_default_toml_names_no_endpoint_and_no_local_address() {
 }
 
 #[test]
-fn the_readme_settings_table_is_generated_from_the_settings_table() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let readme = std::fs::read_to_string(&path).unwrap();
+fn the_configuration_page_settings_table_is_generated_from_the_settings_table() {
+    const PAGE: &str = "docs/configuration.md";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(PAGE);
+    let page = std::fs::read_to_string(&path).unwrap();
     let (Some(start), Some(end)) = (
-        readme.find(docs::README_TABLE_START),
-        readme.find(docs::README_TABLE_END),
+        page.find(docs::README_TABLE_START),
+        page.find(docs::README_TABLE_END),
     ) else {
-        panic!("README.md has no generated settings table");
+        panic!("{PAGE} has no generated settings table");
     };
     let end = end + docs::README_TABLE_END.len() + 1;
-    let expected = format!(
-        "{}{}{}",
-        &readme[..start],
-        docs::readme_table(),
-        &readme[end..]
-    );
-    assert_generated("README.md", &expected);
+    let expected = format!("{}{}{}", &page[..start], docs::readme_table(), &page[end..]);
+    assert_generated(PAGE, &expected);
 }
 
 #[test]

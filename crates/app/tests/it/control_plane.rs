@@ -1,4 +1,4 @@
-//! The control plane end to end (SPEC §10), as a backend sees it: two
+//! The control plane end to end (docs/control-plane.md), as a backend sees it: two
 //! replicas in fanout mode on moto, presence events and delivery receipts
 //! on, the admin API on each. One queue of the backend's, subscribed (raw)
 //! to the events topic, the receipts topic and the commands topic, sees

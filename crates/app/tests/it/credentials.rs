@@ -1,4 +1,4 @@
-//! Credentials that SQS rejects (README, HTTP surface `/ready` and Operations): the bridge says it
+//! Credentials that SQS rejects (docs/operations.md, Health): the bridge says it
 //! is not ready (why in its log, never on the public port: AWS's answer can
 //! name the principal and account), backs off instead of spinning, and recovers on its own
 //! once SQS accepts its requests again.
@@ -8,7 +8,7 @@
 //! unknown key (`InvalidClientTokenId`) or expired temporary credentials
 //! (`ExpiredToken`); moto accepts any credentials.
 //!
-//! And the credential chain of the `wsbridge` binary (README, Credentials):
+//! And the credential chain of the `wsbridge` binary (docs/configuration.md, Credentials):
 //! run with no key in its environment, only a profile with
 //! `credential_process`, or a web identity token (EKS IRSA), it signs every
 //! request on the wire — the lean SQS client's, the SDK's SQS and SNS

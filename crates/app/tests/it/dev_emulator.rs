@@ -1,4 +1,4 @@
-//! The embedded SQS/SNS emulator from the command line (SPEC §8): `dev`
+//! The embedded SQS/SNS emulator from the command line (docs/operations.md): `dev`
 //! without an endpoint starts it, prints the `export` lines on stdout, and
 //! the helper commands given those lines reach the bridge through it;
 //! `wsbridge emulator` runs it alone; `dev --endpoint` uses the endpoint

@@ -1,7 +1,9 @@
 //! The repository's documents keep up with the code: ARCHITECTURE.md names
-//! every crate of the workspace and every subcommand's file; the README
-//! starts with the two set-up commands and documents every subcommand, the
-//! protocol's error and close codes, and the first errors people hit.
+//! every crate of the workspace and every subcommand's file; the README is a
+//! front page that starts with the two set-up commands and links every page
+//! of docs/; those pages document every subcommand, the protocol's error and
+//! close codes, and the first errors people hit; every link between the
+//! documents leads to a file and heading that exist.
 
 use std::path::Path;
 
@@ -52,11 +54,40 @@ fn code_blocks(markdown: &str) -> Vec<(String, String)> {
     blocks
 }
 
-#[test]
-fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
-    use clap::CommandFactory;
+/// The pages of `docs/` the README sends readers to, one per topic.
+const PAGES: [&str; 8] = [
+    "docs/protocol.md",
+    "docs/delivery.md",
+    "docs/configuration.md",
+    "docs/operations.md",
+    "docs/security.md",
+    "docs/scaling.md",
+    "docs/control-plane.md",
+    "docs/brokers.md",
+];
 
-    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(workspace().join(relative))
+        .unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// The part of a Markdown text under `heading` (a whole line), up to the
+/// next heading of level two.
+fn section<'a>(markdown: &'a str, heading: &str) -> &'a str {
+    let line = format!("\n{heading}\n");
+    let start = markdown
+        .find(&line)
+        .unwrap_or_else(|| panic!("no {heading} section"))
+        + line.len();
+    let rest = &markdown[start..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_readme_is_a_front_page_with_the_two_commands_and_links_to_every_page() {
+    let readme = read("README.md");
+    let lines = readme.lines().count();
+    assert!(lines <= 300, "the README has {lines} lines");
     // The two set-up commands come first: run it, test it.
     let blocks = code_blocks(&readme);
     let first: Vec<&str> = blocks
@@ -70,38 +101,49 @@ fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
         ["cargo run -p app --bin wsbridge -- dev", "scripts/test.sh"],
         "the README's first two shell blocks"
     );
-    for section in [
-        "## Protocol",
-        "## Command line",
-        "## Configuration",
-        "## Troubleshooting",
-        "## License",
-    ] {
-        assert!(readme.lines().any(|l| l == section), "no {section} section");
-    }
+    assert!(
+        readme.lines().any(|l| l == "## License"),
+        "no ## License section"
+    );
     assert!(readme.contains("](docs/iam/)"), "no link to docs/iam/");
+    for page in PAGES.iter().chain(&["ARCHITECTURE.md"]) {
+        assert!(
+            readme.contains(&format!("]({page})")),
+            "the README does not link {page}"
+        );
+    }
+}
+
+#[test]
+fn the_docs_cover_what_a_user_acts_on() {
+    use clap::CommandFactory;
+
+    let protocol = read("docs/protocol.md");
+    let operations = read("docs/operations.md");
+    assert!(
+        read("docs/configuration.md")
+            .lines()
+            .any(|l| l == "# Configuration"),
+        "docs/configuration.md has no # Configuration title"
+    );
     // A browser client example.
     assert!(
-        blocks
+        code_blocks(&protocol)
             .iter()
             .any(|(language, body)| language == "js" && body.contains("new WebSocket(")),
-        "no JavaScript client example"
+        "no JavaScript client example in docs/protocol.md"
     );
     // Every subcommand.
+    let command_line = section(&operations, "## Command line");
     for sub in app::cli::Cli::command().get_subcommands() {
         let name = sub.get_name();
         assert!(
-            readme.contains(&format!("`wsbridge {name}")),
-            "the README does not show `wsbridge {name}`"
+            command_line.contains(&format!("`wsbridge {name}")),
+            "docs/operations.md's Command line does not show `wsbridge {name}`"
         );
     }
     // Every error code a client can get, every close code the server sends,
     // every HTTP refusal of an upgrade.
-    let protocol = readme
-        .split("## Protocol")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .unwrap();
     for code in [
         domain::client_message::INVALID_MESSAGE,
         domain::client_message::RATE_LIMITED,
@@ -119,17 +161,17 @@ fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
     ] {
         assert!(
             protocol.contains(&format!("`{code}`")),
-            "the Protocol section does not explain {code}"
+            "docs/protocol.md does not explain {code}"
         );
     }
     for close in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1013] {
         assert!(
             protocol.contains(&format!("| {close} |")),
-            "the Protocol section does not list close code {close}"
+            "docs/protocol.md does not list close code {close}"
         );
     }
     // The troubleshooting section names the errors as they show.
-    let troubleshooting = readme.split("## Troubleshooting").nth(1).unwrap();
+    let troubleshooting = section(&operations, "## Troubleshooting");
     for shown in [
         "NonExistentQueue",
         "AccessDenied",
@@ -142,6 +184,80 @@ fn the_readme_starts_with_the_two_commands_and_covers_what_a_user_acts_on() {
             troubleshooting.contains(shown),
             "Troubleshooting does not mention {shown}"
         );
+    }
+}
+
+/// The anchor GitHub gives a heading: lower case, punctuation dropped,
+/// spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The lines of a Markdown text outside its fenced code blocks.
+fn prose(markdown: &str) -> impl Iterator<Item = &str> {
+    let mut in_code = false;
+    markdown.lines().filter(move |line| {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        }
+        !in_code && !line.starts_with("```")
+    })
+}
+
+/// The targets of the inline links of a Markdown text.
+fn link_targets(markdown: &str) -> Vec<&str> {
+    prose(markdown)
+        .flat_map(|line| line.split("](").skip(1))
+        .filter_map(|piece| piece.find(')').map(|end| &piece[..end]))
+        .collect()
+}
+
+#[test]
+fn every_link_between_the_documents_leads_somewhere() {
+    let documents = [
+        "README.md",
+        "ARCHITECTURE.md",
+        "BENCHMARKS.md",
+        "docs/iam/README.md",
+        "clients/ts/README.md",
+    ];
+    for document in PAGES.iter().chain(&documents) {
+        let text = read(document);
+        let dir = Path::new(document).parent().unwrap();
+        for target in link_targets(&text) {
+            if target.contains("://") {
+                continue;
+            }
+            let (file, fragment) = match target.split_once('#') {
+                Some((file, fragment)) => (file, Some(fragment)),
+                None => (target, None),
+            };
+            let path = if file.is_empty() {
+                Path::new(document).to_path_buf()
+            } else {
+                dir.join(file)
+            };
+            assert!(
+                workspace().join(&path).exists(),
+                "{document} links {target}: no such file"
+            );
+            if let Some(fragment) = fragment {
+                let linked = read(path.to_str().unwrap());
+                assert!(
+                    prose(&linked)
+                        .filter(|l| l.starts_with('#'))
+                        .any(|l| anchor(l) == fragment),
+                    "{document} links {target}: no such heading"
+                );
+            }
+        }
     }
 }
 

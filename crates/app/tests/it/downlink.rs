@@ -1,4 +1,4 @@
-//! Downlink end to end, what is particular to SNS / SQS (SPEC §1, §3): SNS
+//! Downlink end to end, what is particular to SNS / SQS (docs/protocol.md, docs/delivery.md): SNS
 //! envelopes redelivered, a queue without a dead-letter queue, the retry
 //! window against the redrive policy, a held delivery outliving the queue's
 //! visibility timeout. The behaviours every broker shares

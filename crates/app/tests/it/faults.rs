@@ -1,5 +1,5 @@
-//! The delivery guarantees of SPEC §3, §4 and §9 under injected faults
-//! (issue 3): the bridge's SQS/SNS traffic goes through a
+//! The delivery guarantees (docs/delivery.md) under injected faults: the
+//! bridge's SQS/SNS traffic goes through a
 //! `testkit::FaultProxy` in front of moto, while the test sends Commands
 //! straight to moto. Some tests run the real `wsbridge` binary, to kill it
 //! (SIGKILL) or stop it (SIGTERM, SIGINT).

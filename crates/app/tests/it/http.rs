@@ -1,4 +1,4 @@
-//! The HTTP surface (SPEC §2) and graceful shutdown (SPEC §9).
+//! The HTTP surface (docs/protocol.md) and graceful shutdown (docs/operations.md).
 
 use std::time::{Duration, Instant};
 

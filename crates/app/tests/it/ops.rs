@@ -1,4 +1,4 @@
-//! Operations (SPEC §9, issue 6): `/metrics` counted against real traffic,
+//! Operations (docs/operations.md): `/metrics` counted against real traffic,
 //! `/health` and `/ready` through startup, outage and shutdown, the log
 //! formats and `RUST_LOG`, and the packaging files.
 

@@ -1,4 +1,4 @@
-//! Delivery receipts (SPEC §10) on SNS/SQS: with `receipts_topic_arn` set,
+//! Delivery receipts (docs/control-plane.md) on SNS/SQS: with `receipts_topic_arn` set,
 //! each Command's outcome is published to that topic — delivered (with the
 //! number of sockets), acknowledged, undeliverable, malformed, dead-lettered
 //! — naming the SQS and SNS message ids and the Command's own `id`, with the

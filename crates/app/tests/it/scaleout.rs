@@ -1,4 +1,4 @@
-//! Several replicas on one moto (SPEC §5, issue 7).
+//! Several replicas on one moto (docs/scaling.md).
 //!
 //! - fanout mode: every Command reaches every connection of its client once,
 //!   whichever replicas hold them, and no other client; a replica killed with

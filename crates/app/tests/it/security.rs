@@ -1,4 +1,4 @@
-//! Security and abuse limits end to end (SPEC §4, §6; issue 4): JWT
+//! Security and abuse limits end to end (docs/security.md): JWT
 //! authentication (HS256, RS256 from PEM and JWKS), the origin allow-list,
 //! connection limits, the message rate limit, binary frames, the handshake
 //! timeout, the test-only echo route, `wsbridge token`, and secrets kept out
@@ -1047,7 +1047,7 @@ async fn tokens_and_the_secret_never_reach_the_logs_even_at_debug() {
 }
 
 // ---------------------------------------------------------------------------
-// Token lifecycle (SPEC §10)
+// Token lifecycle (docs/control-plane.md)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_token_expiring_after_the_year_9999_is_refused_and_the_bridge_serves_on() {
@@ -1186,7 +1186,7 @@ async fn an_auth_frame_without_authentication_is_refused_and_the_connection_stay
 }
 
 // ---------------------------------------------------------------------------
-// Keys from a JWKS URL (SPEC §10)
+// Keys from a JWKS URL (docs/control-plane.md, Token lifecycle)
 
 /// A JWKS endpoint on loopback that serves whatever `document` holds
 /// (`None`: HTTP 500), with a long max-age, and counts its requests.

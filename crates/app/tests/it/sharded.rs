@@ -1,4 +1,4 @@
-//! Sharded mode on one moto (SPEC §5, docs/scaling.md): each replica owns a
+//! Sharded mode on one moto (docs/scaling.md): each replica owns a
 //! range of shards, its queue's subscription takes exactly that range's
 //! Commands, clients of other ranges are refused with 421, and the range's
 //! queue outlives a stop so that the next owner gets what was published

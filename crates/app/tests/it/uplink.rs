@@ -1,5 +1,5 @@
 //! Uplink end to end: WebSocket client → bridge → SNS events topic → a
-//! subscribed queue (SPEC §1, §4): what the session refuses (invalid
+//! subscribed queue (docs/protocol.md, docs/delivery.md): what the session refuses (invalid
 //! frames, frames over the size limit) is never published. The published
 //! body, its attributes and the acks are in `brokers::uplink`, run against
 //! moto and RabbitMQ.

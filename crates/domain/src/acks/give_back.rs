@@ -3,10 +3,11 @@
 //! else released to the source — or, when the source would move a released
 //! message to its dead-letter queue on the next receive (its receive count
 //! is at the queue's `maxReceiveCount`), given up here with the reason, so
-//! no Command reaches the dead-letter queue without one (README, Delivery guarantees).
+//! no Command reaches the dead-letter queue without one (docs/delivery.md).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{lock, Held, Parked, PendingAcks};

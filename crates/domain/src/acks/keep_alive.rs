@@ -1,10 +1,11 @@
 //! Keeping held and parked messages invisible: their visibility is set
 //! back to the queue's full timeout whenever half of it is spent, so the
 //! source never hands out a copy of a message the bridge still owns
-//! (README, Delivery guarantees), never past SQS's 12 h cap from the receive.
+//! (docs/delivery.md), never past SQS's 12 h cap from the receive.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{lock, PendingAcks};

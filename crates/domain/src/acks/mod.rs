@@ -1,4 +1,4 @@
-//! Client-acknowledged delivery (SPEC §3, `ack=true`): a Command handed to a
+//! Client-acknowledged delivery (docs/delivery.md, `ack=true`): a Command handed to a
 //! connection that opted in waits here, receipt in hand, until the client
 //! answers `{"ack_delivery": "<id>"}` — then it is deleted from the source —
 //! or until the ack timeout — then it is released to be delivered again.
@@ -14,8 +14,9 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::client_id::ClientId;

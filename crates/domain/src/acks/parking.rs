@@ -9,7 +9,8 @@
 //! client and in total; past that they are released as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use super::{lock, PendingAcks};
 use crate::client_id::ClientId;

@@ -6,10 +6,12 @@
 //! for it as under the `retry` policy whatever the policy (the `drop` policy
 //! would delete a Command a client was given and never confirmed), and its
 //! retry window counts from the release, not from when it was first sent
-//! (README, Delivery guarantees). Bounded in entries and in time.
+//! (docs/delivery.md). Bounded in entries and in time.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Releases remembered at once; the oldest is forgotten first.
 const CAPACITY: usize = 100_000;

@@ -3,7 +3,8 @@
 //! a held message), and by client (its limit, and its release when it goes).
 
 use std::collections::HashMap;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use super::DeliveryId;
 use crate::client_id::ClientId;

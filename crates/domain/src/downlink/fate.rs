@@ -1,4 +1,4 @@
-//! What becomes of a Command that is not handed off (README, Delivery rules and Delivery guarantees), and how a
+//! What becomes of a Command that is not handed off (docs/delivery.md), and how a
 //! routed batch is settled with the source.
 //!
 //! - Its client has no connection here: the `retry` policy releases it
@@ -44,11 +44,11 @@ impl Downlink {
             (Some(at), _) => (Some(self.settings.after_release), at.elapsed()),
             (None, _) if marked => (
                 Some(self.settings.after_release),
-                age(command.message.sent_at),
+                age(command.message.sent_at, routing.now),
             ),
             (None, Undeliverable::Retry { delay, window }) => (
                 Some(RetryRule { delay, window }),
-                age(command.message.sent_at),
+                age(command.message.sent_at, routing.now),
             ),
             (None, Undeliverable::Drop) => (None, Duration::ZERO),
         };

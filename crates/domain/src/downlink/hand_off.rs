@@ -1,6 +1,8 @@
 //! Handing a Command to its client's connections here — straight from the
 //! source, or from the parking when its client has a free slot again.
 
+use std::time::SystemTime;
+
 use tracing::debug;
 
 use super::{age, Arrival, Downlink, ReceiptOf, Routing};
@@ -47,9 +49,10 @@ impl Downlink {
         self.acks.forget_release(&command.dedup_key);
         // Published (SNS Timestamp, else SQS SentTimestamp) → hand-off.
         let published = command.sns_timestamp.as_deref().and_then(parse_timestamp);
-        self.stats
-            .forward_latency
-            .record(age(published.or(command.message.sent_at)));
+        self.stats.forward_latency.record(age(
+            published.or(command.message.sent_at),
+            SystemTime::now(),
+        ));
         bump(&stats.frames_queued, handoff.taken() as u64);
         self.receipt(
             Outcome::Delivered,
@@ -78,10 +81,7 @@ impl Downlink {
         if ready.is_empty() {
             return tick;
         }
-        let mut routing = Routing {
-            receive_limit: self.acks.receive_limit().await,
-            ..Routing::default()
-        };
+        let mut routing = Routing::new(self.acks.receive_limit().await, SystemTime::now());
         for parked in ready {
             // The key was let go while parked: a copy forwarded meanwhile
             // makes this one a duplicate.

@@ -1,5 +1,5 @@
 //! The downlink use case: receive → decode → de-duplicate → deliver →
-//! acknowledge, release or reject. The delivery rules (README, Delivery rules and Delivery guarantees) live here;
+//! acknowledge, release or reject. The delivery rules (docs/delivery.md) live here;
 //! [`fate`] decides what becomes of a Command that is not handed off, and
 //! settles a batch.
 
@@ -18,7 +18,7 @@ use receipt::ReceiptOf;
 
 use crate::acks::{CopyFate, Parked, PendingAcks};
 use crate::client_id::ClientId;
-use crate::command::decode_sqs_body;
+use crate::command::{decode_sqs_body, DecodeError};
 use crate::control::Control;
 use crate::dedup::RecentIds;
 use crate::ports::{
@@ -125,8 +125,8 @@ enum Arrival {
 }
 
 /// A batch being routed: the outcome so far, the messages given up and
-/// released, and the source's receive limit.
-#[derive(Default)]
+/// released, the source's receive limit, and the wall-clock time against
+/// which the messages' send times are counted.
 struct Routing {
     outcome: BatchOutcome,
     letters: Vec<DeadLetter>,
@@ -134,9 +134,21 @@ struct Routing {
     releases: Vec<(Receipt, Duration)>,
     /// [`CommandSource::max_receive_count`].
     receive_limit: Option<u32>,
+    /// Now, on the wall clock the send times are read on.
+    now: SystemTime,
 }
 
 impl Routing {
+    fn new(receive_limit: Option<u32>, now: SystemTime) -> Self {
+        Self {
+            outcome: BatchOutcome::default(),
+            letters: Vec::new(),
+            releases: Vec::new(),
+            receive_limit,
+            now,
+        }
+    }
+
     fn give_up(&mut self, letter: DeadLetter) {
         self.outcome
             .dead_lettered
@@ -206,7 +218,7 @@ impl Downlink {
     /// waiting. Batches still in hand are settled as usual otherwise.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        // No new receive starts: not ready from now on (SPEC §2 /ready).
+        // No new receive starts: not ready from now on (docs/operations.md, Health).
         self.stats.set_consumer_stopped();
     }
 
@@ -250,13 +262,16 @@ impl Downlink {
     /// Decides the fate of each message of a batch, in order, then settles
     /// them with one call per kind of outcome.
     pub async fn process(&self, batch: Vec<InboundMessage>) -> BatchOutcome {
+        self.process_at(batch, SystemTime::now()).await
+    }
+
+    /// [`Downlink::process`], the messages' ages (their retry window)
+    /// counted to `now` on the wall clock their send times are read on.
+    pub async fn process_at(&self, batch: Vec<InboundMessage>, now: SystemTime) -> BatchOutcome {
         if batch.is_empty() {
             return BatchOutcome::default();
         }
-        let mut routing = Routing {
-            receive_limit: self.acks.receive_limit().await,
-            ..Routing::default()
-        };
+        let mut routing = Routing::new(self.acks.receive_limit().await, now);
         bump(&self.stats.downlink.received, batch.len() as u64);
         for message in batch {
             self.route(message, &mut routing);
@@ -267,30 +282,9 @@ impl Downlink {
     fn route(&self, message: InboundMessage, routing: &mut Routing) {
         let span = info_span!("command", message_id = %message.message_id, client_id = tracing::field::Empty);
         let _entered = span.enter();
-        let stats = &self.stats.downlink;
-
         let command = match decode_sqs_body(&message.body) {
             Ok(command) => command,
-            Err(error) => {
-                warn!(
-                    reason = error.reason(),
-                    %error,
-                    receive_count = message.receive_count,
-                    body = truncate(&message.body, LOGGED_BODY_BYTES),
-                    "malformed command, not forwarded"
-                );
-                bump(&stats.malformed, 1);
-                self.receipt(
-                    Outcome::Malformed,
-                    ReceiptOf {
-                        message_id: &message.message_id,
-                        ..ReceiptOf::default()
-                    },
-                );
-                let detail = error.to_string();
-                routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
-                return;
-            }
+            Err(error) => return self.malformed(message, &error, routing),
         };
         span.record("client_id", command.client_id.as_str());
 
@@ -300,29 +294,9 @@ impl Downlink {
             .sns_message_id
             .clone()
             .unwrap_or_else(|| message.message_id.clone());
-        // A held delivery owns its key for as long as it is held, whatever
-        // the de-duplication memory's TTL: a copy of it is never deleted.
-        match self.acks.adopt_copy(&dedup_key, &message) {
-            CopyFate::Adopted => {
-                debug!("copy of a held delivery received again, kept invisible");
-                routing.outcome.held.push(message.receipt);
-                return;
-            }
-            CopyFate::Duplicate => {
-                debug!("duplicate of a held delivery, dropped");
-                bump(&stats.duplicate, 1);
-                routing.outcome.acknowledged.push(message.receipt);
-                return;
-            }
-            CopyFate::NotHeld => {}
-        }
-        if !self.recent.claim(&dedup_key) {
-            debug!("duplicate of a forwarded command, dropped");
-            bump(&stats.duplicate, 1);
-            routing.outcome.acknowledged.push(message.receipt);
+        if !self.claim(&dedup_key, &message, routing) {
             return;
         }
-
         let in_hand = CommandInHand {
             message,
             client_id: command.client_id,
@@ -334,30 +308,85 @@ impl Downlink {
         match Control::of(&in_hand.frame) {
             Some(Err(detail)) => {
                 warn!(%detail, "malformed control message, not carried out");
-                bump(&stats.malformed, 1);
+                bump(&self.stats.downlink.malformed, 1);
                 let message = in_hand.message;
                 routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
             }
-            Some(Ok(control)) => {
-                // Carried out by the replica that holds the client; the
-                // others treat it as an undeliverable Command.
-                let reached = self.registry.control(&in_hand.client_id, &control);
-                if reached > 0 {
-                    bump(&stats.forwarded, 1);
-                    debug!(connections = reached, "control message carried out");
-                    routing.outcome.acknowledged.push(in_hand.message.receipt);
-                } else {
-                    self.not_handed_off(in_hand, routing);
-                }
-            }
+            Some(Ok(control)) => self.carry_out(in_hand, &control, routing),
             None => self.hand_off(Parked::new(in_hand), routing, Arrival::Fresh),
+        }
+    }
+
+    /// The body is not a Command: given up, with the decoder's reason.
+    fn malformed(&self, message: InboundMessage, error: &DecodeError, routing: &mut Routing) {
+        warn!(
+            reason = error.reason(),
+            %error,
+            receive_count = message.receive_count,
+            body = truncate(&message.body, LOGGED_BODY_BYTES),
+            "malformed command, not forwarded"
+        );
+        bump(&self.stats.downlink.malformed, 1);
+        self.receipt(
+            Outcome::Malformed,
+            ReceiptOf {
+                message_id: &message.message_id,
+                ..ReceiptOf::default()
+            },
+        );
+        let detail = error.to_string();
+        routing.give_up(DeadLetter::new(message, GiveUpReason::Malformed, &detail));
+    }
+
+    /// Claims `dedup_key` for `message`; says whether it goes on to be
+    /// delivered. A copy of a held delivery is kept invisible, a duplicate
+    /// is acknowledged.
+    fn claim(&self, dedup_key: &str, message: &InboundMessage, routing: &mut Routing) -> bool {
+        let receipt = || message.receipt.clone();
+        // A held delivery owns its key for as long as it is held, whatever
+        // the de-duplication memory's TTL: a copy of it is never deleted.
+        match self.acks.adopt_copy(dedup_key, message) {
+            CopyFate::Adopted => {
+                debug!("copy of a held delivery received again, kept invisible");
+                routing.outcome.held.push(receipt());
+                return false;
+            }
+            CopyFate::Duplicate => {
+                debug!("duplicate of a held delivery, dropped");
+                bump(&self.stats.downlink.duplicate, 1);
+                routing.outcome.acknowledged.push(receipt());
+                return false;
+            }
+            CopyFate::NotHeld => {}
+        }
+        if !self.recent.claim(dedup_key) {
+            debug!("duplicate of a forwarded command, dropped");
+            bump(&self.stats.downlink.duplicate, 1);
+            routing.outcome.acknowledged.push(receipt());
+            return false;
+        }
+        true
+    }
+
+    /// A control message: carried out by the replica that holds the client;
+    /// the others treat it as an undeliverable Command.
+    fn carry_out(&self, in_hand: CommandInHand, control: &Control, routing: &mut Routing) {
+        let reached = self.registry.control(&in_hand.client_id, control);
+        if reached > 0 {
+            bump(&self.stats.downlink.forwarded, 1);
+            debug!(connections = reached, "control message carried out");
+            routing.outcome.acknowledged.push(in_hand.message.receipt);
+        } else {
+            self.not_handed_off(in_hand, routing);
         }
     }
 }
 
-fn age(sent_at: Option<SystemTime>) -> Duration {
+/// How long before `now` a message was sent; zero when that is unknown or
+/// the sender's clock is ahead.
+fn age(sent_at: Option<SystemTime>, now: SystemTime) -> Duration {
     sent_at
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .and_then(|at| now.duration_since(at).ok())
         .unwrap_or(Duration::ZERO)
 }
 
@@ -367,10 +396,11 @@ mod tests {
 
     #[test]
     fn age_of_unknown_or_future_send_time_is_zero() {
-        assert_eq!(age(None), Duration::ZERO);
-        let future = SystemTime::now() + Duration::from_secs(60);
-        assert_eq!(age(Some(future)), Duration::ZERO);
-        let past = SystemTime::now() - Duration::from_secs(90);
-        assert!(age(Some(past)) >= Duration::from_secs(90));
+        let now = SystemTime::now();
+        assert_eq!(age(None, now), Duration::ZERO);
+        let future = now + Duration::from_secs(60);
+        assert_eq!(age(Some(future), now), Duration::ZERO);
+        let past = now - Duration::from_secs(90);
+        assert_eq!(age(Some(past), now), Duration::from_secs(90));
     }
 }

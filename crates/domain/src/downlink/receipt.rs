@@ -1,4 +1,4 @@
-//! The receipts the downlink records (README, Control plane): one per Command outcome,
+//! The receipts the downlink records (docs/control-plane.md): one per Command outcome,
 //! built only when a sink wants that outcome.
 
 use std::time::SystemTime;

@@ -1,5 +1,5 @@
 //! Downlink: receive → decode → de-duplicate → deliver → acknowledge, release
-//! or reject (SPEC §3), with the command source and the client registry mocked.
+//! or reject (docs/delivery.md), with the command source and the client registry mocked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -12,12 +12,16 @@ use domain::{
     Handoff, InboundMessage, Receipt, SourceError, Stats, Undeliverable,
 };
 use serde_json::json;
+use tokio::time::advance;
 
 const RETRY_DELAY: Duration = Duration::from_secs(7);
 const ACK_TIMEOUT: Duration = Duration::from_millis(200);
 const RETRY_WINDOW: Duration = Duration::from_secs(60);
+const DEDUP_TTL: Duration = Duration::from_secs(300);
 /// The mocked source's visibility timeout.
 const VISIBILITY: Duration = Duration::from_secs(1);
+/// The smallest step the tests take on tokio's paused clock.
+const MILLI: Duration = Duration::from_millis(1);
 const RETRY: Undeliverable = Undeliverable::Retry {
     delay: RETRY_DELAY,
     window: RETRY_WINDOW,
@@ -234,7 +238,7 @@ fn settings(undeliverable: Undeliverable) -> DownlinkSettings {
     DownlinkSettings {
         undeliverable,
         dedup_capacity: 1_000,
-        dedup_ttl: Duration::from_secs(300),
+        dedup_ttl: DEDUP_TTL,
         ack_timeout: ACK_TIMEOUT,
         max_unacked_per_client: 100,
         after_release: domain::RetryRule {
@@ -958,7 +962,7 @@ async fn a_delivery_awaiting_ack_is_held_then_deleted_when_the_client_acknowledg
     assert_eq!(counters.ack_released, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_overdue_delivery_is_delivered_again_from_the_hold_while_its_client_is_here() {
     let h = Harness::new(RETRY, vec![Ok(vec![message("sqs-1", bare("alice", "go"))])]);
     h.connect_with("alice", 0, 1);
@@ -966,7 +970,9 @@ async fn an_overdue_delivery_is_delivered_again_from_the_hold_while_its_client_i
     let acks = h.downlink.acks();
 
     assert_eq!(acks.release_expired().await, 0, "before the timeout");
-    tokio::time::sleep(ACK_TIMEOUT + Duration::from_millis(50)).await;
+    advance(ACK_TIMEOUT - MILLI).await;
+    assert_eq!(acks.release_expired().await, 0, "just before the timeout");
+    advance(MILLI).await;
     assert_eq!(acks.release_expired().await, 1);
 
     // Not through the queue (another replica, without alice, could take
@@ -988,7 +994,7 @@ async fn an_overdue_delivery_is_delivered_again_from_the_hold_while_its_client_i
     assert_eq!((counters.ack_redelivered, counters.ack_released), (1, 0));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_overdue_delivery_whose_client_left_is_released_and_delivered_when_it_comes_back() {
     let h = Harness::new(
         RETRY,
@@ -1002,7 +1008,7 @@ async fn an_overdue_delivery_whose_client_left_is_released_and_delivered_when_it
     let acks = h.downlink.acks();
     h.connect_with("alice", 0, 0);
 
-    tokio::time::sleep(ACK_TIMEOUT + Duration::from_millis(50)).await;
+    advance(ACK_TIMEOUT).await;
     assert_eq!(acks.release_expired().await, 1);
     assert_eq!(
         h.calls.released(),
@@ -1064,7 +1070,7 @@ fn client(id: &str) -> domain::ClientId {
     domain::ClientId::parse(id).unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_held_delivery_keeps_its_message_invisible_until_the_ack_timeout() {
     // Visibility 1 s, ack timeout 2.5 s: extended each time half of the
     // visibility is spent, delivered again only when the ack timeout ends.
@@ -1081,21 +1087,167 @@ async fn a_held_delivery_keeps_its_message_invisible_until_the_ack_timeout() {
     let acks = h.downlink.acks();
 
     let mut redelivered = 0;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        redelivered += acks.tick().await.redelivered;
+    // The ticks (every 100 ms) at which the message was extended and
+    // delivered again.
+    let (mut extended_at, mut redelivered_at) = (Vec::new(), Vec::new());
+    for n in 1..=30 {
+        advance(Duration::from_millis(100)).await;
+        let tick = acks.tick().await;
+        redelivered += tick.redelivered;
+        extended_at.extend((tick.extended > 0).then_some(n));
+        redelivered_at.extend((tick.redelivered > 0).then_some(n));
     }
     let extended = h.calls.extended();
     assert!(
         extended.len() >= 4,
         "extended every ~0.5 s of a 1 s visibility: {extended:?}"
     );
+    assert_eq!(extended_at, [5, 10, 15, 20, 25, 30], "every 0.5 s exactly");
+    assert_eq!(redelivered_at, [25], "at the ack timeout exactly");
     assert!(extended
         .iter()
         .all(|(r, vt)| *r == receipts(&["rcpt-sqs-1"]) && *vt == VISIBILITY));
     assert_eq!(redelivered, 1, "delivered again by the ack timeout only");
     assert!(h.calls.released().is_empty(), "never given back meanwhile");
     assert_eq!(h.counters().visibility_extended, extended.len() as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_delivery_is_kept_invisible_up_to_the_12_hour_cap_from_its_receive() {
+    // SQS refuses a visibility past 12 h from the receive: the last
+    // extension stops short of it, whatever the ack timeout.
+    const CAP: Duration = Duration::from_secs(12 * 60 * 60);
+    let h = Harness::build(
+        DownlinkSettings {
+            ack_timeout: CAP + Duration::from_secs(3600),
+            ..settings(RETRY)
+        },
+        vec![Ok(vec![message("sqs-1", bare("alice", "go"))])],
+        Ok(()),
+    );
+    h.connect_with("alice", 0, 1);
+    h.poll().await;
+    let acks = h.downlink.acks();
+
+    advance(CAP - Duration::from_millis(1_500)).await;
+    assert_eq!(
+        acks.tick().await.extended,
+        1,
+        "1.5 s left: a full visibility"
+    );
+    advance(Duration::from_millis(600)).await;
+    assert_eq!(acks.tick().await.extended, 0, "0.9 s left: none");
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(acks.tick().await, domain::Tick::default());
+    assert_eq!(
+        h.calls.extended(),
+        vec![(receipts(&["rcpt-sqs-1"]), VISIBILITY)]
+    );
+    assert_eq!(
+        acks.len(),
+        1,
+        "still held: only the ack timeout gives it back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_is_a_duplicate_within_the_dedup_ttl_and_delivered_again_after_it() {
+    let inner = bare("alice", "once");
+    let h = Harness::new(
+        RETRY,
+        vec![
+            Ok(vec![message("sqs-1", envelope("sns-1", &inner))]),
+            Ok(vec![message("sqs-2", envelope("sns-1", &inner))]),
+            Ok(vec![message("sqs-3", envelope("sns-1", &inner))]),
+        ],
+    );
+    h.connect("alice", 1);
+
+    h.poll().await;
+    advance(DEDUP_TTL - MILLI).await;
+    let second = h.poll().await;
+    advance(MILLI).await;
+    let third = h.poll().await;
+
+    assert_eq!(
+        h.calls.delivered(),
+        vec![pair("alice", &inner), pair("alice", &inner)],
+        "the first copy, then the one past the TTL"
+    );
+    assert_eq!(second.acknowledged, receipts(&["rcpt-sqs-2"]));
+    assert_eq!(third.acknowledged, receipts(&["rcpt-sqs-3"]));
+    assert_eq!(h.counters().duplicate, 1);
+    assert_eq!(h.counters().forwarded, 2);
+    assert_eq!(h.downlink.dedup_window(), DEDUP_TTL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_released_unacknowledged_waits_its_window_from_the_release_then_is_given_up() {
+    // Whatever the policy: `drop` too keeps a Command its client was
+    // handed and never acknowledged.
+    for policy in [RETRY, Undeliverable::Drop] {
+        let again = |count| received("sqs-1", bare("alice", "go"), count, Duration::ZERO);
+        let h = Harness::new(
+            policy,
+            vec![
+                Ok(vec![message("sqs-1", bare("alice", "go"))]),
+                Ok(vec![again(2)]),
+                Ok(vec![again(3)]),
+            ],
+        );
+        h.connect_with("alice", 0, 1);
+        h.poll().await;
+        h.connect_with("alice", 0, 0);
+        assert_eq!(h.downlink.acks().release_client(&client("alice")).await, 1);
+
+        advance(RETRY_WINDOW - MILLI).await;
+        let outcome = h.poll().await;
+        assert_eq!(outcome.released, receipts(&["rcpt-sqs-1"]), "{policy:?}");
+        advance(MILLI).await;
+        let outcome = h.poll().await;
+        assert_eq!(
+            outcome.dead_lettered,
+            receipts(&["rcpt-sqs-1"]),
+            "{policy:?}"
+        );
+
+        let letters = h.calls.letters();
+        assert_eq!(letters.len(), 1, "{policy:?}");
+        assert_eq!(letters[0].reason, GiveUpReason::Undeliverable);
+        assert_eq!(
+            letters[0].detail,
+            "client alice was not connected within the retry window of 60 s"
+        );
+        assert_eq!(
+            h.calls.released(),
+            vec![
+                (receipts(&["rcpt-sqs-1"]), Duration::ZERO),
+                (receipts(&["rcpt-sqs-1"]), RETRY_DELAY),
+            ],
+            "{policy:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_retry_window_counts_from_the_send_to_the_wall_clock_now_given() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let h = Harness::new(RETRY, Vec::new());
+    let batch = vec![
+        sent_at(
+            "inside",
+            bare("ghost", "a"),
+            Some(now - RETRY_WINDOW + MILLI),
+        ),
+        sent_at("at-the-end", bare("ghost", "b"), Some(now - RETRY_WINDOW)),
+        // The sender's clock is ahead: just sent.
+        sent_at("ahead", bare("ghost", "c"), Some(now + RETRY_WINDOW)),
+    ];
+
+    let outcome = h.downlink.process_at(batch, now).await;
+
+    assert_eq!(outcome.released, receipts(&["rcpt-inside", "rcpt-ahead"]));
+    assert_eq!(outcome.dead_lettered, receipts(&["rcpt-at-the-end"]));
 }
 
 #[tokio::test]
@@ -1359,7 +1511,7 @@ async fn commands_for_a_client_at_its_limit_are_parked_not_released_and_go_out_i
     assert_eq!(h.counters().deferred, 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn parked_commands_are_kept_invisible_and_released_when_their_client_leaves() {
     let h = counting(
         4,
@@ -1370,7 +1522,12 @@ async fn parked_commands_are_kept_invisible_and_released_when_their_client_leave
     );
     h.connect_with("alice", 0, 1);
     h.poll().await;
-    tokio::time::sleep(VISIBILITY / 2 + Duration::from_millis(50)).await;
+    h.downlink.tend().await;
+    assert!(
+        h.calls.extended().is_empty(),
+        "not before half the visibility"
+    );
+    advance(VISIBILITY / 2).await;
     h.downlink.tend().await;
     let extended: Vec<Receipt> = h
         .calls

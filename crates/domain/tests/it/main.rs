@@ -1,5 +1,5 @@
 //! The domain's use cases driven through mocks of their ports: the delivery
-//! rules of SPEC §3 (downlink) and §4 (uplink), checked by what the ports were
+//! rules of docs/delivery.md (downlink and uplink), checked by what the ports were
 //! asked to do, argument by argument. `decoders` holds the property tests of
 //! the decoders of untrusted input (SQS bodies, client frames, client ids).
 

@@ -1,5 +1,5 @@
 //! Uplink: validate a client's frame → stamp `client_id` → publish → reply
-//! (SPEC §1, §4), with the event sink mocked.
+//! (docs/protocol.md, docs/delivery.md), with the event sink mocked.
 
 use std::sync::{Arc, Mutex};
 

@@ -1,4 +1,4 @@
-//! Control messages on every broker (SPEC §10): `$disconnect` and `$send`
+//! Control messages on every broker (docs/control-plane.md): `$disconnect` and `$send`
 //! travel the bus like Commands and are carried out by the replica that
 //! holds the client; a malformed one is given up to the dead-letter queue
 //! with reason `malformed`.

@@ -1,5 +1,5 @@
 //! Downlink on both brokers: command queue → bridge → WebSocket client
-//! (SPEC §1, §3). Routing to exactly the right client, several connections
+//! (docs/protocol.md, docs/delivery.md). Routing to exactly the right client, several connections
 //! per client, malformed messages never forwarded and dead-lettered, the
 //! `retry` and `drop` policies for absent clients.
 

@@ -1,4 +1,4 @@
-//! Presence events on every broker (SPEC §10): with `presence_events` on,
+//! Presence events on every broker (docs/control-plane.md): with `presence_events` on,
 //! each connection's opening and closing reach the events topic / exchange
 //! as `$connect` and `$disconnect`, in that order, with the `client_id` and
 //! `action` attributes; a connection closed by shutdown is announced too;

@@ -1,5 +1,5 @@
 //! What a publisher or an unlucky broker sends on RabbitMQ stops nothing
-//! (README, Delivery guarantees: input from the bus is untrusted): an impossible `timestamp`,
+//! (docs/delivery.md: input from the bus is untrusted): an impossible `timestamp`,
 //! clients that hold deliveries without acknowledging, a memory alarm that
 //! blocks every publishing connection.
 //!

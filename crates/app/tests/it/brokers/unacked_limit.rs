@@ -1,4 +1,4 @@
-//! A client that never acknowledges cannot stall the others (SPEC §3,
+//! A client that never acknowledges cannot stall the others (docs/delivery.md,
 //! acknowledged delivery): it holds at most `max_unacked_per_client`
 //! deliveries, its other Commands wait outside the consumer's window, and
 //! its held ones are delivered again after the ack timeout.

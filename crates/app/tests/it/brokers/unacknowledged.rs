@@ -1,5 +1,5 @@
 //! A Command handed to an acknowledging connection and not acknowledged is
-//! never lost (README, Delivery guarantees): not dropped by the `drop` policy, not given up the
+//! never lost (docs/delivery.md): not dropped by the `drop` policy, not given up the
 //! moment its client leaves because it was sent long ago, and never moved
 //! to the dead-letter queue by the queue itself while its client is
 //! connected and acknowledging slowly.

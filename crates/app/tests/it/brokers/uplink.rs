@@ -1,5 +1,5 @@
 //! Uplink on both brokers: WebSocket client → bridge → events topic /
-//! exchange → a subscriber (SPEC §1, §4). The server-stamped body, the
+//! exchange → a subscriber (docs/protocol.md, docs/delivery.md). The server-stamped body, the
 //! `client_id` and `action` attributes (SNS message attributes / AMQP
 //! headers), and the `{"ack": id}` replies once the broker has the event.
 
