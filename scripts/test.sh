@@ -76,6 +76,23 @@ check_domain_deps() {
     fi
 }
 
+# No adapter depends on another (ARCHITECTURE.md): they meet in the app only.
+check_adapter_deps() {
+    local adapters adapter others bad=""
+    adapters="$(cargo metadata --no-deps --format-version 1 \
+        | python3 -c 'import json,sys; print("\n".join(p["name"] for p in json.load(sys.stdin)["packages"] if p["name"].startswith("adapters-")))')"
+    for adapter in $adapters; do
+        others="$(cargo tree -p "$adapter" -e normal --prefix none -f '{p}' \
+            | awk '{print $1}' | grep -E '^adapters-' | grep -vx "$adapter" | sort -u || true)"
+        if [[ -n "$others" ]]; then bad+="$adapter -> $(tr '\n' ' ' <<<"$others")"$'\n'; fi
+    done
+    if [[ -n "$bad" ]]; then
+        log "an adapter depends on another adapter (ARCHITECTURE.md):"
+        while read -r line; do [[ -n "$line" ]] && log "    $line"; done <<<"$bad"
+        die "adapter dependency rule broken"
+    fi
+}
+
 run_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --workspace
@@ -164,6 +181,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --features app/otlp -
 # The release binary: without the test-only routes the tests build in.
 step "cargo clippy (app without test routes)" cargo clippy -p app --lib --bins -- -D warnings
 step "domain dependency rule" check_domain_deps
+step "adapter dependency rule" check_adapter_deps
 step "packaging (compose file, Dockerfile, CI workflow, licences, git hygiene)" scripts/check-packaging.sh
 step "chromium + chromedriver (demo page test)" ensure_chromium
 step "nginx (sharded routing test)" ensure_nginx
