@@ -118,7 +118,9 @@ PY
 
 step "kosoku and moto in .venv" ensure_venv_tool kosoku "$KOSOKU_PIP_SPEC"
 step "moto venv" ensure_moto_venv
-step "build wsbridge (with its test routes)" cargo build -q -p app --bin wsbridge --features test-routes
+# The workspace's test build: its wsbridge has the test routes (the tests
+# turn them on), and after scripts/test.sh's tests step nothing is rebuilt.
+step "build wsbridge (with its test routes)" cargo build -q --workspace --all-targets
 if [[ -n "${WSBRIDGE_TEST_MOTO_URL:-}" ]]; then
     MOTO_URL="$WSBRIDGE_TEST_MOTO_URL"
     wait_for_moto "$MOTO_URL" 10
